@@ -1,0 +1,209 @@
+"""Command line: parse, call the library, print. `main(argv) -> exit code`.
+
+Flags of `train` and `eval` are generated from the config dataclasses (kebab-case, one flag per
+field, the field's help text), so the CLI and the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import MISSING, fields
+from typing import Any
+
+from .config import EvalConfig, MlmkitError, TrainConfig, build_config, read_config_file
+
+log = logging.getLogger("mlmkit")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore
+        help_ = f.metadata.get("help", "")
+        if default not in (None, [], False):
+            help_ += f" (default: {default})"
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
+        t = str(f.type)
+        if t == "bool":
+            if default is True:  # on by default: the flag turns it off
+                parser.add_argument("--no-" + f.name.replace("_", "-"), action="store_false",
+                                    **{**kw, "help": "turn off: " + help_})
+                continue
+            parser.add_argument(flag, action="store_true", **kw)
+        elif t.startswith("list"):
+            parser.add_argument(flag, action="append", metavar="FIELD", **kw)
+        else:
+            base = t.split("|")[0].strip()
+            kw["type"] = {"int": int, "float": float}.get(base, str)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlmkit", description="Adapt a masked language model to "
+                                "your text, measure it, and fill in masks.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"mlmkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune (or pre-train) a masked LM on a corpus",
+                       description="Fine-tune a masked LM; defaults are the Hugging Face guide's.")
+    t.add_argument("--config", help="YAML/TOML file of settings (flags win)")
+    _add_dataclass_flags(t, TrainConfig)
+
+    e = sub.add_parser("eval", help="perplexity on held-out text, on fixed masks")
+    e.add_argument("--config", help="YAML/TOML file of settings (flags win)")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    _add_dataclass_flags(e, EvalConfig)
+
+    f = sub.add_parser("fill", help="fill <mask> / [MASK] in texts")
+    f.add_argument("model", help="Hub id or local model directory")
+    f.add_argument("texts", nargs="*", help="texts with a mask; '-' or none reads stdin")
+    f.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field)")
+    f.add_argument("--output", help="write JSON lines here instead of stdout")
+    f.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
+    f.add_argument("--targets", nargs="+", help="restrict candidates to these words")
+    f.add_argument("--json", action="store_true", help="print the pipeline's records as JSON "
+                   "lines, one per text")
+    f.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    f.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    f.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _config(cls: type, ns: argparse.Namespace) -> Any:
+    flags = {k: v for k, v in vars(ns).items() if k not in ("command", "config", "json")}
+    file_values = read_config_file(ns.config) if getattr(ns, "config", None) else {}
+    return build_config(cls, file_values, flags)
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _config(TrainConfig, ns)
+    r = train(cfg)
+    lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
+    if r.base:
+        lines.append(f"perplexity before: {r.base.perplexity:.3f} (loss {r.base.loss:.4f}, "
+                     f"{r.base.tokens:,} fixed masked tokens)")
+    if r.final:
+        lines.append(f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    cfg = _config(EvalConfig, ns)
+    m, stats = run_eval(cfg)
+    if ns.json:
+        print(json.dumps({"model": cfg.model, **m.to_dict()}))
+    else:
+        print(f"{cfg.model}: perplexity {m.perplexity:.3f} (loss {m.loss:.4f}) on {m.tokens:,} "
+              f"masked tokens in {m.blocks:,} blocks (eval seed {cfg.eval_seed})")
+    return 0
+
+
+def _read_inputs(ns: argparse.Namespace):
+    if ns.input:
+        from pathlib import Path
+
+        path = Path(ns.input)
+        if not path.is_file():
+            raise MlmkitError(f"--input {path}: file not found")
+        fh = open(path, encoding="utf-8")
+        jsonl = path.suffix == ".jsonl"
+        for line in fh:
+            line = line.rstrip("\n")
+            if jsonl:
+                try:
+                    rec = json.loads(line)
+                    line = rec["text"] if isinstance(rec, dict) else rec
+                except (json.JSONDecodeError, KeyError):
+                    line = None  # becomes an error record for this line
+            yield line
+        return
+    texts = [t for t in ns.texts if t != "-"]
+    if texts:
+        yield from texts
+    else:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+
+
+def _cmd_fill(ns: argparse.Namespace) -> int:
+    from .fill import FillMask
+
+    if ns.top_k < 1:
+        raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size)
+    out = open(ns.output, "w", encoding="utf-8") if ns.output else sys.stdout
+    as_json = ns.json or bool(ns.output)
+    bar = None
+    if ns.output and not ns.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="filling", unit=" texts")
+    errors = n = 0
+    inputs = list(_read_inputs(ns)) if not ns.input else _read_inputs(ns)
+    for n, res in enumerate(fm.stream(inputs, ns.top_k, ns.targets), 1):
+        if isinstance(res, MlmkitError):
+            if not ns.input:  # a text typed by hand: an error of the command, not a record
+                raise res
+            errors += 1
+            out.write(json.dumps({"line": n, "error": str(res)}) + "\n" if as_json
+                      else f"error: line {n}: {res}\n")
+        elif as_json:
+            out.write(json.dumps(res) + "\n")
+        else:
+            groups = res if res and isinstance(res[0], list) else [res]
+            for g, recs in enumerate(groups):
+                head = f"[mask {g + 1}] " if len(groups) > 1 else ""
+                for r in recs:
+                    out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
+            if len(inputs if isinstance(inputs, list) else []) > 1:
+                out.write("\n")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if ns.output:
+        out.close()
+    if errors:
+        print(f"mlmkit: {errors} of {n} inputs could not be filled (see the error records)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    for noisy in ("transformers", "datasets", "accelerate", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars are noise here
+    ns = build_parser().parse_args(argv)
+    handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill}[ns.command]
+    try:
+        return handler(ns)
+    except MlmkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Every setting of mlmkit as a dataclass field with its default and help text.
+
+Precedence is one rule everywhere: dataclass defaults < config file (YAML/TOML) < flags.
+The defaults are the Hugging Face masked-language-modeling guide's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+
+class MlmkitError(Exception):
+    """An error the user can cause and fix; the CLI prints it as one line and exits 2."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes blocks of token ids."""
+
+    data: str = _f(None, "corpus: a Hub dataset id, a local file (.txt/.jsonl/.json/.csv/.parquet, "
+                   "optionally .gz), a directory or a glob")
+    data_config: str | None = _f(None, "Hub dataset configuration name")
+    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')")
+    text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
+                               "strings are joined with a space; several fields are joined with a space "
+                               "(default: 'text', or the only string field)")
+    limit: int | None = _f(None, "take only the first N records")
+    block_size: int = _f(128, "tokens per training block")
+    eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1)")
+    pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it")
+    cache_dir: str | None = _f(None, "where tokenized blocks are cached "
+                               "(default: $MLMKIT_CACHE or ~/.cache/mlmkit)")
+    no_cache: bool = _f(False, "always re-tokenize; do not read or write the block cache")
+    seed: int = _f(42, "seed for the held-out split, masking, shuffling and initialisation")
+
+
+@dataclass
+class MaskConfig:
+    """Dynamic masking (BERT's 80/10/10 recipe) and the fixed evaluation masks."""
+
+    mlm_probability: float = _f(0.15, "fraction of tokens selected for prediction")
+    mask_replace_prob: float = _f(0.8, "of the selected tokens, fraction replaced by <mask>")
+    random_replace_prob: float = _f(0.1, "of the selected tokens, fraction replaced by a random "
+                                    "token (the rest stay unchanged)")
+    whole_word_mask: bool = _f(False, "select whole words instead of single tokens")
+    eval_seed: int = _f(1234, "seed of the fixed evaluation masks")
+
+
+@dataclass
+class TrainConfig(DataConfig, MaskConfig):
+    """Everything `mlmkit train` needs; `mlmkit eval` uses the data and mask part."""
+
+    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM")
+    output: str | None = _f(None, "directory to write the fine-tuned model to")
+    learning_rate: float = _f(2e-5, "peak learning rate of AdamW")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorms)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    batch_size: int = _f(16, "blocks per device per optimizer micro-step")
+    eval_batch_size: int = _f(64, "blocks per device per evaluation step")
+    epochs: float = _f(3.0, "passes over the training blocks")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _f(1.0, "clip gradients to this L2 norm (0 disables)")
+    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup")
+    warmup_steps: int = _f(0, "steps of linear warmup (overrides warmup-ratio when > 0)")
+    lr_scheduler: str = _f("linear", "learning-rate schedule after warmup",
+                           choices=["linear", "cosine", "constant"])
+    mixed_precision: str = _f("no", "bf16/fp16 autocast; 'auto' picks bf16 where supported",
+                              choices=["no", "auto", "bf16", "fp16"])
+    sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions "
+                           "(same loss, less compute)")
+    eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
+    save_total_limit: int = _f(2, "keep only the newest N checkpoints")
+    resume: str | None = _f(None, "continue from a checkpoint directory, or 'latest'")
+    overwrite: bool = _f(False, "replace an existing, non-empty output directory")
+    from_scratch: bool = _f(False, "train a randomly initialised model of the named model's shape")
+    config_overrides: str | None = _f(None, "with --from-scratch: change the model's shape, e.g. "
+                                      "'hidden_size=128,num_hidden_layers=2'")
+    train_tokenizer: int | None = _f(None, "first train a new tokenizer of the same kind with this "
+                                     "vocabulary size on the corpus (implies --from-scratch)")
+    push_to_hub: str | None = _f(None, "upload the result to this Hub repository id")
+    skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training")
+    num_workers: int = _f(0, "data-loader worker processes")
+    log_every: int = _f(50, "write a training log record every N optimizer steps")
+    quiet: bool = _f(False, "no progress bars")
+
+
+@dataclass
+class EvalConfig(DataConfig, MaskConfig):
+    """What `mlmkit eval` needs: a model, a corpus and the fixed-mask settings."""
+
+    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM")
+    eval_batch_size: int = _f(64, "blocks per evaluation step")
+    all_records: bool = _f(False, "score every record, not only the held-out fraction (for a "
+                           "separate test corpus)")
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto")
+    sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions")
+    quiet: bool = _f(False, "no progress bars")
+
+
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """'a=1,b=x' -> {'a': 1, 'b': 'x'}; values parse as JSON where they can."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise MlmkitError(f"--config-overrides {text!r}: expected key=value pairs, got "
+                              f"{part!r}")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML file of settings; keys may use dashes or underscores."""
+    p = Path(path)
+    if not p.is_file():
+        raise MlmkitError(f"config file {p}: not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        elif p.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raise MlmkitError(f"config file {p}: expected a .yaml, .yml, .toml or .json file")
+    except MlmkitError:
+        raise
+    except Exception as e:  # parser errors carry line numbers in their message
+        raise MlmkitError(f"config file {p}: cannot parse: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise MlmkitError(f"config file {p}: expected a mapping of setting names to values")
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def build_config(cls: type, file_values: dict[str, Any], flag_values: dict[str, Any]) -> Any:
+    """defaults < config file < flags; unknown keys in the file are an error naming them."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(file_values) - set(names))
+    if unknown:
+        raise MlmkitError(
+            f"config file: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    values = {**file_values, **{k: v for k, v in flag_values.items() if k in names}}
+    for k, v in list(values.items()):
+        if names[k].type in ("list[str]",) and isinstance(v, str):
+            values[k] = [v]
+    cfg = cls(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that would otherwise fail deep inside training."""
+
+    def check(ok: bool, name: str, expected: str) -> None:
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise MlmkitError(f"{flag}={getattr(cfg, name)!r}: expected {expected}")
+
+    if isinstance(cfg, DataConfig):
+        check(cfg.block_size >= 8, "block_size", "an integer of at least 8")
+        check(0.0 <= cfg.eval_fraction < 1.0, "eval_fraction", "a fraction in [0, 1)")
+        check(cfg.limit is None or cfg.limit > 0, "limit", "a positive number of records")
+    if isinstance(cfg, MaskConfig):
+        check(0.0 < cfg.mlm_probability < 1.0, "mlm_probability", "a probability in (0, 1)")
+        check(0.0 <= cfg.mask_replace_prob <= 1.0, "mask_replace_prob", "a probability in [0, 1]")
+        check(0.0 <= cfg.random_replace_prob <= 1.0 - cfg.mask_replace_prob, "random_replace_prob",
+              "a probability in [0, 1 - mask-replace-prob]")
+    if isinstance(cfg, TrainConfig):
+        check(cfg.learning_rate > 0, "learning_rate", "a positive number")
+        check(cfg.batch_size > 0, "batch_size", "a positive integer")
+        check(cfg.eval_batch_size > 0, "eval_batch_size", "a positive integer")
+        check(cfg.epochs > 0, "epochs", "a positive number")
+        check(cfg.max_steps is None or cfg.max_steps > 0, "max_steps", "a positive integer")
+        check(cfg.gradient_accumulation_steps > 0, "gradient_accumulation_steps",
+              "a positive integer")
+        check(0.0 <= cfg.warmup_ratio < 1.0, "warmup_ratio", "a fraction in [0, 1)")
+        check(cfg.train_tokenizer is None or cfg.train_tokenizer >= 100, "train_tokenizer",
+              "a vocabulary size of at least 100")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,93 @@
+"""Tiny tokenizers and models built locally in seconds, for tests, demos and benchmarks that
+must run offline (no Hub): a byte-level BPE tokenizer (RoBERTa's kind) or a WordPiece one
+(BERT's kind), trained on any texts, and a random-init masked LM config to go with it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "roberta", vocab_size: int = 1000) -> Any:
+    """A `PreTrainedTokenizerFast` of the given kind trained on `texts`."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        # As RoBERTa's: "<mask>" swallows the space before it, so "a <mask> galaxy" masks a word.
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+            cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+            mask_token="<mask>", model_max_length=512)
+    if kind == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                            show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+            cls_token="[CLS]", mask_token="[MASK]", model_max_length=512)
+    raise ValueError(f"kind {kind!r}: expected 'roberta' or 'bert'")
+
+
+def tiny_config(kind: str, vocab_size: int, hidden: int = 64, layers: int = 2,
+                max_positions: int = 512) -> Any:
+    """A small random-init masked-LM config of the given kind."""
+    from transformers import BertConfig, RobertaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 2)
+    if kind == "roberta":
+        return RobertaConfig(**common, max_position_embeddings=max_positions + 2, pad_token_id=1,
+                             bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    if kind == "bert":
+        return BertConfig(**common, max_position_embeddings=max_positions, pad_token_id=0)
+    raise ValueError(f"kind {kind!r}: expected 'roberta' or 'bert'")
+
+
+def save_tiny_model(path: str | Path, texts: Iterable[str], kind: str = "roberta",
+                    vocab_size: int = 1000, hidden: int = 64, layers: int = 2,
+                    weights: bool = True, seed: int = 0) -> Path:
+    """Write a model directory: tokenizer + config (+ random weights unless `weights=False`,
+    which gives a 'shape' directory for --from-scratch, like ../shared/models/*-shape)."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    path = Path(path)
+    tok = train_tokenizer(texts, kind, vocab_size)
+    cfg = tiny_config(kind, len(tok), hidden, layers)
+    cfg.architectures = ["RobertaForMaskedLM" if kind == "roberta" else "BertForMaskedLM"]
+    tok.save_pretrained(path)
+    if weights:
+        torch.manual_seed(seed)
+        AutoModelForMaskedLM.from_config(cfg).save_pretrained(path)
+    else:
+        cfg.save_pretrained(path)
+    return path

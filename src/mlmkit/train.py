@@ -1,0 +1,346 @@
+"""The training loop: one explicit loop on Accelerate (single device, multi-GPU, multi-node).
+
+prepare -> base eval -> for each step: batch, forward, backward, clip, step, schedule, log ->
+eval -> checkpoint -> export a standard Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import MlmkitError, TrainConfig, parse_overrides, to_dict
+from .data import Corpus, iter_texts, load_blocks
+from .evaluate import Metrics, evaluate, fixed_eval_dataset
+from .masking import Masker, MaskingCollator
+from .model import load_model, load_model_config, load_tokenizer, masked_lm_loss, max_block_size
+
+log = logging.getLogger("mlmkit")
+
+CONFIG_FILE = "train_config.json"  # not config.json: that name belongs to the model
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    base: Metrics | None
+    final: Metrics | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self, blocks: np.ndarray) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        return i, np.asarray(self.blocks[i])
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Shuffled batches of indices, a fixed permutation per (seed, epoch); can start mid-epoch,
+    which is how --resume continues exactly where a run stopped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    # Not named set_epoch: Accelerate calls set_epoch(n) on batch samplers at every iteration.
+    def seek(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size) - self.start
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for b in range(self.start, math.ceil(self.n / self.batch_size)):
+            yield perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _check_output(cfg: TrainConfig) -> Path:
+    if not cfg.output:
+        raise MlmkitError("--output: no output directory given")
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise MlmkitError(f"--output {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume and not cfg.overwrite:
+        raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite to "
+                          "replace it or --resume latest to continue its training")
+    return out
+
+
+def _find_checkpoint(out: Path, resume: str) -> Path:
+    if resume == "latest":
+        ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+        ckpts = [c for c in ckpts if (c / STATE_FILE).is_file()]
+        if not ckpts:
+            raise MlmkitError(f"--resume latest: no checkpoint in {out / 'checkpoints'}")
+        return ckpts[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise MlmkitError(f"--resume {path}: not a checkpoint (no {STATE_FILE})")
+    return path
+
+
+def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # As the HF Trainer: no weight decay on biases and normalisation weights.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_norm = "norm" in name.lower() or p.ndim < 2
+        (no_decay if is_norm else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon, **({"fused": True} if fused else {}))
+
+
+def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, Any, Corpus]:
+    """Tokenizer, model config and blocks, with every input checked before any weight loads."""
+    tokenizer = load_tokenizer(cfg.model)
+    model_config = load_model_config(cfg.model)
+    overrides = parse_overrides(cfg.config_overrides)
+    if overrides and not cfg.from_scratch and not cfg.train_tokenizer:
+        raise MlmkitError("--config-overrides: only with --from-scratch (pretrained weights fix "
+                          "the model's shape)")
+    for k, v in overrides.items():
+        if not hasattr(model_config, k):
+            raise MlmkitError(f"--config-overrides: {model_config.model_type} configs have no "
+                              f"setting {k!r}")
+        setattr(model_config, k, v)
+    if cfg.train_tokenizer:
+        texts = (t for _, t in iter_texts(cfg))
+        tokenizer = tokenizer.train_new_from_iterator(texts, vocab_size=cfg.train_tokenizer)
+        model_config.vocab_size = len(tokenizer)
+    limit = max_block_size(model_config, tokenizer)
+    if cfg.block_size > limit:
+        raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
+                          f"{cfg.model} accepts")
+    corpus = load_blocks(cfg, tokenizer, progress=progress)
+    return tokenizer, model_config, corpus
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    out = _check_output(cfg)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    main = accelerator.is_main_process
+    progress = main and not cfg.quiet
+    if cfg.train_tokenizer:
+        cfg.from_scratch = True
+    with accelerator.main_process_first():
+        tokenizer, model_config, corpus = prepare_tokenizer_and_data(cfg, progress)
+    if main:
+        log.info("data: %s", corpus.describe())
+    resume_from = _find_checkpoint(out, cfg.resume) if cfg.resume else None
+
+    set_seed(cfg.seed)
+    model = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
+                       vocab_size=len(tokenizer))
+
+    masker = Masker(tokenizer, cfg)
+    collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id)
+    sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
+    loader = torch.utils.data.DataLoader(_Blocks(corpus.train), batch_sampler=sampler,
+                                         collate_fn=collator, num_workers=cfg.num_workers,
+                                         pin_memory=torch.cuda.is_available())
+    eval_loader = torch.utils.data.DataLoader(
+        fixed_eval_dataset(corpus.eval, tokenizer, cfg), batch_size=cfg.eval_batch_size,
+        pin_memory=torch.cuda.is_available()) if len(corpus.eval) else None
+
+    batches_per_epoch = math.ceil(len(corpus.train) / cfg.batch_size)
+    world = accelerator.num_processes
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / world / cfg.gradient_accumulation_steps))
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = _optimizer(model, cfg)
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_log = open(out / "metrics.jsonl", "a") if main else None
+
+    def record(event: dict[str, Any]) -> None:
+        if metrics_log is not None:
+            metrics_log.write(json.dumps(event) + "\n")
+            metrics_log.flush()
+
+    def run_eval(step: int, epoch: float) -> Metrics | None:
+        if eval_loader is None:
+            return None
+        m = evaluate(model, eval_loader, accelerator, sparse=cfg.sparse_head, progress=progress)
+        record({"event": "eval", "step": step, "epoch": round(epoch, 4), **m.to_dict()})
+        if main:
+            log.info("eval step %d epoch %.2f: loss %.4f perplexity %.3f", step, epoch, m.loss,
+                     m.perplexity)
+        return m
+
+    step, epoch, batch_in_epoch, history, base = 0, 0, 0, [], None
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = json.loads((resume_from / STATE_FILE).read_text())
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        history = state["history"]
+        base = Metrics(**state["base"]) if state.get("base") else None
+        if main:
+            log.info("resuming from %s (step %d)", resume_from, step)
+    else:
+        if main:
+            (out / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=1))
+        if not cfg.skip_base_eval:
+            base = run_eval(0, 0.0)
+
+    def checkpoint() -> None:
+        path = out / "checkpoints" / f"step_{step}"
+        accelerator.save_state(str(path))
+        if main:
+            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                     "history": history, "base": base.to_dict() if base else None}
+            (path / STATE_FILE).write_text(json.dumps(state))
+            ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+            for old in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
+               disable=not progress)
+    model.train()
+    tokens_seen, t0, train_seconds = 0, time.perf_counter(), 0.0
+    loss_sum, loss_count, last = torch.zeros((), device=accelerator.device), 0, None
+    done = step >= total_steps
+    while not done:
+        collator.epoch = epoch
+        sampler.seek(epoch, batch_in_epoch * world)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss_total, n = masked_lm_loss(model, batch, cfg.sparse_head)
+                loss = loss_total / n.clamp(min=1)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            batch_in_epoch += 1
+            tokens_seen += batch["input_ids"].numel()
+            loss_sum += loss.detach()
+            loss_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t0
+                last = float(loss_sum) / loss_count
+                tps = tokens_seen * world / max(elapsed, 1e-9)
+                bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{tps:,.0f}")
+                record({"event": "train", "step": step, "epoch": round(
+                    epoch + batch_in_epoch / batches_per_epoch * world, 4), "loss": last,
+                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
+                loss_sum.zero_()
+                loss_count = 0
+            epoch_end = batch_in_epoch * world >= batches_per_epoch
+            if cfg.eval_every and step % cfg.eval_every == 0 and not epoch_end:
+                history.append({"step": step, **run_eval(step, epoch + batch_in_epoch /
+                                                         batches_per_epoch).to_dict()})
+            if cfg.save_every and step % cfg.save_every == 0 and not epoch_end:
+                checkpoint()
+            if step >= total_steps:
+                done = True
+                break
+        if batch_in_epoch * world >= batches_per_epoch or done:
+            train_seconds += time.perf_counter() - t0
+            full_epoch = batch_in_epoch * world >= batches_per_epoch
+            epoch_f = epoch + (1 if full_epoch else batch_in_epoch * world / batches_per_epoch)
+            m = run_eval(step, epoch_f) if (full_epoch and not cfg.eval_every) or done else None
+            if m is not None:
+                history.append({"step": step, "epoch": epoch_f, **m.to_dict()})
+            if full_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            if not done and not cfg.save_every:
+                checkpoint()
+            t0 = time.perf_counter()
+    bar.close()
+    final = Metrics(**{k: history[-1][k] for k in ("loss", "perplexity", "tokens", "blocks")}) \
+        if history else None
+    result = TrainResult(output_dir=out, base=base, final=final, history=history, steps=step,
+                         train_seconds=train_seconds, data=corpus.stats)
+    if main:
+        _export(accelerator.unwrap_model(model), tokenizer, out, cfg, result)
+        metrics_log.close()
+    accelerator.wait_for_everyone()
+    if cfg.push_to_hub and main:
+        push_to_hub(out, cfg.push_to_hub)
+    return result
+
+
+def _export(model: Any, tokenizer: Any, out: Path, cfg: TrainConfig, result: TrainResult) -> None:
+    """Write the model, tokenizer and metrics via a temporary directory, then move them in, so a
+    crash never leaves a half-written model next to the checkpoints."""
+    tmp = out / ".export-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    metrics = {
+        "base": result.base.to_dict() if result.base else None,
+        "final": result.final.to_dict() if result.final else None,
+        "history": result.history, "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 3), "data": result.data,
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=1))
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+def push_to_hub(out: Path, repo_id: str) -> str:
+    """Upload the exported directory (not the checkpoints) to the Hub, as the guide does."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(out),
+                                 ignore_patterns=["checkpoints/*", ".export-tmp/*"])
+    except Exception as e:
+        raise MlmkitError(f"--push-to-hub {repo_id}: upload failed: {str(e).splitlines()[0]} "
+                          f"(the model is saved in {out})") from None
+    return str(getattr(info, "commit_url", repo_id))
