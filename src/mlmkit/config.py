@@ -34,7 +34,7 @@ class DataConfig:
     data_config: str | None = _f(None, "Hub dataset configuration name")
     split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')")
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
-                               "strings are joined with a space; several fields are joined with a space "
+                               "strings are joined with a space, and so are several fields "
                                "(default: 'text', or the only string field)")
     limit: int | None = _f(None, "take only the first N records")
     block_size: int = _f(128, "tokens per training block")

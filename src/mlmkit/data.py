@@ -169,8 +169,9 @@ def _load_hub(cfg: DataConfig) -> Any:
         raise
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        offline = any(w in msg.lower() for w in ("connect", "offline", "resolve", "network",
-                                                  "max retries", "timed out"))
+        offline = isinstance(e, (ConnectionError, TimeoutError)) or any(
+            w in msg.lower() for w in ("connect", "offline", "resolve", "network", "reach",
+                                       "max retries", "timed out"))
         hint = (" The Hub is unreachable: pass a local file, directory or glob with --data, "
                 "or set HF_HUB_OFFLINE=1 to use datasets already in the local cache."
                 if offline else "")
@@ -448,15 +449,22 @@ def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataCo
     stats = TextStats()
     bar = tqdm(total=total, desc="tokenizing", unit=" records", disable=not progress)
 
-    for batch in _batched(_texts(records, cfg.text_field, stats), _TOKENIZE_BATCH):
-        idx = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
-        held = is_eval_record(idx, cfg.seed, cfg.eval_fraction)
-        encs = backend.encode_batch_fast([t for _, t in batch], add_special_tokens=True)
-        for split, sel in (("train", ~held), ("eval", held)):
-            chosen = [encs[j].ids for j in np.flatnonzero(sel)]
-            if chosen:
-                writers[split].add(np.fromiter((t for ids in chosen for t in ids), dtype=np.int64))
-        bar.update(stats.records - bar.n)
+    try:
+        for batch in _batched(_texts(records, cfg.text_field, stats), _TOKENIZE_BATCH):
+            idx = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
+            held = is_eval_record(idx, cfg.seed, cfg.eval_fraction)
+            encs = backend.encode_batch_fast([t for _, t in batch], add_special_tokens=True)
+            for split, sel in (("train", ~held), ("eval", held)):
+                chosen = [encs[j].ids for j in np.flatnonzero(sel)]
+                if chosen:
+                    writers[split].add(np.concatenate([np.asarray(ids, dtype=np.int64)
+                                                       for ids in chosen]))
+            bar.update(stats.records - bar.n)
+    except BaseException:
+        # Clear the bar, so the one-line error that follows starts its own line.
+        bar.leave = False
+        bar.close()
+        raise
     bar.close()
     pad_id = tokenizer.pad_token_id if cfg.pad_last_block else None
     dropped = sum(w.close(pad_id) for w in writers.values())

@@ -63,10 +63,10 @@ class Masker:
         self.marks_word_end = bool(model.get("end_of_word_suffix")) and model.get("type") != \
             "WordPiece"
 
-    def select(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Boolean [B, L]: positions chosen for prediction."""
+    def select(self, ids: np.ndarray, rng: np.random.Generator | np.ndarray) -> np.ndarray:
+        """Boolean [B, L]: positions chosen for prediction (`rng` may be uniform noise [B, L])."""
         special = self.special[ids]
-        u = rng.random(ids.shape)
+        u = rng.random(ids.shape) if isinstance(rng, np.random.Generator) else rng
         if self.word_start is not None:
             starts = self.word_start[ids]
             if self.marks_word_end:
@@ -82,17 +82,19 @@ class Masker:
     def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, labels) as int64; labels are IGNORE_INDEX where nothing is predicted."""
         ids = np.asarray(ids, dtype=np.int64)
-        selected = self.select(ids, rng)
+        # One draw, row by row: masking blocks in chunks consumes the generator exactly as
+        # masking them at once, so the fixed eval masks do not depend on the chunk size.
+        noise = rng.random((ids.shape[0], 3, ids.shape[1]))
+        selected = self.select(ids, noise[:, 0])
         labels = np.where(selected, ids, IGNORE_INDEX)
-        r = rng.random(ids.shape)
+        r = noise[:, 1]
         to_mask = selected & (r < self.cfg.mask_replace_prob)
         to_random = selected & ~to_mask & (
             r < self.cfg.mask_replace_prob + self.cfg.random_replace_prob)
         inputs = ids.copy()
         inputs[to_mask] = self.mask_id
-        n_random = int(to_random.sum())
-        if n_random:
-            inputs[to_random] = rng.choice(self.replacements, size=n_random)
+        pick = (noise[:, 2][to_random] * len(self.replacements)).astype(np.int64)
+        inputs[to_random] = self.replacements[pick]
         return inputs, labels
 
     def fixed(self, blocks: np.ndarray, seed: int, chunk: int = 4096) -> tuple[np.ndarray,

@@ -155,6 +155,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     from transformers import get_scheduler
 
     out = _check_output(cfg)
+    if torch.cuda.is_available():  # TF32 matmuls: fp32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     main = accelerator.is_main_process
@@ -174,9 +177,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     masker = Masker(tokenizer, cfg)
     collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id)
     sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
+    # Its own generator: starting an iterator draws a seed, which must not come from the global
+    # RNG, or a resumed run (a new iterator mid-epoch) would see other dropout masks.
     loader = torch.utils.data.DataLoader(_Blocks(corpus.train), batch_sampler=sampler,
                                          collate_fn=collator, num_workers=cfg.num_workers,
-                                         pin_memory=torch.cuda.is_available())
+                                         pin_memory=torch.cuda.is_available(),
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     eval_loader = torch.utils.data.DataLoader(
         fixed_eval_dataset(corpus.eval, tokenizer, cfg), batch_size=cfg.eval_batch_size,
         pin_memory=torch.cuda.is_available()) if len(corpus.eval) else None
@@ -241,8 +247,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
                disable=not progress)
     model.train()
-    tokens_seen, t0, train_seconds = 0, time.perf_counter(), 0.0
-    loss_sum, loss_count, last = torch.zeros((), device=accelerator.device), 0, None
+    train_seconds, t0 = 0.0, time.perf_counter()
+    window_tokens, window_t0 = 0, t0  # throughput over the current logging window
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+
+    def eval_into_history(epoch_f: float) -> None:
+        m = run_eval(step, epoch_f)
+        if m is not None:
+            history.append({"step": step, "epoch": round(epoch_f, 4), **m.to_dict()})
+
     done = step >= total_steps
     while not done:
         collator.epoch = epoch
@@ -258,44 +271,41 @@ def train(cfg: TrainConfig) -> TrainResult:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             batch_in_epoch += 1
-            tokens_seen += batch["input_ids"].numel()
+            window_tokens += batch["input_ids"].numel()
             loss_sum += loss.detach()
             loss_count += 1
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
+            epoch_f = epoch + batch_in_epoch * world / batches_per_epoch
             if step % cfg.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t0
+                now = time.perf_counter()
                 last = float(loss_sum) / loss_count
-                tps = tokens_seen * world / max(elapsed, 1e-9)
+                tps = window_tokens * world / max(now - window_t0, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{tps:,.0f}")
-                record({"event": "train", "step": step, "epoch": round(
-                    epoch + batch_in_epoch / batches_per_epoch * world, 4), "loss": last,
-                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
+                record({"event": "train", "step": step, "epoch": round(epoch_f, 4),
+                        "loss": last, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
                 loss_sum.zero_()
-                loss_count = 0
-            epoch_end = batch_in_epoch * world >= batches_per_epoch
-            if cfg.eval_every and step % cfg.eval_every == 0 and not epoch_end:
-                history.append({"step": step, **run_eval(step, epoch + batch_in_epoch /
-                                                         batches_per_epoch).to_dict()})
-            if cfg.save_every and step % cfg.save_every == 0 and not epoch_end:
+                loss_count, window_tokens, window_t0 = 0, 0, now
+            done = step >= total_steps
+            if cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                eval_into_history(epoch_f)
+            if cfg.save_every and step % cfg.save_every == 0 and not done:
                 checkpoint()
-            if step >= total_steps:
-                done = True
+            if done:
                 break
-        if batch_in_epoch * world >= batches_per_epoch or done:
-            train_seconds += time.perf_counter() - t0
-            full_epoch = batch_in_epoch * world >= batches_per_epoch
-            epoch_f = epoch + (1 if full_epoch else batch_in_epoch * world / batches_per_epoch)
-            m = run_eval(step, epoch_f) if (full_epoch and not cfg.eval_every) or done else None
-            if m is not None:
-                history.append({"step": step, "epoch": epoch_f, **m.to_dict()})
-            if full_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
-            if not done and not cfg.save_every:
-                checkpoint()
-            t0 = time.perf_counter()
+        # End of an epoch, or of training.
+        train_seconds += time.perf_counter() - t0
+        full_epoch = batch_in_epoch * world >= batches_per_epoch
+        if done or not cfg.eval_every:
+            eval_into_history(epoch + (1 if full_epoch else batch_in_epoch * world /
+                                       batches_per_epoch))
+        if full_epoch:
+            epoch, batch_in_epoch = epoch + 1, 0
+        if not done and not cfg.save_every:
+            checkpoint()
+        t0 = window_t0 = time.perf_counter()
     bar.close()
     final = Metrics(**{k: history[-1][k] for k in ("loss", "perplexity", "tokens", "blocks")}) \
         if history else None
