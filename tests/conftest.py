@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny tokenizers and models built offline, the corpora, an isolated cache."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+# Before transformers / huggingface_hub are imported anywhere: no test may reach the Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "assets" / "eli5-sample.jsonl.gz"
+ELI5 = REPO / ".." / "shared" / "data" / "eli5_category" / "eli5-category-test.json.gz"
+VOCAB = 800
+HIDDEN = 32
+
+
+def read_sample(n: int | None = None) -> list[dict]:
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
+        recs = [json.loads(line) for line in fh if line.strip()]
+    return recs[:n] if n else recs
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own block cache, so nothing is written to ~/.cache."""
+    monkeypatch.setenv("MLMKIT_CACHE", str(tmp_path_factory.mktemp("mlmkit-cache")))
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    assert SAMPLE.is_file(), f"{SAMPLE} ships with the repository"
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def eli5_path() -> Path:
+    if not ELI5.is_file():
+        pytest.skip(f"real ELI5-Category data not found at {ELI5.resolve()}")
+    return ELI5.resolve()
+
+
+@pytest.fixture(scope="session")
+def sample_records() -> list[dict]:
+    return read_sample()
+
+
+@pytest.fixture(scope="session")
+def sample_texts(sample_records) -> list[str]:
+    return [" ".join(r["answers"]["text"]) for r in sample_records]
+
+
+@pytest.fixture(scope="session")
+def roberta_tokenizer(sample_texts):
+    from mlmkit.testing import train_tokenizer
+
+    return train_tokenizer(sample_texts[:500], "roberta", VOCAB)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(sample_texts):
+    from mlmkit.testing import train_tokenizer
+
+    return train_tokenizer(sample_texts[:500], "bert", VOCAB)
+
+
+def _save(tmp_path_factory, texts, name: str, kind: str, weights: bool = True) -> Path:
+    from mlmkit.testing import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp(name), texts[:500], kind, VOCAB,
+                           hidden=HIDDEN, layers=2, weights=weights)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, sample_texts) -> Path:
+    """A full random-init RoBERTa masked-LM directory (tokenizer + config + weights)."""
+    return _save(tmp_path_factory, sample_texts, "tiny-roberta", "roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, sample_texts) -> Path:
+    """A full random-init BERT masked-LM directory with a WordPiece tokenizer."""
+    return _save(tmp_path_factory, sample_texts, "tiny-bert", "bert")
+
+
+@pytest.fixture(scope="session")
+def roberta_shape(tmp_path_factory, sample_texts) -> Path:
+    """Tokenizer + config without weights, for --from-scratch."""
+    return _save(tmp_path_factory, sample_texts, "roberta-shape", "roberta", weights=False)
+
+
+@pytest.fixture(scope="session")
+def trained_roberta(tmp_path_factory, tiny_roberta, sample_path):
+    """A tiny RoBERTa trained briefly on ELI5 through the library: (TrainConfig, TrainResult).
+    The real test split when present, else the sample in the repository (same records)."""
+    from mlmkit import TrainConfig, train
+
+    data = ELI5.resolve() if ELI5.is_file() else sample_path
+    cfg = TrainConfig(model=str(tiny_roberta), data=str(data), text_field=["answers.text"],
+                      limit=300, block_size=64, output=str(tmp_path_factory.mktemp("trained")),
+                      max_steps=40, batch_size=8, eval_batch_size=16, learning_rate=1e-3,
+                      log_every=5, quiet=True, cache_dir=str(tmp_path_factory.mktemp("tc")))
+    return cfg, train(cfg)

@@ -1,0 +1,294 @@
+"""The command line trains, evaluates and fills like the library, takes settings from YAML/TOML
+files with flags winning, and turns every bad input into one 'error:' line and exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlmkit.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def train_args(model, data, out, *extra) -> list[str]:
+    return ["train", "--model", model, "--data", data, "--text-field", "answers.text",
+            "--limit", "100", "--block-size", "64", "--batch-size", "8", "--max-steps", "3",
+            "--learning-rate", "1e-3", "--output", out, "--quiet", *extra]
+
+
+def assert_records_equal(ours, theirs):
+    assert len(ours) == len(theirs)
+    for o, t in zip(ours, theirs):
+        assert (o["token"], o["token_str"], o["sequence"]) == (
+            t["token"], t["token_str"], t["sequence"])
+        assert o["score"] == pytest.approx(t["score"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_roberta) -> Path:
+    return Path(trained_roberta[0].output)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    from transformers import pipeline
+
+    return pipeline("fill-mask", model=str(model_dir), device="cpu")
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_train_prints_perplexity_before_and_after(capsys, tiny_roberta, sample_path, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, *train_args(tiny_roberta, sample_path, out))
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"perplexity before: {metrics['base']['perplexity']:.3f}" in stdout
+    assert f"perplexity after:  {metrics['final']['perplexity']:.3f}" in stdout
+    assert f"saved {out} (3 steps" in stdout
+
+
+def test_eval_json_matches_training_metrics(capsys, trained_roberta, model_dir):
+    cfg, _ = trained_roberta
+    code, stdout, err = run(capsys, "eval", "--model", model_dir, "--data", cfg.data,
+                            "--text-field", "answers.text", "--limit", cfg.limit,
+                            "--block-size", cfg.block_size, "--json", "--quiet")
+    assert code == 0, err
+    got = json.loads(stdout)
+    final = json.loads((model_dir / "metrics.json").read_text())["final"]
+    assert got["model"] == str(model_dir) and got["tokens"] == final["tokens"]
+    assert got["perplexity"] == pytest.approx(final["perplexity"], rel=1e-5)
+    code, stdout, _ = run(capsys, "eval", "--model", model_dir, "--data", cfg.data,
+                          "--text-field", "answers.text", "--limit", cfg.limit,
+                          "--block-size", cfg.block_size, "--quiet")
+    assert code == 0 and f"perplexity {final['perplexity']:.3f}" in stdout
+
+
+def test_fill_json_equals_pipeline(capsys, model_dir, pipe):
+    texts = ["The sun is a <mask> star.", "Birds <mask> south and <mask> back."]
+    code, stdout, err = run(capsys, "fill", model_dir, *texts, "--json", "--top-k", "3")
+    assert code == 0, err
+    lines = [json.loads(x) for x in stdout.splitlines()]
+    assert len(lines) == 2
+    assert_records_equal(lines[0], pipe(texts[0], top_k=3))
+    theirs = pipe(texts[1], top_k=3)
+    assert len(lines[1]) == 2
+    for o, t in zip(lines[1], theirs):
+        assert_records_equal(o, t)
+
+
+def test_fill_plain_output(capsys, model_dir, pipe):
+    code, stdout, _ = run(capsys, "fill", model_dir, "The sun is a <mask> star.", "--top-k", "2")
+    best = pipe("The sun is a <mask> star.", top_k=2)
+    assert code == 0
+    assert stdout.splitlines() == [f"{r['score']:.4f}  {r['sequence']}" for r in best]
+
+
+def test_fill_reads_stdin(capsys, monkeypatch, model_dir, pipe):
+    texts = ["Water <mask> at 100 degrees.", "The <mask> is blue."]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(texts) + "\n"))
+    code, stdout, err = run(capsys, "fill", model_dir, "--json", "--top-k", "2")
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, texts):
+        assert_records_equal(json.loads(line), pipe(text, top_k=2))
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_fill_input_file_to_output_with_error_records(capsys, model_dir, pipe, tmp_path, suffix):
+    texts = ["The sun is a <mask> star.", "nothing to fill", "Why is the <mask> blue?"]
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".txt":
+        src.write_text("\n".join(texts) + "\n")
+    else:
+        src.write_text("\n".join([json.dumps({"text": texts[0]}), json.dumps({"text": texts[1]}),
+                                  "{not json", json.dumps({"text": texts[2]})]) + "\n")
+    dst = tmp_path / "out.jsonl"
+    code, stdout, err = run(capsys, "fill", model_dir, "--input", src, "--output", dst,
+                            "--top-k", "2", "--quiet")
+    assert code == 1 and stdout == ""
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    bad = [2] if suffix == ".txt" else [2, 3]
+    assert len(recs) == len(texts) + len(bad) - 1
+    assert [r["line"] for r in recs if isinstance(r, dict)] == bad
+    assert all("error" in r for r in recs if isinstance(r, dict))
+    good = [r for r in recs if isinstance(r, list)]
+    assert_records_equal(good[0], pipe(texts[0], top_k=2))
+    assert_records_equal(good[1], pipe(texts[2], top_k=2))
+    assert f"{len(bad)} of {len(recs)} inputs could not be filled" in err
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_config_file_values_used_and_flags_win(capsys, tmp_path, tiny_roberta, sample_path,
+                                               suffix):
+    settings = {"model": str(tiny_roberta), "data": str(sample_path), "text-field": "answers.text",
+                "limit": 100, "block-size": 32, "eval-seed": 5, "quiet": True}
+    path = tmp_path / f"c{suffix}"
+    if suffix == ".yaml":
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    else:
+        path.write_text("".join(f"{k} = {json.dumps(v).lower() if v is True else json.dumps(v)}\n"
+                                for k, v in settings.items()))
+    from mlmkit import EvalConfig, run_eval
+
+    code, stdout, err = run(capsys, "eval", "--config", path, "--json")
+    assert code == 0, err
+    want, _ = run_eval(EvalConfig(model=str(tiny_roberta), data=str(sample_path),
+                                  text_field=["answers.text"], limit=100, block_size=32,
+                                  eval_seed=5, quiet=True))
+    assert json.loads(stdout)["perplexity"] == pytest.approx(want.perplexity, rel=1e-9)
+    code, stdout, _ = run(capsys, "eval", "--config", path, "--eval-seed", "9")
+    assert code == 0 and "(eval seed 9)" in stdout
+
+
+def test_train_config_file_and_flag_precedence(capsys, tmp_path, tiny_roberta, sample_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {tiny_roberta}\ndata: {sample_path}\ntext_field: [answers.text]\n"
+                    "limit: 100\nblock-size: 32\nmax-steps: 5\nlearning-rate: 0.002\n"
+                    "skip-base-eval: true\nquiet: true\n")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "train", "--config", path, "--max-steps", "2",
+                            "--output", out)
+    assert code == 0, err
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["max_steps"], saved["block_size"], saved["learning_rate"]) == (2, 32, 0.002)
+    assert "(2 steps" in stdout and "perplexity before" not in stdout
+
+
+def test_entry_point_runs_as_a_real_process(model_dir, pipe):
+    exe = Path(sys.executable).with_name("mlmkit")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli"]
+    text = "The sun is a <mask> star."
+    proc = subprocess.run([*cmd, "fill", str(model_dir), text, "--json", "--top-k", "2"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert_records_equal(json.loads(proc.stdout), pipe(text, top_k=2))
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "\r" not in err, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def write_jsonl(path: Path, recs: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+BAD_DATA = {
+    "missing file": (lambda d: d / "nope.jsonl", ["nope.jsonl", "not found"]),
+    "unknown field": (lambda d: write_jsonl(d / "c.jsonl", [{"title": "t", "answers": {
+        "text": ["a"], "score": [1]}}]), ["'answers.txt'", "title", "answers.text",
+                                          "answers.score", "line 1"]),
+    "list of ints": (lambda d: write_jsonl(d / "c.jsonl", [{"answers": {"text": ["a"],
+                                                                     "score": [3]}}]),
+                     ["'answers.score'", "list of int", "expected text"]),
+    "dict field": (lambda d: write_jsonl(d / "c.jsonl", [{"answers": {"text": ["a"]}}]),
+                   ["'answers'", "dict", "expected text"]),
+    "empty corpus": (lambda d: write_jsonl(d / "c.jsonl", []), ["no records"]),
+    "shorter than a block": (lambda d: write_jsonl(d / "c.jsonl", [{"answers": {
+        "text": ["just a few words"]}}] * 3), ["less than one block", "--block-size"]),
+    "invalid JSON line": (lambda d: (d / "c.jsonl").write_text(
+        '{"answers": {"text": ["a b c"]}}\n{"answers": {"text": ["oops"]}\n') and d / "c.jsonl",
+                          ["c.jsonl: line 2", "invalid JSON"]),
+}
+FIELD = {"unknown field": "answers.txt", "list of ints": "answers.score", "dict field": "answers"}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_corpus_is_one_error_line_and_creates_nothing(case, capsys, tmp_path, tiny_roberta):
+    make, needles = BAD_DATA[case]
+    data = make(tmp_path)
+    out = tmp_path / "out"
+    args = train_args(tiny_roberta, data, out)
+    args[args.index("answers.text")] = FIELD.get(case, "answers.text")
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_error_after_a_progress_bar_starts_its_own_line(capsys, tmp_path, tiny_roberta):
+    data = write_jsonl(tmp_path / "c.jsonl", [{"answers": {"text": ["a"]}}])
+    args = train_args(tiny_roberta, data, tmp_path / "out")
+    args.remove("--quiet")  # progress bars on, as a user at a terminal has them
+    args[args.index("answers.text")] = "answers.txt"
+    code, _, err = run(capsys, *args)
+    # What a terminal shows: the text after the last carriage return of each line.
+    shown = [seg.split("\r")[-1] for seg in err.split("\n")]
+    assert [s for s in shown if s.strip()] == [shown[0]] and code == 2
+    assert shown[0].startswith("error: ") and "no field 'answers.txt'" in shown[0]
+
+
+def test_block_size_above_max_positions(capsys, tmp_path, tiny_roberta, sample_path):
+    out = tmp_path / "out"
+    args = train_args(tiny_roberta, sample_path, out)
+    args[args.index("--block-size") + 1] = "1024"
+    assert_one_line_error(*run(capsys, *args)[::2], "--block-size 1024", "512")
+    assert not out.exists()
+    code, _, err = run(capsys, "eval", "--model", tiny_roberta, "--data", sample_path,
+                       "--text-field", "answers.text", "--block-size", "600")
+    assert_one_line_error(code, err, "--block-size 600")
+
+
+def test_non_empty_output_without_overwrite(capsys, tmp_path, tiny_roberta, sample_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, *train_args(tiny_roberta, sample_path, out))
+    assert_one_line_error(code, err, str(out), "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_fill_text_without_mask(capsys, model_dir):
+    code, stdout, err = run(capsys, "fill", model_dir, "nothing to fill here")
+    assert_one_line_error(code, err, "no mask token", "<mask>")
+    assert stdout == ""
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_path,
+                                              sample_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = "no-such-org/no-such-model"
+    out = tmp_path / "out"
+    if command == "train":
+        argv = train_args(model, sample_path, out)
+    elif command == "eval":
+        argv = ["eval", "--model", model, "--data", str(sample_path)]
+    else:
+        argv = ["fill", model, "a <mask> b"]
+    code, _, err = run(capsys, *argv)
+    line = assert_one_line_error(code, err, model, "HF_HUB_OFFLINE")
+    assert "local model directory" in line
+    assert not out.exists()
+
+
+def test_bad_config_file_and_unknown_setting(capsys, tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("block-size = 64\nlearning-rat = 1\n")
+    code, _, err = run(capsys, "train", "--config", path, "--output", tmp_path / "o")
+    assert_one_line_error(code, err, "learning_rat")
+    code, _, err = run(capsys, "train", "--config", tmp_path / "missing.yaml")
+    assert_one_line_error(code, err, "missing.yaml", "not found")

@@ -1,0 +1,80 @@
+"""Settings resolve as defaults < config file < flags, and bad values fail with one clear error."""
+
+import pytest
+
+from mlmkit.config import (
+    EvalConfig,
+    MlmkitError,
+    TrainConfig,
+    build_config,
+    parse_overrides,
+    read_config_file,
+)
+
+
+def test_defaults_are_the_guides():
+    cfg = TrainConfig()
+    assert (cfg.learning_rate, cfg.weight_decay, cfg.mlm_probability) == (2e-5, 0.01, 0.15)
+    assert (cfg.block_size, cfg.eval_fraction, cfg.text_field) == (128, 0.2, [])
+    assert TrainConfig().text_field is not cfg.text_field  # no shared mutable default
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".yaml", "block-size: 64\nlearning_rate: 0.001\ntext-field: answers.text\n"),
+    (".toml", 'block-size = 64\nlearning_rate = 0.001\ntext-field = "answers.text"\n'),
+])
+def test_file_values_used_and_flags_win(tmp_path, suffix, text):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    values = read_config_file(path)
+    cfg = build_config(TrainConfig, values, {})
+    assert (cfg.block_size, cfg.learning_rate, cfg.text_field) == (64, 1e-3, ["answers.text"])
+    cfg = build_config(TrainConfig, values, {"block_size": 32})
+    assert (cfg.block_size, cfg.learning_rate) == (32, 1e-3)
+
+
+def test_unknown_setting_in_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("block_size: 64\nlearning_rat: 1\n")
+    with pytest.raises(MlmkitError, match="learning_rat"):
+        build_config(TrainConfig, read_config_file(path), {})
+
+
+@pytest.mark.parametrize("name,text,match", [
+    ("c.yaml", "a: [1,\n", "cannot parse"),
+    ("c.toml", "a = \n", "cannot parse"),
+    ("c.ini", "a=1", "expected a .yaml"),
+    ("c.yaml", "- 1\n- 2\n", "mapping"),
+])
+def test_bad_config_files(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(MlmkitError, match=match):
+        read_config_file(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(MlmkitError, match="not found"):
+        read_config_file(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("cls,values,flag", [
+    (TrainConfig, {"block_size": 4}, "--block-size"),
+    (TrainConfig, {"eval_fraction": 1.0}, "--eval-fraction"),
+    (TrainConfig, {"mlm_probability": 0.0}, "--mlm-probability"),
+    (TrainConfig, {"mask_replace_prob": 0.9, "random_replace_prob": 0.2}, "--random-replace-prob"),
+    (TrainConfig, {"learning_rate": -1.0}, "--learning-rate"),
+    (TrainConfig, {"train_tokenizer": 10}, "--train-tokenizer"),
+    (EvalConfig, {"limit": 0}, "--limit"),
+])
+def test_range_checks_name_the_flag(cls, values, flag):
+    with pytest.raises(MlmkitError, match=flag):
+        build_config(cls, {}, values)
+
+
+def test_parse_overrides():
+    assert parse_overrides("hidden_size=128, num_hidden_layers=2,act=gelu") == {
+        "hidden_size": 128, "num_hidden_layers": 2, "act": "gelu"}
+    assert parse_overrides(None) == {}
+    with pytest.raises(MlmkitError, match="key=value"):
+        parse_overrides("hidden_size")

@@ -1,0 +1,256 @@
+"""Every input format loads, text fields are picked and joined as documented, and blocks are the
+guide's group_texts over a deterministic ~20% held-out split, cached on disk."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import mlmkit.data
+from mlmkit.config import DataConfig, MlmkitError
+from mlmkit.data import TextStats, is_eval_record, iter_texts, load_blocks, resolve_files
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def records(sample_records):
+    return sample_records[:N]
+
+
+@pytest.fixture(scope="module")
+def joined(records):
+    return [" ".join(r["answers"]["text"]) for r in records]
+
+
+def texts_of(cfg: DataConfig, stats: TextStats | None = None) -> list[str]:
+    return [t for _, t in iter_texts(cfg, stats)]
+
+
+def write_jsonl(path, recs, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt", encoding="utf-8") as fh:
+        for r in recs:
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.json", "c.json.gz", "c.parquet"])
+def test_structured_formats_load(tmp_path, records, joined, name):
+    path = tmp_path / name
+    if name.startswith("c.jsonl"):
+        write_jsonl(path, records, gz=name.endswith(".gz"))
+    elif name.startswith("c.json"):
+        with (gzip.open if name.endswith(".gz") else open)(path, "wt", encoding="utf-8") as fh:
+            json.dump(records, fh)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    assert texts_of(DataConfig(data=str(path), text_field=["answers.text"])) == joined
+
+
+def test_real_eli5_json_array(eli5_path):
+    with gzip.open(eli5_path, "rt", encoding="utf-8") as fh:
+        recs = json.load(fh)[:25]
+    got = texts_of(DataConfig(data=str(eli5_path), text_field=["answers.text"], limit=25))
+    assert got == [" ".join(r["answers"]["text"]) for r in recs]
+
+
+def test_txt_and_csv(tmp_path, joined):
+    lines = [t.replace("\n", " ") for t in joined]
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert texts_of(DataConfig(data=str(tmp_path / "c.txt"))) == lines
+    with open(tmp_path / "c.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["id", "text"])
+        w.writeheader()
+        w.writerows({"id": i, "text": t} for i, t in enumerate(joined))
+    assert texts_of(DataConfig(data=str(tmp_path / "c.csv"))) == joined  # embedded newlines kept
+
+
+def test_directory_and_glob(tmp_path, records, joined):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_jsonl(tmp_path / "a" / "part1.jsonl", records[:15])
+    write_jsonl(tmp_path / "b" / "part2.jsonl.gz", records[15:], gz=True)
+    (tmp_path / "notes.md").write_text("ignored: not a corpus format")
+    assert texts_of(DataConfig(data=str(tmp_path), text_field=["answers.text"])) == joined
+    glob_cfg = DataConfig(data=str(tmp_path / "*" / "part*"), text_field=["answers.text"])
+    assert texts_of(glob_cfg) == joined
+
+
+def test_missing_inputs_are_errors_and_hub_ids_are_not_files(tmp_path):
+    with pytest.raises(MlmkitError, match="not found"):
+        resolve_files(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(MlmkitError, match="matches no"):
+        resolve_files(str(tmp_path / "*.jsonl"))
+    assert resolve_files("eli5_category") is None
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def test_list_field_joined_with_space_several_fields_and_limit(sample_path, records):
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=7)
+    assert texts_of(cfg) == [" ".join(r["answers"]["text"]) for r in records[:7]]
+    cfg = DataConfig(data=str(sample_path), text_field=["title", "answers.text"], limit=5)
+    assert texts_of(cfg) == [r["title"] + " " + " ".join(r["answers"]["text"])
+                             for r in records[:5]]
+
+
+def test_default_field_is_text_or_the_only_string(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"n": 1, "body": "hello there"}])
+    assert texts_of(DataConfig(data=str(tmp_path / "a.jsonl"))) == ["hello there"]
+    write_jsonl(tmp_path / "b.jsonl", [{"title": "x", "body": "y"}])
+    with pytest.raises(MlmkitError, match="--text-field"):
+        texts_of(DataConfig(data=str(tmp_path / "b.jsonl")))
+
+
+def test_unknown_field_lists_existing_fields(sample_path):
+    with pytest.raises(MlmkitError) as e:
+        texts_of(DataConfig(data=str(sample_path), text_field=["answers.txt"]))
+    msg = str(e.value)
+    assert "answers.txt" in msg and "answers.text" in msg and "title" in msg and "line 1" in msg
+
+
+@pytest.mark.parametrize("field,kind", [("answers.score", "list of int"),
+                                        ("answers", "dict")])
+def test_non_text_field_is_an_error(tmp_path, field, kind):
+    write_jsonl(tmp_path / "c.jsonl", [{"answers": {"text": ["a"], "score": [3, 4]}}])
+    with pytest.raises(MlmkitError, match=f"holds a {kind}; expected text or a list of text"):
+        texts_of(DataConfig(data=str(tmp_path / "c.jsonl"), text_field=[field]))
+
+
+def test_invalid_json_line_names_file_and_line(tmp_path, records):
+    path = tmp_path / "c.jsonl"
+    write_jsonl(path, records[:3])
+    with open(path, "a") as fh:
+        fh.write('{"answers": {"text": ["a"]}\n')
+    with pytest.raises(MlmkitError, match=r"c\.jsonl: line 4: invalid JSON"):
+        texts_of(DataConfig(data=str(path), text_field=["answers.text"]))
+
+
+def test_empty_records_are_counted(tmp_path, records, roberta_tokenizer):
+    recs = list(records[:20])
+    recs[3] = {"answers": {"text": []}}
+    recs[11] = {"answers": {"text": ["  ", ""]}}
+    path = write_jsonl(tmp_path / "c.jsonl", recs)
+    stats = TextStats()
+    got = texts_of(DataConfig(data=str(path), text_field=["answers.text"]), stats)
+    assert len(got) == 18 and (stats.records, stats.empty) == (20, 2)
+    corpus = load_blocks(DataConfig(data=str(path), text_field=["answers.text"], block_size=32),
+                         roberta_tokenizer, progress=False)
+    assert (corpus.stats["records"], corpus.stats["empty_records"]) == (20, 2)
+    assert "2 empty records skipped" in corpus.describe()
+
+
+# --------------------------------------------------------------------------- split and blocks
+
+
+def test_held_out_split_is_deterministic_and_about_a_fifth():
+    idx = np.arange(20_000)
+    held = is_eval_record(idx, 42, 0.2)
+    assert abs(held.mean() - 0.2) < 0.01
+    assert np.array_equal(held, is_eval_record(idx, 42, 0.2))
+    assert np.array_equal(held[:777], is_eval_record(idx[:777], 42, 0.2))  # streaming-safe
+    assert not np.array_equal(held, is_eval_record(idx, 43, 0.2))
+    assert not is_eval_record(idx, 42, 0.0).any()
+
+
+def reference_blocks(texts, tokenizer, block_size, seed, fraction, pad_id=None):
+    """The guide's group_texts on the same split: concatenate, cut, drop the last partial block."""
+    held = is_eval_record(np.arange(len(texts)), seed, fraction)
+    out = {}
+    for split, sel in (("train", ~held), ("eval", held)):
+        flat = [t for i in np.flatnonzero(sel) for t in tokenizer(texts[i])["input_ids"]]
+        if pad_id is not None and len(flat) % block_size:
+            flat += [pad_id] * (block_size - len(flat) % block_size)
+        n = len(flat) // block_size * block_size
+        out[split] = np.array(flat[:n], dtype=np.int64).reshape(-1, block_size)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_blocks_equal_reference_group_texts(sample_path, sample_texts, kind, request):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=150,
+                     block_size=64, seed=7)
+    corpus = load_blocks(cfg, tok, progress=False)
+    ref = reference_blocks(sample_texts[:150], tok, 64, 7, 0.2)
+    assert np.array_equal(np.asarray(corpus.train, dtype=np.int64), ref["train"])
+    assert np.array_equal(np.asarray(corpus.eval, dtype=np.int64), ref["eval"])
+    s = corpus.stats
+    assert s["records"] == 150 and s["train_blocks"] == len(ref["train"]) > 0
+    assert s["dropped_tokens"] == (s["train_tokens"] % 64) + (s["eval_tokens"] % 64)
+    if kind == "bert":
+        assert tok.eos_token is None and corpus.train[0][0] == tok.cls_token_id
+
+
+def test_pad_last_block_keeps_the_tail(sample_path, sample_texts, roberta_tokenizer):
+    tok = roberta_tokenizer
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=60,
+                     block_size=64, pad_last_block=True)
+    corpus = load_blocks(cfg, tok, progress=False)
+    ref = reference_blocks(sample_texts[:60], tok, 64, cfg.seed, 0.2, pad_id=tok.pad_token_id)
+    assert np.array_equal(np.asarray(corpus.train, dtype=np.int64), ref["train"])
+    assert np.array_equal(np.asarray(corpus.eval, dtype=np.int64), ref["eval"])
+    assert corpus.stats["dropped_tokens"] == 0
+    tail = corpus.stats["train_tokens"] % 64
+    assert tail and (corpus.train[-1][tail:] == tok.pad_token_id).all()
+    assert corpus.train[-1][tail - 1] == tok.eos_token_id  # the last document's end survives
+
+
+def test_second_load_hits_the_cache(sample_path, roberta_tokenizer, monkeypatch, tmp_path):
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=60, block_size=32,
+                     cache_dir=str(tmp_path / "c"))
+    first = load_blocks(cfg, roberta_tokenizer, progress=False)
+    assert first.cache_path is not None and first.cache_path.is_relative_to(tmp_path / "c")
+    real = mlmkit.data._tokenize_into
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("re-tokenized although the blocks are cached")
+
+    monkeypatch.setattr(mlmkit.data, "_tokenize_into", must_not_run)
+    second = load_blocks(cfg, roberta_tokenizer, progress=False)
+    assert second.cache_path == first.cache_path
+    assert np.array_equal(second.train, first.train) and np.array_equal(second.eval, first.eval)
+    # Another setting is another cache entry.
+    calls = []
+    monkeypatch.setattr(mlmkit.data, "_tokenize_into", lambda *a: calls.append(1) or real(*a))
+    other = load_blocks(DataConfig(**{**cfg.__dict__, "block_size": 16}), roberta_tokenizer,
+                        progress=False)
+    assert calls and other.cache_path != first.cache_path and other.train.shape[1] == 16
+
+
+def test_no_cache_writes_nothing(sample_path, roberta_tokenizer, tmp_path):
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=30, block_size=32,
+                     cache_dir=str(tmp_path / "c"), no_cache=True)
+    corpus = load_blocks(cfg, roberta_tokenizer, progress=False)
+    assert len(corpus.train) > 0 and not (tmp_path / "c").exists()
+
+
+def test_default_cache_follows_mlmkit_cache(sample_path, roberta_tokenizer, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLMKIT_CACHE", str(tmp_path / "env-cache"))
+    cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=30, block_size=32)
+    corpus = load_blocks(cfg, roberta_tokenizer, progress=False)
+    assert corpus.cache_path.is_relative_to(tmp_path / "env-cache")
+
+
+@pytest.mark.parametrize("limit,block,match", [(2, 512, "less than one block"),
+                                               (None, 32, "no records")])
+def test_too_little_text(tmp_path, sample_path, roberta_tokenizer, limit, block, match):
+    data = str(sample_path)
+    if limit is None:
+        (tmp_path / "empty.jsonl").write_text("")
+        data = str(tmp_path / "empty.jsonl")
+    cfg = DataConfig(data=data, text_field=["answers.text"], limit=limit, block_size=block)
+    with pytest.raises(MlmkitError, match=match):
+        load_blocks(cfg, roberta_tokenizer, progress=False)

@@ -1,0 +1,127 @@
+"""Masking follows BERT's recipe statistically (15%, 80/10/10), never touches special or padding
+tokens, keeps whole words together on BPE and WordPiece, and gives reproducible eval masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlmkit.config import MaskConfig
+from mlmkit.masking import IGNORE_INDEX, Masker, MaskingCollator
+
+BLOCK = 128
+
+
+def encode_blocks(tokenizer, texts, n_blocks, block=BLOCK, pad_every=4, pad_len=16):
+    """Blocks of real tokens (with <s>/</s> or [CLS]/[SEP] between documents), plus (doc, word)
+    ids per position; every `pad_every`-th block ends in padding."""
+    ids, words = [], []
+    for d, t in enumerate(texts):
+        enc = tokenizer(t)
+        ids += enc["input_ids"]
+        words += [(d, w) if w is not None else None for w in enc.word_ids()]
+        if len(ids) >= n_blocks * block:
+            break
+    assert len(ids) >= n_blocks * block, "not enough text for the requested blocks"
+    ids = np.array(ids[: n_blocks * block], dtype=np.int64).reshape(n_blocks, block)
+    words = words[: n_blocks * block]
+    if pad_every:
+        ids[::pad_every, -pad_len:] = tokenizer.pad_token_id
+    return ids, words
+
+
+@pytest.fixture(scope="module")
+def roberta_blocks(roberta_tokenizer, sample_texts):
+    return encode_blocks(roberta_tokenizer, sample_texts, 900)  # 115k tokens
+
+
+def test_selection_and_80_10_10_statistics(roberta_tokenizer, roberta_blocks):
+    tok = roberta_tokenizer
+    ids, _ = roberta_blocks
+    inputs, labels = Masker(tok, MaskConfig())(ids, np.random.default_rng(0))
+    special = np.isin(ids, tok.all_special_ids)
+    assert special.sum() > 1000 and (ids == tok.pad_token_id).sum() > 1000
+    selected = labels != IGNORE_INDEX
+    assert abs(selected.sum() / (~special).sum() - 0.15) <= 0.01
+    n = selected.sum()
+    masked = selected & (inputs == tok.mask_token_id)
+    kept = selected & (inputs == ids)
+    randomised = selected & ~masked & ~kept
+    assert abs(masked.sum() / n - 0.8) <= 0.01
+    assert abs(randomised.sum() / n - 0.1) <= 0.01
+    assert abs(kept.sum() / n - 0.1) <= 0.01
+    # Random replacements are ordinary tokens, and nothing outside the selection changes.
+    assert not np.isin(inputs[randomised], tok.all_special_ids).any()
+    assert np.array_equal(inputs[~selected], ids[~selected])
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_specials_and_padding_never_selected_labels_exact(kind, request, sample_texts):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    ids, _ = encode_blocks(tok, sample_texts, 200)
+    cfg = MaskConfig(mlm_probability=0.9)  # high, so a leak would certainly show
+    inputs, labels = Masker(tok, cfg)(ids, np.random.default_rng(1))
+    special = np.isin(ids, tok.all_special_ids) | (ids == tok.pad_token_id)
+    selected = labels != IGNORE_INDEX
+    assert not (selected & special).any()
+    assert np.array_equal(inputs[special], ids[special])
+    assert np.array_equal(labels[selected], ids[selected])  # labels are the original ids
+    assert (labels[~selected] == IGNORE_INDEX).all()
+    assert selected.mean() > 0.5
+
+
+def word_groups(ids, words):
+    """Positions of each word (split by block as well: a block starts a new word)."""
+    groups: dict = {}
+    for pos, w in enumerate(words):
+        if w is not None:
+            b, p = divmod(pos, ids.shape[1])
+            groups.setdefault((b, w), []).append((b, p))
+    return [g for g in groups.values()]
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_whole_word_masking_selects_all_or_none(kind, request, sample_texts):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    ids, words = encode_blocks(tok, sample_texts, 300, pad_every=0)
+    groups = [g for g in word_groups(ids, words) if len(g) > 1]
+    assert len(groups) > 1000  # the tiny vocabulary splits many words
+
+    def mixed(selected):
+        return sum(len({bool(selected[b, p]) for b, p in g}) > 1 for g in groups)
+
+    def fully(selected):
+        return sum(all(selected[b, p] for b, p in g) for g in groups)
+
+    rng = np.random.default_rng(2)
+    wwm = Masker(tok, MaskConfig(whole_word_mask=True)).select(ids, rng)
+    assert mixed(wwm) == 0 and fully(wwm) > 50
+    assert abs(wwm.mean() - 0.15) < 0.03
+    # The check has teeth: token-level masking splits words.
+    tokens = Masker(tok, MaskConfig()).select(ids, np.random.default_rng(2))
+    assert mixed(tokens) > 100
+
+
+def test_fixed_eval_masks_reproducible_and_chunk_independent(roberta_tokenizer, roberta_blocks):
+    ids = roberta_blocks[0][:300]
+    masker = Masker(roberta_tokenizer, MaskConfig())
+    a_in, a_lab = masker.fixed(ids, seed=1234)
+    b_in, b_lab = masker.fixed(ids, seed=1234)
+    c_in, c_lab = masker.fixed(ids, seed=1234, chunk=7)
+    d_in, d_lab = masker.fixed(ids, seed=99)
+    assert np.array_equal(a_in, b_in) and np.array_equal(a_lab, b_lab)
+    assert np.array_equal(a_in, c_in) and np.array_equal(a_lab, c_lab)
+    assert not np.array_equal(a_lab, d_lab)
+    assert (a_lab != IGNORE_INDEX).sum() > 0
+
+
+def test_collator_masks_depend_only_on_seed_epoch_and_blocks(roberta_tokenizer, roberta_blocks):
+    ids = roberta_blocks[0][:8]
+    tok = roberta_tokenizer
+    col = MaskingCollator(Masker(tok, MaskConfig()), seed=5, pad_id=tok.pad_token_id)
+    items = [(i, ids[i]) for i in range(8)]
+    a, b = col(items), col(items)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(a["attention_mask"].numpy(), (ids != tok.pad_token_id).astype(int))
+    col.epoch = 1
+    assert not np.array_equal(a["labels"], col(items)["labels"])

@@ -1,0 +1,117 @@
+"""The sparse prediction head gives the dense loss exactly, and models load with clear messages
+(a checkpoint without a masked-LM head loads with a warning)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from mlmkit.config import MaskConfig, MlmkitError
+from mlmkit.masking import Masker
+from mlmkit.model import (
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    masked_lm_loss,
+    max_block_size,
+    sparse_head,
+)
+from mlmkit.testing import tiny_config
+
+
+def make_batch(tokenizer, texts, length=48):
+    texts = ["A short answer, padded.", *texts[:5]]
+    enc = tokenizer(texts, truncation=True, max_length=length, padding="longest")
+    ids = np.array(enc["input_ids"])
+    inputs, labels = Masker(tokenizer, MaskConfig(mlm_probability=0.3))(
+        ids, np.random.default_rng(0))
+    return {"input_ids": torch.from_numpy(inputs),
+            "attention_mask": torch.tensor(enc["attention_mask"]),
+            "labels": torch.from_numpy(labels)}
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_sparse_loss_equals_dense_and_hf_loss(kind, request, sample_texts):
+    path = request.getfixturevalue(f"tiny_{kind}")
+    tok = load_tokenizer(str(path))
+    model = load_model(str(path)).eval()
+    assert sparse_head(model) is not None  # otherwise both paths would be the dense one
+    batch = make_batch(tok, sample_texts)
+    assert (batch["attention_mask"] == 0).any()  # padding is part of the batch
+    with torch.no_grad():
+        sparse, n_sparse = masked_lm_loss(model, batch, sparse=True)
+        dense, n_dense = masked_lm_loss(model, batch, sparse=False)
+        hf = model(**batch).loss
+    n = int((batch["labels"] != -100).sum())
+    assert int(n_sparse) == int(n_dense) == n > 20
+    torch.testing.assert_close(sparse / n, dense / n, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sparse / n, hf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sparse, hf * n, rtol=1e-6, atol=1e-4)
+
+
+def test_sparse_gradients_equal_dense(tiny_roberta, sample_texts):
+    tok = load_tokenizer(str(tiny_roberta))
+    batch = make_batch(tok, sample_texts)
+    grads = []
+    for sparse in (True, False):
+        model = load_model(str(tiny_roberta)).eval()
+        loss, n = masked_lm_loss(model, batch, sparse=sparse)
+        (loss / n).backward()
+        grads.append(model.roberta.encoder.layer[0].attention.self.query.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_checkpoint_without_mlm_head_loads_with_warning(kind, tmp_path, caplog, request):
+    from transformers import BertModel, RobertaModel
+
+    src = request.getfixturevalue(f"tiny_{kind}")
+    tok = load_tokenizer(str(src))
+    cls = RobertaModel if kind == "roberta" else BertModel
+    base = cls(tiny_config(kind, len(tok), hidden=32, layers=2), add_pooling_layer=False)
+    base.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mlmkit"):
+        model = load_model(str(tmp_path))
+    assert type(model).__name__.endswith("ForMaskedLM")
+    warnings = [r for r in caplog.records if r.name == "mlmkit" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no trained masked-LM head" in warnings[0].getMessage()
+    # The encoder weights are the checkpoint's, not fresh ones.
+    torch.testing.assert_close(model.base_model.embeddings.word_embeddings.weight,
+                               base.embeddings.word_embeddings.weight)
+
+
+def test_full_checkpoint_loads_without_warning(tiny_roberta, caplog):
+    with caplog.at_level(logging.WARNING, logger="mlmkit"):
+        load_model(str(tiny_roberta))
+    assert not [r for r in caplog.records if r.name == "mlmkit"]
+
+
+def test_from_scratch_uses_shape_only(roberta_shape, tiny_roberta):
+    cfg = load_model_config(str(roberta_shape))
+    model = load_model(str(roberta_shape), cfg, from_scratch=True, vocab_size=cfg.vocab_size + 3)
+    assert model.get_input_embeddings().num_embeddings == cfg.vocab_size
+    assert model.config.hidden_size == 32
+
+
+def test_max_block_size_counts_usable_positions(tiny_roberta, tiny_bert):
+    for path in (tiny_roberta, tiny_bert):
+        cfg = load_model_config(str(path))
+        tok = load_tokenizer(str(path))
+        assert max_block_size(cfg, tok) == 512
+    cfg = load_model_config(str(tiny_roberta))
+    assert cfg.max_position_embeddings == 514  # RoBERTa positions start after the pad index
+
+
+def test_non_mlm_model_type_and_missing_dir(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=1).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(MlmkitError, match="no masked-LM class"):
+        load_model(str(tmp_path / "gpt2"))
+    with pytest.raises(MlmkitError) as e:
+        load_tokenizer("no-such-org/no-such-model")
+    assert "HF_HUB_OFFLINE" in str(e.value) and "local model directory" in str(e.value)

@@ -1,0 +1,145 @@
+"""Training lowers perplexity and loss, saves a directory the HF pipeline loads, and a resumed
+run reproduces the uninterrupted one exactly; accumulation, whole-word masking and from-scratch
+training with a new tokenizer run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlmkit import MlmkitError, TrainConfig, train
+
+# The module, not the function `mlmkit.train` that the package re-exports.
+train_module = importlib.import_module("mlmkit.train")
+
+
+def small_cfg(model, data, out, **kw) -> TrainConfig:
+    base = dict(model=str(model), data=str(data), text_field=["answers.text"], limit=120,
+                block_size=64, output=str(out), max_steps=6, batch_size=8, eval_batch_size=32,
+                learning_rate=1e-3, log_every=1, quiet=True)
+    return TrainConfig(**{**base, **kw})
+
+
+def train_losses(out: Path) -> list[float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+def test_training_lowers_perplexity_and_loss(trained_roberta):
+    cfg, r = trained_roberta
+    assert r.steps == 40 and r.base is not None and r.final is not None
+    assert r.final.perplexity < r.base.perplexity
+    assert r.final.tokens == r.base.tokens > 1000  # the same fixed masks before and after
+    losses = train_losses(Path(cfg.output))
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+
+
+def test_output_is_a_standard_model_directory(trained_roberta):
+    from transformers import pipeline
+
+    cfg, r = trained_roberta
+    out = Path(cfg.output)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["perplexity"] == pytest.approx(r.final.perplexity, rel=1e-12)
+    assert metrics["base"]["perplexity"] == pytest.approx(r.base.perplexity, rel=1e-12)
+    assert metrics["steps"] == 40 and metrics["data"]["records"] == 300
+    saved_cfg = json.loads((out / "train_config.json").read_text())
+    assert saved_cfg["learning_rate"] == 1e-3 and saved_cfg["block_size"] == 64
+    assert not (out / ".export-tmp").exists()
+    fill = pipeline("fill-mask", model=str(out))
+    recs = fill("The sun is a <mask> star.", top_k=3)
+    assert len(recs) == 3 and all(r["sequence"] for r in recs)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_roberta, sample_path, tmp_path,
+                                                 monkeypatch):
+    cfg_a = small_cfg(tiny_roberta, sample_path, tmp_path / "a", max_steps=12, eval_every=4,
+                      save_every=4, limit=100)
+    a = train(cfg_a)
+    assert [h["step"] for h in a.history] == [4, 8, 12]
+
+    # Run B: the same run killed during step 7 (after the checkpoint of step 4 was written).
+    real_loss, calls = train_module.masked_lm_loss, []
+
+    def dies_at_step_7(*args, **kw):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kw)
+
+    monkeypatch.setattr(train_module, "masked_lm_loss", dies_at_step_7)
+    cfg_b = replace(cfg_a, output=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b)
+    monkeypatch.setattr(train_module, "masked_lm_loss", real_loss)
+    out_b = tmp_path / "b"
+    assert not (out_b / "model.safetensors").exists()
+    assert sorted(p.name for p in (out_b / "checkpoints").iterdir()) == ["step_4"]
+
+    b = train(replace(cfg_b, resume="latest"))
+    assert b.steps == 12
+    wa, wb = weights(tmp_path / "a"), weights(out_b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6, msg=k)
+    assert b.history == a.history
+    assert b.base == a.base
+    # Not vacuous: training moved the weights.
+    w0 = load_file(Path(tiny_roberta) / "model.safetensors")
+    assert not torch.allclose(w0["roberta.embeddings.word_embeddings.weight"],
+                              wa["roberta.embeddings.word_embeddings.weight"])
+
+
+def test_gradient_accumulation_runs(tiny_roberta, sample_path, tmp_path):
+    r = train(small_cfg(tiny_roberta, sample_path, tmp_path / "o", max_steps=3,
+                        gradient_accumulation_steps=2, skip_base_eval=True))
+    assert r.steps == 3 and r.base is None and r.final.perplexity > 1
+    assert len(train_losses(tmp_path / "o")) == 3
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_whole_word_masking_runs_on_wordpiece(tiny_bert, sample_path, tmp_path):
+    r = train(small_cfg(tiny_bert, sample_path, tmp_path / "o", max_steps=3,
+                        whole_word_mask=True))
+    assert r.steps == 3 and r.final.perplexity < r.base.perplexity * 2
+    saved = json.loads((tmp_path / "o" / "train_config.json").read_text())
+    assert saved["whole_word_mask"] is True
+
+
+def test_from_scratch_with_a_new_tokenizer(roberta_shape, sample_path, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    r = train(small_cfg(roberta_shape, sample_path, tmp_path / "o", max_steps=3,
+                        train_tokenizer=300, limit=200))
+    out = tmp_path / "o"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert 250 <= len(tok) <= 310 and tok.mask_token == "<mask>"
+    assert AutoConfig.from_pretrained(out).vocab_size == len(tok)
+    assert weights(out)["roberta.embeddings.word_embeddings.weight"].shape[0] == len(tok)
+    assert json.loads((out / "train_config.json").read_text())["from_scratch"] is True
+    assert r.steps == 3
+
+
+def test_bad_settings_fail_before_anything_is_written(tiny_roberta, sample_path, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(MlmkitError, match="--block-size 1024: above the 512 positions"):
+        train(small_cfg(tiny_roberta, sample_path, out, block_size=1024))
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(MlmkitError, match="--overwrite"):
+        train(small_cfg(tiny_roberta, sample_path, out))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(MlmkitError, match="no checkpoint"):
+        train(small_cfg(tiny_roberta, sample_path, out, resume="latest"))
