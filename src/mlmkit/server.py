@@ -1,0 +1,544 @@
+"""HTTP serving of a fill-mask model: `create_app(...)` builds a FastAPI app that speaks the
+Hugging Face Inference API's fill-mask protocol, gathers concurrent requests into batches for
+one `FillMask` call, bounds its queue and exports Prometheus metrics; `serve(...)` runs it.
+
+FastAPI and uvicorn are imported inside the functions, so `import mlmkit.server` works without
+the `serve` extra installed.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import MlmkitError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("mlmkit.server")
+
+_MASKS = re.compile(r"<mask>|\[MASK\]")  # the spellings FillMask accepts
+_FIELDS = ("inputs", "parameters", "options")  # "options" (use_cache, ...) is the HF API's; ignored
+_PARAMETERS = ("top_k", "targets")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_PATHS = ("/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json")
+
+
+class ApiError(Exception):
+    """A request the server refuses, answered as `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+                break
+
+    def render(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        lines, cumulative = [], 0
+        for b, c in zip(self.buckets, self.counts):
+            cumulative += c
+            lines.append(f'{name}_bucket{{{labels}{sep}le="{_num(b)}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        suffix = f"{{{labels}}}" if labels else ""
+        lines += [f"{name}_sum{suffix} {_num(self.sum)}", f"{name}_count{suffix} {self.count}"]
+        return lines
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+class Metrics:
+    """The server's counters, written in the Prometheus text format by `render` (no
+    prometheus_client dependency: four metric families do not need one)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.latency: dict[str, _Histogram] = {}
+        self.batch_size = _Histogram(_BATCH_BUCKETS)
+        self.queue_depth = 0  # texts accepted and not yet answered
+        self.engine_seconds = 0.0  # busy time of the engine: its rate is its utilisation
+
+    def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
+        path = path if path in _PATHS else "other"  # bounded label values, whatever is asked
+        self.requests[(method, path, status)] += 1
+        self.latency.setdefault(path, _Histogram(_LATENCY_BUCKETS)).observe(seconds)
+
+    def render(self) -> str:
+        out = ["# HELP mlmkit_requests_total HTTP requests answered, by method, path and status.",
+               "# TYPE mlmkit_requests_total counter"]
+        for (method, path, status), n in sorted(self.requests.items()):
+            out.append(f'mlmkit_requests_total{{method="{method}",path="{path}",'
+                       f'status="{status}"}} {n}')
+        out += ["# HELP mlmkit_request_duration_seconds Time from request to response, by path.",
+                "# TYPE mlmkit_request_duration_seconds histogram"]
+        for path, h in sorted(self.latency.items()):
+            out += h.render("mlmkit_request_duration_seconds", f'path="{path}"')
+        out += ["# HELP mlmkit_batch_size Texts per FillMask engine call.",
+                "# TYPE mlmkit_batch_size histogram"]
+        out += self.batch_size.render("mlmkit_batch_size")
+        out += ["# HELP mlmkit_engine_seconds_total Time spent in FillMask engine calls.",
+                "# TYPE mlmkit_engine_seconds_total counter",
+                f"mlmkit_engine_seconds_total {_num(self.engine_seconds)}"]
+        out += ["# HELP mlmkit_queue_depth Texts accepted and not yet answered.",
+                "# TYPE mlmkit_queue_depth gauge", f"mlmkit_queue_depth {self.queue_depth}"]
+        return "\n".join(out) + "\n"
+
+
+class _MetricsMiddleware:
+    """Counts every response by status and times it; a pure ASGI middleware, because
+    BaseHTTPMiddleware would add a task and a stream copy to every request."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe_request(scope["method"], scope["path"], status,
+                                         time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    top_k: int
+    targets: tuple[str, ...] | None
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Gathers the texts of concurrent requests into batches of at most `max_batch_size` texts
+    (waiting at most `max_wait_ms` for more once one has arrived) and runs each batch through
+    the engine on one worker thread, so torch never blocks the event loop. With
+    `batching=False` every request is its own engine call, which is what the benchmark
+    compares against."""
+
+    def __init__(self, engine: Any, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
+                 max_queue: int, batching: bool) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.batching = batching
+        # One thread: a second would only make two torch calls fight over the same cores.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlmkit-engine")
+        self._jobs: deque[_Job] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.metrics.queue_depth
+
+    async def submit(self, texts: list[str], top_k: int,
+                     targets: tuple[str, ...] | None) -> list:
+        """The engine's results for `texts` (a list, or an `MlmkitError` per unfillable text)."""
+        if self.pending + len(texts) > self.max_queue:
+            raise ApiError(503, f"server busy: {self.pending} texts are queued and this request "
+                                f"adds {len(texts)}, past the limit of {self.max_queue}; retry "
+                                "later")
+        self._ensure_started()
+        job = _Job(texts, top_k, targets, self._loop.create_future())  # type: ignore[union-attr]
+        self.metrics.queue_depth += len(texts)
+        self._jobs.append(job)
+        self._wakeup.set()  # type: ignore[union-attr]
+        return await job.future
+
+    def _ensure_started(self) -> None:
+        # Started on first use rather than at app startup: httpx's ASGITransport sends no
+        # lifespan events, and a test client may run the app in a loop of its own.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="mlmkit-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None and self._loop is asyncio.get_running_loop():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _next_batch(self, batch: list[_Job]) -> None:
+        """Move jobs from the queue into `batch` (owned by the caller, so that a shutdown in
+        the middle of gathering still answers the jobs already taken)."""
+        while not self._jobs:
+            self._wakeup.clear()  # type: ignore[union-attr]
+            await self._wakeup.wait()  # type: ignore[union-attr]
+        batch.append(self._jobs.popleft())
+        if not self.batching:
+            return
+        size = len(batch[0].texts)
+        deadline = self._loop.time() + self.max_wait_s  # type: ignore[union-attr]
+        while size < self.max_batch_size:
+            if self._jobs:
+                # A request is never split: one that does not fit opens the next batch.
+                if size + len(self._jobs[0].texts) > self.max_batch_size:
+                    break
+                job = self._jobs.popleft()
+                batch.append(job)
+                size += len(job.texts)
+                continue
+            remaining = deadline - self._loop.time()  # type: ignore[union-attr]
+            if remaining <= 0:
+                break
+            self._wakeup.clear()  # type: ignore[union-attr]
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)  # type: ignore[union-attr]
+            except asyncio.TimeoutError:
+                break
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Job] = []
+        try:
+            while True:
+                batch = []
+                await self._next_batch(batch)
+                try:
+                    outcomes, sizes = await loop.run_in_executor(self._executor, self._fill,
+                                                                 batch)
+                except Exception as e:  # e.g. the executor shut down: fail this batch only
+                    outcomes, sizes = [e] * len(batch), []
+                for n in sizes:
+                    self.metrics.batch_size.observe(n)
+                for job, outcome in zip(batch, outcomes):
+                    self._finish(job, outcome)
+                batch = []
+        except asyncio.CancelledError:
+            stopping = ApiError(503, "server shutting down")
+            for job in [*batch, *self._jobs]:
+                self._finish(job, stopping)
+            self._jobs.clear()
+            raise
+
+    def _finish(self, job: _Job, outcome: Any) -> None:
+        self.metrics.queue_depth -= len(job.texts)
+        if job.future.done():  # the client went away
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    def _fill(self, batch: list[_Job]) -> tuple[list, list[int]]:
+        """Runs on the worker thread: one engine call per distinct (top_k, targets) in the
+        batch (one call in the usual case, where clients send the same parameters)."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, job in enumerate(batch):
+            groups[(job.top_k, job.targets)].append(i)
+        outcomes: list[Any] = [None] * len(batch)
+        sizes = []
+        for (top_k, targets), members in groups.items():
+            texts = [t for i in members for t in batch[i].texts]
+            sizes.append(len(texts))
+            t0 = time.perf_counter()
+            try:
+                results = list(self.engine.stream(texts, top_k=top_k,
+                                                  targets=list(targets) if targets else None))
+            except Exception as e:
+                for i in members:
+                    outcomes[i] = e
+                continue
+            finally:
+                # Only this thread writes it; the event loop only reads it for /metrics.
+                self.metrics.engine_seconds += time.perf_counter() - t0
+            start = 0
+            for i in members:
+                n = len(batch[i].texts)
+                outcomes[i] = results[start:start + n]
+                start += n
+        return outcomes, sizes
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; past these the server answers 4xx instead of working."""
+
+    max_inputs: int = 64
+    max_text_chars: int = 2000
+    max_top_k: int = 100
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Worst case of JSON-escaped text (\uXXXX: 6 bytes a character) plus room for the rest.
+        return self.max_inputs * (6 * self.max_text_chars + 8) + 65536
+
+
+def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
+                  vocab_size: int | None = None) -> tuple[list[str], bool, int,
+                                                          tuple[str, ...] | None]:
+    """Check a fill-mask payload -> (texts, single, top_k, targets); an `ApiError` names what
+    is wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
+    if len(body) > limits.max_body_bytes:
+        raise ApiError(413, f"request body of {len(body)} bytes, more than the server's limit of "
+                            f"{limits.max_body_bytes}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON body: {e}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, 'expected a JSON object like {"inputs": "Paris is the <mask> of '
+                            f'France."}}, got {type(payload).__name__}')
+    unknown = sorted(set(payload) - set(_FIELDS))
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}: expected "
+                            "'inputs' and optionally 'parameters'")
+    if "inputs" not in payload:
+        raise ApiError(400, "missing 'inputs': expected a text with <mask>, or a list of them")
+    inputs = payload["inputs"]
+    single = isinstance(inputs, str)
+    if single:
+        texts = [inputs]
+    elif isinstance(inputs, list) and inputs:
+        texts = inputs
+    else:
+        raise ApiError(400, "'inputs': expected a string or a non-empty list of strings, got "
+                            + ("an empty list" if inputs == [] else type(inputs).__name__))
+    if len(texts) > limits.max_inputs:
+        raise ApiError(413, f"'inputs': {len(texts)} texts, more than the server's limit of "
+                            f"{limits.max_inputs} per request")
+    for i, t in enumerate(texts):
+        where = "'inputs'" if single else f"'inputs'[{i}]"
+        if not isinstance(t, str):
+            raise ApiError(400, f"{where}: expected a string, got {type(t).__name__}")
+        if len(t) > limits.max_text_chars:
+            raise ApiError(413, f"{where}: {len(t)} characters, more than the server's limit "
+                                f"of {limits.max_text_chars}")
+        if not (_MASKS.search(t) or (mask_token and mask_token in t)):
+            raise ApiError(400, f"{where}: no mask in {_clip(t)!r}: expected <mask> or [MASK]")
+
+    params = payload.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise ApiError(400, f"'parameters': expected an object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(_PARAMETERS))
+    if unknown:
+        raise ApiError(400, f"unknown parameter(s) {', '.join(map(repr, unknown))}: expected "
+                            f"{' and '.join(_PARAMETERS)}")
+    top_k = params.get("top_k")
+    top_k = 5 if top_k is None else top_k  # the pipeline's and the HF API's default
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise ApiError(400, f"'parameters.top_k': expected an integer, got {top_k!r}")
+    if not 1 <= top_k <= limits.max_top_k:
+        raise ApiError(400, f"'parameters.top_k' {top_k}: expected 1 to {limits.max_top_k}")
+    if vocab_size:
+        top_k = min(top_k, vocab_size)  # a tiny vocabulary has fewer candidates than asked
+    targets = params.get("targets")
+    if targets is not None:
+        if isinstance(targets, str):
+            targets = [targets]
+        if (not isinstance(targets, list) or not targets
+                or not all(isinstance(t, str) and t for t in targets)):
+            raise ApiError(400, "'parameters.targets': expected a string or a non-empty list "
+                                f"of non-empty strings, got {_clip(json.dumps(targets))}")
+        if len(targets) > limits.max_inputs * limits.max_top_k:
+            raise ApiError(413, f"'parameters.targets': {len(targets)} words, more than the "
+                                f"server's limit of {limits.max_inputs * limits.max_top_k}")
+        targets = tuple(targets)
+    return texts, single, top_k, targets
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                   "description": "a text with <mask> (or [MASK]), or a list of them"},
+        "parameters": {"type": "object", "properties": {
+            "top_k": {"type": "integer", "minimum": 1, "default": 5,
+                      "description": "candidates per mask"},
+            "targets": {"type": "array", "items": {"type": "string"},
+                        "description": "only score these words"}}},
+    },
+    "example": {"inputs": "The goal of life is <mask>.", "parameters": {"top_k": 3}},
+}
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_ms: float = 5,
+               max_queue: int = 256, max_inputs: int = 64, max_text_chars: int = 2000,
+               max_top_k: int = 100, batching: bool = True) -> "FastAPI":
+    """A FastAPI app serving fill-mask for a `FillMask` engine (or a model directory/Hub id,
+    loaded with `FillMask(path, batch_size=max_batch_size)`).
+
+    `POST /` and `POST /fill-mask` take the Hugging Face Inference API payload
+    `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
+    the pipeline's records, so `huggingface_hub.InferenceClient(base_url=...)` works as is.
+    Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    for name, value in [("max_batch_size", max_batch_size), ("max_queue", max_queue),
+                        ("max_inputs", max_inputs), ("max_text_chars", max_text_chars),
+                        ("max_top_k", max_top_k)]:
+        if not isinstance(value, int) or value < 1:
+            raise MlmkitError(f"{name} {value!r}: expected a positive integer")
+    if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms < math.inf):
+        raise MlmkitError(f"max_wait_ms {max_wait_ms!r}: expected a number of milliseconds >= 0")
+
+    if isinstance(engine_or_model_path, (str, Path)):
+        from .fill import FillMask
+
+        engine = FillMask(str(engine_or_model_path), batch_size=max_batch_size)
+        model_name = str(engine_or_model_path)
+    else:
+        engine = engine_or_model_path
+        model_name = str(getattr(getattr(getattr(engine, "model", None), "config", None),
+                                 "_name_or_path", "") or type(engine).__name__)
+    tokenizer = getattr(engine, "tokenizer", None)
+    mask_token = getattr(tokenizer, "mask_token", None)
+    vocab_size = len(tokenizer) if tokenizer is not None else None
+    limits = Limits(max_inputs, max_text_chars, max_top_k)
+    metrics = Metrics()
+    batcher = Batcher(engine, metrics, max_batch_size, max_wait_ms, max_queue, batching)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.close()
+
+    app = FastAPI(title="mlmkit fill-mask server", version=_version(), lifespan=lifespan,
+                  description="Hugging Face Inference API compatible fill-mask, with dynamic "
+                              "batching. Errors are `{\"error\": \"...\"}`.")
+    app.state.engine = engine
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.limits = limits
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    def error(status: int, message: str) -> JSONResponse:
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404/405 in the same {"error": ...} shape as every other refusal.
+        return error(exc.status_code, str(exc.detail))
+
+    responses = {400: {"description": "bad request", "content": {"application/json": {
+                          "schema": _ERROR_SCHEMA}}},
+                 413: {"description": "over a size limit"},
+                 422: {"description": "a text the model cannot take (too many tokens)"},
+                 503: {"description": "queue full; retry later"}}
+
+    async def fill_mask(request: Request) -> JSONResponse:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limits.max_body_bytes:  # do not read it at all
+            return error(413, f"request body of {length} bytes, more than the server's limit "
+                              f"of {limits.max_body_bytes}")
+        try:
+            texts, single, top_k, targets = parse_request(await request.body(), limits,
+                                                          mask_token, vocab_size)
+            results = await batcher.submit(texts, top_k, targets)
+        except ApiError as e:
+            return error(e.status, e.message)
+        except MlmkitError as e:  # raised by the engine for the whole request (e.g. targets)
+            return error(400, str(e))
+        except Exception as e:
+            log.exception("fill-mask failed")
+            return error(500, f"internal error: {type(e).__name__}: {e}")
+        for i, r in enumerate(results):
+            if isinstance(r, MlmkitError):
+                return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
+        return JSONResponse(results[0] if single else results)
+
+    extra = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _REQUEST_SCHEMA}}}}
+    for path in ("/", "/fill-mask"):
+        app.add_api_route(path, fill_mask, methods=["POST"], openapi_extra=extra,
+                          responses=responses, summary="Fill <mask> in one text or a list",
+                          name=f"fill_mask{path.replace('/', '_').rstrip('_')}")
+
+    @app.get("/health", summary="Liveness and queue state")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "queue_depth": metrics.queue_depth,
+                "max_queue": max_queue, "batching": batching}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **limits: Any) -> None:
+    """Serve `model` (a `FillMask` or a model path) with uvicorn until interrupted; `limits` are
+    `create_app`'s keyword arguments. Loopback only unless `host` says otherwise."""
+    import uvicorn
+
+    app = create_app(model, **limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,265 @@
+"""The server: FillMask's answers, batching, 4xx on bad input, 503 when full, InferenceClient."""
+
+import asyncio
+import gzip
+import json
+import re
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from mlmkit import FillMask  # noqa: E402
+from mlmkit.server import create_app  # noqa: E402
+from mlmkit.testing import save_tiny_model  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "eli5-sample.jsonl.gz"
+TEXTS = [
+    "The game runs at a <mask> speed on the new hardware.",
+    "Older games tended to run on a <mask> locked to the screen.",
+    "There was only one piece of <mask> they ran on.",
+    "It would be several times <mask> than the original.",
+    "The <mask> is emulating the hardware.",
+    "You can't <mask> for every game exactly.",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> FillMask:
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as fh:
+        texts = [a for line in fh for a in json.loads(line)["answers"]["text"]][:2000]
+    path = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts, kind="roberta",
+                           vocab_size=500, hidden=32, layers=2)
+    return FillMask(str(path), device="cpu")
+
+
+def run(app, fn):
+    """Run `fn(client)` against the app in-process (httpx's ASGI transport, one event loop)."""
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
+def same(got: list, want: list) -> bool:
+    """Equal records; scores to float noise, because a batch pads texts to another width."""
+    if isinstance(want, list) and want and isinstance(want[0], list):
+        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
+    return len(got) == len(want) and all(
+        g["token"] == w["token"] and g["token_str"] == w["token_str"]
+        and g["sequence"] == w["sequence"] and g["score"] == pytest.approx(w["score"], abs=1e-5)
+        for g, w in zip(got, want))
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def test_answers_like_fillmask(engine: FillMask) -> None:
+    app = create_app(engine)
+
+    async def go(c: httpx.AsyncClient):
+        one = await c.post("/", json={"inputs": TEXTS[0]})
+        many = await c.post("/fill-mask", json={"inputs": TEXTS[:3], "parameters": {"top_k": 3}})
+        two_masks = await c.post("/", json={"inputs": "The <mask> runs on <mask> hardware."})
+        targets = await c.post("/", json={"inputs": TEXTS[1],
+                                          "parameters": {"targets": ["the", "game"]}})
+        return one, many, two_masks, targets
+
+    one, many, two_masks, targets = run(app, go)
+    for r in (one, many, two_masks, targets):
+        assert r.status_code == 200, r.text
+    assert same(one.json(), engine(TEXTS[0]))
+    assert same(many.json(), engine(TEXTS[:3], top_k=3))
+    assert same(two_masks.json(), engine("The <mask> runs on <mask> hardware."))
+    assert same(targets.json(), engine(TEXTS[1], targets=["the", "game"]))
+    assert {r["token"] for r in targets.json()} <= set(engine.target_ids(["the", "game"]))
+
+
+BAD = [
+    (b'{"inputs": "a <mask>"', 400, "malformed JSON"),
+    (b"\xff\xfe", 400, "malformed JSON"),
+    (b'["a <mask>"]', 400, "JSON object"),
+    (b'{"parameters": {"top_k": 2}}', 400, "missing 'inputs'"),
+    (b'{"inputs": 3}', 400, "string or a non-empty list"),
+    (b'{"inputs": []}', 400, "empty list"),
+    (b'{"inputs": ["a <mask>", 7]}', 400, "'inputs'[1]: expected a string"),
+    (b'{"inputs": "no mask here"}', 400, "no mask"),
+    (b'{"inputs": "a <mask>", "parameters": {"topk": 3}}', 400, "unknown parameter(s) 'topk'"),
+    (b'{"inputs": "a <mask>", "extra": 1}', 400, "unknown field(s) 'extra'"),
+    (b'{"inputs": "a <mask>", "parameters": [1]}', 400, "'parameters': expected an object"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": "3"}}', 400, "expected an integer"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": true}}', 400, "expected an integer"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": 0}}', 400, "expected 1 to 10"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": 11}}', 400, "expected 1 to 10"),
+    (b'{"inputs": "a <mask>", "parameters": {"targets": 5}}', 400, "'parameters.targets'"),
+    (b'{"inputs": "a <mask>", "parameters": {"targets": ["\\u2603\\u2603"]}}', 200, ""),
+    (json.dumps({"inputs": ["a <mask>"] * 5}).encode(), 413, "5 texts, more than"),
+    (json.dumps({"inputs": "a <mask>" + "x" * 400}).encode(), 413, "characters, more than"),
+    (json.dumps({"inputs": "<mask> " + "a " * 190}).encode(), 422, "tokens, more than"),
+    (b"x" * 100_000, 413, "request body of"),
+]
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_answering(engine: FillMask) -> None:
+    app = create_app(engine, max_inputs=4, max_text_chars=400, max_top_k=10)
+    good = engine(TEXTS[0])
+    engine.max_length, saved = 128, engine.max_length  # so the 422 case needs few characters
+
+    async def go(c: httpx.AsyncClient):
+        out = []
+        for body, status, message in BAD:
+            r = await c.post("/", content=body, headers={"content-type": "application/json"})
+            ok = await c.post("/", json={"inputs": TEXTS[0]})
+            out.append((body, status, message, r, ok))
+        extra = [await c.get("/nope"), await c.get("/fill-mask"),
+                 await c.post("/", content=b"x" * 10**7)]
+        return out, extra, await c.post("/", json={"inputs": TEXTS[0]})
+
+    try:
+        out, extra, last = run(app, go)
+    finally:
+        engine.max_length = saved
+    for body, status, message, r, ok in out:
+        assert r.status_code == status, (body[:80], r.text)
+        if status != 200:
+            assert message in r.json()["error"], (body[:80], r.text)
+        assert ok.status_code == 200 and same(ok.json(), good)
+    assert [r.status_code for r in extra] == [404, 405, 413]
+    assert all("error" in r.json() for r in extra)
+    assert last.status_code == 200 and same(last.json(), good)
+
+
+def test_concurrent_requests_are_batched_with_the_same_results(engine: FillMask) -> None:
+    app = create_app(engine, max_batch_size=16, max_wait_ms=50)
+    texts = [TEXTS[i % len(TEXTS)].replace("the", "a" * (i % 3 + 1), 1) for i in range(40)]
+
+    async def go(c: httpx.AsyncClient):
+        rs = await asyncio.gather(*[c.post("/", json={"inputs": t, "parameters": {"top_k": 4}})
+                                    for t in texts])
+        return rs, (await c.get("/metrics")).text
+
+    rs, prom = run(app, go)
+    want = engine(texts, top_k=4)
+    assert all(r.status_code == 200 for r in rs)
+    for r, w in zip(rs, want):
+        assert same(r.json(), w)
+    calls = metric(prom, "mlmkit_batch_size_count")
+    assert metric(prom, "mlmkit_batch_size_sum") == 40
+    assert calls < 40 and 'mlmkit_batch_size_bucket{le="1"} 0' in prom  # every call batched
+    assert 'mlmkit_requests_total{method="POST",path="/",status="200"} 40' in prom
+    assert metric(prom, "mlmkit_queue_depth") == 0
+
+
+class GatedEngine:
+    """A real engine whose calls wait for `gate`, so the queue can be filled on purpose."""
+
+    def __init__(self, engine: FillMask) -> None:
+        self.engine, self.tokenizer = engine, engine.tokenizer
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def stream(self, texts, top_k=5, targets=None):
+        self.entered.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        return self.engine.stream(texts, top_k, targets)
+
+
+def test_full_queue_answers_503_at_once(engine: FillMask) -> None:
+    gated = GatedEngine(engine)
+    app = create_app(gated, max_queue=2, max_batch_size=1, max_wait_ms=0)
+
+    async def go(c: httpx.AsyncClient):
+        first = asyncio.create_task(c.post("/", json={"inputs": TEXTS[0]}))
+        assert await asyncio.to_thread(gated.entered.wait, 30)  # in the engine, still counted
+        too_many = await c.post("/", json={"inputs": TEXTS[1:3]})  # 1 + 2 > 2
+        second = asyncio.create_task(c.post("/", json={"inputs": TEXTS[1]}))
+        for _ in range(1000):  # until the second request is queued (bounded, no timing)
+            if app.state.batcher.pending == 2:
+                break
+            await asyncio.sleep(0)
+        full = await c.post("/", json={"inputs": TEXTS[2]})
+        prom = (await c.get("/metrics")).text
+        gated.gate.set()
+        return too_many, full, prom, await first, await second, \
+            await c.post("/", json={"inputs": TEXTS[3]})
+
+    too_many, full, prom, first, second, after = run(app, go)
+    for r in (too_many, full):
+        assert r.status_code == 503 and "server busy" in r.json()["error"]
+        assert r.headers["retry-after"] == "1"
+    assert metric(prom, "mlmkit_queue_depth") == 2
+    assert 'status="503"} 2' in prom
+    for r, text in ((first, TEXTS[0]), (second, TEXTS[1]), (after, TEXTS[3])):
+        assert r.status_code == 200 and same(r.json(), engine(text))
+
+
+def test_health_metrics_and_docs(engine: FillMask) -> None:
+    app = create_app(engine)
+
+    async def go(c: httpx.AsyncClient):
+        return [await c.get(p) for p in ("/health", "/metrics", "/docs", "/openapi.json")]
+
+    health, prom, docs, spec = run(app, go)
+    assert health.json()["status"] == "ok" and health.json()["queue_depth"] == 0
+    assert prom.headers["content-type"].startswith("text/plain; version=0.0.4")
+    for family in ("mlmkit_requests_total counter", "mlmkit_request_duration_seconds histogram",
+                   "mlmkit_batch_size histogram", "mlmkit_queue_depth gauge"):
+        assert f"# TYPE {family}" in prom.text
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = spec.json()["paths"]
+    assert "/fill-mask" in paths and "requestBody" in paths["/fill-mask"]["post"]
+
+
+def test_inference_client_against_a_live_server(engine: FillMask,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+    import uvicorn
+    from huggingface_hub import InferenceClient
+
+    # huggingface_hub's offline switch (HF_HUB_OFFLINE, set for the tests) refuses every URL,
+    # loopback included; this client is only ever given the local server's address below.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    # A socket bound and listening before uvicorn starts: no port race, and a client that
+    # connects early simply waits in the backlog until the server accepts.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(50):  # bounded: each try waits at most 5 s in the backlog
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert thread.is_alive(), "server thread died"
+        else:
+            pytest.fail("server never became healthy")
+        client = InferenceClient(base_url=base)
+        got = client.fill_mask(TEXTS[4])
+        assert same([vars(r) for r in got], engine(TEXTS[4]))
+        got = client.fill_mask(TEXTS[5], top_k=2, targets=["the", "game", "play"])
+        assert same([vars(r) for r in got], engine(TEXTS[5], top_k=2,
+                                                   targets=["the", "game", "play"]))
+        with pytest.raises(Exception, match="no mask"):  # our message, surfaced
+            client.fill_mask("no mask at all")
+        assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert not thread.is_alive()

@@ -1,0 +1,100 @@
+"""Request checking, metrics text, limits and `mlmkit serve` wiring of the server, no model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlmkit.config import MlmkitError
+from mlmkit.server import ApiError, Limits, Metrics, parse_request
+
+LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
+
+
+def parse(payload, **kw):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return parse_request(body, LIMITS, **kw)
+
+
+def test_parse_accepts_the_hf_payloads() -> None:
+    assert parse({"inputs": "a <mask>."}) == (["a <mask>."], True, 5, None)
+    assert parse({"inputs": ["a <mask>", "b [MASK]"], "parameters": {"top_k": 2}}) == (
+        ["a <mask>", "b [MASK]"], False, 2, None)
+    # What InferenceClient.fill_mask sends with its defaults, and with targets as one string.
+    assert parse({"inputs": "a <mask>", "parameters": {}})[2] == 5
+    assert parse({"inputs": "a <mask>", "parameters": {"targets": "x"}})[3] == ("x",)
+    assert parse({"inputs": "a <mask>", "parameters": None, "options": {"use_cache": 1}})[2] == 5
+    assert parse({"inputs": "a <mask>", "parameters": {"top_k": 10}}, vocab_size=4)[2] == 4
+    assert parse({"inputs": "a [M]"}, mask_token="[M]")[0] == ["a [M]"]
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    (b"{", 400, "malformed JSON"),
+    ({"inputs": None}, 400, "got NoneType"),
+    ({"inputs": {"text": "a <mask>"}}, 400, "got dict"),
+    ({"inputs": "a <mask>", "parameters": {"top_k": 2.5}}, 400, "expected an integer"),
+    ({"inputs": "a <mask>", "parameters": {"targets": []}}, 400, "non-empty list"),
+    ({"inputs": "a <mask>", "parameters": {"targets": ["ok", ""]}}, 400, "non-empty strings"),
+    ({"inputs": ["a <mask>"] * 4}, 413, "4 texts"),
+    ({"inputs": ["a <mask>", "x" * 51]}, 413, "'inputs'[1]: 51 characters"),
+    ({"inputs": ["a <mask>", "none"]}, 400, "'inputs'[1]: no mask in 'none'"),
+    (b" " * 200_000, 413, "request body of 200000 bytes"),
+])
+def test_parse_refuses_with_a_clear_message(payload, status, message) -> None:
+    with pytest.raises(ApiError) as e:
+        parse(payload)
+    assert e.value.status == status and message in e.value.message
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = Metrics()
+    m.observe_request("POST", "/", 200, 0.02)
+    m.observe_request("POST", "/", 200, 3.0)
+    m.observe_request("GET", "/wp-admin", 404, 0.001)  # any unknown path is one label value
+    m.batch_size.observe(3)
+    m.queue_depth = 7
+    text = m.render()
+    assert 'mlmkit_requests_total{method="POST",path="/",status="200"} 2' in text
+    assert 'mlmkit_requests_total{method="GET",path="other",status="404"} 1' in text
+    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="0.025"} 1' in text
+    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="+Inf"} 2' in text
+    assert 'mlmkit_request_duration_seconds_count{path="/"} 2' in text
+    assert 'mlmkit_batch_size_bucket{le="2"} 0' in text
+    assert 'mlmkit_batch_size_bucket{le="4"} 1' in text
+    assert "mlmkit_batch_size_sum 3" in text and "mlmkit_queue_depth 7" in text
+    assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
+                                {"max_wait_ms": -1}])
+def test_create_app_refuses_bad_limits(kw) -> None:
+    pytest.importorskip("fastapi")
+    from mlmkit.server import create_app
+
+    with pytest.raises(MlmkitError, match=next(iter(kw))):
+        create_app(object(), **kw)
+
+
+def test_module_imports_without_fastapi() -> None:
+    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None; "
+            "import mlmkit.server")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlmkit.fill
+    import mlmkit.server
+    from mlmkit.cli import build_parser, main
+
+    made, served = {}, {}
+    monkeypatch.setattr(mlmkit.fill, "FillMask", lambda path, **kw: made.update(path=path, **kw))
+    monkeypatch.setattr(mlmkit.server, "serve", lambda engine, **kw: served.update(kw))
+    assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
+                 "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
+                 "--device", "cpu", "--dtype", "float32"]) == 0
+    assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
+    assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
+                      "max_wait_ms": 2.5, "max_queue": 99, "batching": False}
+    ns = build_parser().parse_args(["serve", "m"])
+    assert (ns.host, ns.port, ns.no_batching) == ("127.0.0.1", 8000, False)
