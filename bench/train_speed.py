@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import sys
 import tempfile
@@ -54,7 +53,12 @@ def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     from mlmkit.config import parse_overrides
 
     if args.weights:
-        return Path(args.weights), f"pretrained weights from {args.weights}"
+        # Saved once, head included: a checkpoint without an MLM head gets a fresh head, and
+        # both arms must start from the same one.
+        torch.manual_seed(0)
+        AutoModelForMaskedLM.from_pretrained(args.weights).save_pretrained(out)
+        AutoTokenizer.from_pretrained(args.weights).save_pretrained(out)
+        return out, f"pretrained weights from {args.weights}"
     cfg = AutoConfig.from_pretrained(args.model_dir)
     overrides = parse_overrides(SMALL if args.shape == "small" else "")
     for k, v in overrides.items():
@@ -66,10 +70,11 @@ def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     return out, what
 
 
-def peak_memory_mb() -> float:
+def peak_memory_mb() -> float | None:
+    """Peak GPU memory of the arm; None on CPU, where only the process-wide RSS peak exists."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
 
 
 def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool) -> dict:
@@ -181,14 +186,16 @@ def main() -> int:
         mfu = (6 * n_params * tps / (args.peak_tflops * 1e12)) if args.peak_tflops else None
         final = r["history"][-1]["perplexity"] if r["history"] else float("nan")
         rows.append({"arm": name, "tokens_per_s": round(tps), "wall_s": round(r["wall_s"], 2),
-                     "peak_mem_mb": round(r["peak_mem_mb"]), "mfu": mfu and round(mfu, 4),
+                     "peak_mem_mb": r["peak_mem_mb"] and round(r["peak_mem_mb"]),
+                     "mfu": mfu and round(mfu, 4),
                      "final_ppl": round(final, 3), "speedup": round(tps / base, 2),
                      "per_epoch_ppl": [round(h["perplexity"], 3) for h in r["history"]]})
     print(f"\n{'arm':34} {'tok/s':>9} {'wall s':>8} {'peak MB':>8} {'MFU':>7} {'ppl':>9} "
           f"{'x guide':>7}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"{r['arm']:34} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {r['peak_mem_mb']:>8,} "
+        mem = f"{r['peak_mem_mb']:,}" if r["peak_mem_mb"] is not None else "n/a"
+        print(f"{r['arm']:34} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {mem:>8} "
               f"{mfu:>7} {r['final_ppl']:>9.3f} {r['speedup']:>7.2f}")
     print(json.dumps({"bench": "train_speed", "machine": info, "model": what,
                       "records": args.records, "epochs": args.epochs, "params": n_params,
