@@ -107,6 +107,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
     cfg = _config(TrainConfig, ns)
     r = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: print once
+        return 0
     lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
     if r.base:
         lines.append(f"perplexity before: {r.base.perplexity:.3f} (loss {r.base.loss:.4f}, "

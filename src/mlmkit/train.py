@@ -158,8 +158,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     if torch.cuda.is_available():  # TF32 matmuls: fp32 training at tensor-core speed
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # Accelerate only runs several CPU processes (torchrun on a machine without a GPU) when told
+    # cpu=True; on one process the flag changes nothing we rely on.
+    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              cpu=cpu_only)
     main = accelerator.is_main_process
     progress = main and not cfg.quiet
     if cfg.train_tokenizer:
@@ -183,8 +187,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                                          collate_fn=collator, num_workers=cfg.num_workers,
                                          pin_memory=torch.cuda.is_available(),
                                          generator=torch.Generator().manual_seed(cfg.seed))
+    # Each process scores every world-th eval block and the sums are reduced: unlike a prepared
+    # loader, which pads the last batch with repeated blocks, every block counts exactly once.
+    eval_set = fixed_eval_dataset(corpus.eval, tokenizer, cfg)
+    eval_shard = torch.utils.data.Subset(eval_set, range(accelerator.process_index,
+                                                         len(eval_set), accelerator.num_processes))
     eval_loader = torch.utils.data.DataLoader(
-        fixed_eval_dataset(corpus.eval, tokenizer, cfg), batch_size=cfg.eval_batch_size,
+        eval_shard, batch_size=cfg.eval_batch_size,
         pin_memory=torch.cuda.is_available()) if len(corpus.eval) else None
 
     batches_per_epoch = math.ceil(len(corpus.train) / cfg.batch_size)
@@ -195,10 +204,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+    # The scheduler stays ours, stepped once per optimizer step: a prepared one steps once per
+    # process per step, which would run the schedule num_processes times too fast here.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
 
+    if main and cfg.overwrite and resume_from is None and out.is_dir():
+        # Only now, with every input checked: a bad flag must not cost the old model.
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
     metrics_log = open(out / "metrics.jsonl", "a") if main else None
 
@@ -268,7 +282,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             batch_in_epoch += 1
             window_tokens += batch["input_ids"].numel()
