@@ -71,6 +71,13 @@ def bert_tokenizer(sample_texts):
     return train_tokenizer(sample_texts[:500], "bert", VOCAB)
 
 
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer(sample_texts):
+    from mlmkit.testing import train_tokenizer
+
+    return train_tokenizer(sample_texts[:500], "sentencepiece", VOCAB)
+
+
 def _save(tmp_path_factory, texts, name: str, kind: str, weights: bool = True) -> Path:
     from mlmkit.testing import save_tiny_model
 

@@ -10,7 +10,8 @@ from typing import Any
 
 
 def train_tokenizer(texts: Iterable[str], kind: str = "roberta", vocab_size: int = 1000) -> Any:
-    """A `PreTrainedTokenizerFast` of the given kind trained on `texts`."""
+    """A `PreTrainedTokenizerFast` of the given kind ('roberta': byte-level BPE, 'bert':
+    WordPiece, 'sentencepiece': Unigram with '▁' word markers) trained on `texts`."""
     from tokenizers import (
         AddedToken,
         Tokenizer,
@@ -54,7 +55,24 @@ def train_tokenizer(texts: Iterable[str], kind: str = "roberta", vocab_size: int
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
             cls_token="[CLS]", mask_token="[MASK]", model_max_length=512)
-    raise ValueError(f"kind {kind!r}: expected 'roberta' or 'bert'")
+    if kind == "sentencepiece":  # XLM-R / ALBERT style: Unigram model, '▁' marks word starts
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                          unk_token="<unk>", show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", 0), ("</s>", 2)])
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+            cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+            model_max_length=512)
+    raise ValueError(f"kind {kind!r}: expected 'roberta', 'bert' or 'sentencepiece'")
 
 
 def tiny_config(kind: str, vocab_size: int, hidden: int = 64, layers: int = 2,

@@ -178,7 +178,7 @@ def reference_blocks(texts, tokenizer, block_size, seed, fraction, pad_id=None):
     return out
 
 
-@pytest.mark.parametrize("kind", ["roberta", "bert"])
+@pytest.mark.parametrize("kind", ["roberta", "bert", "sentencepiece"])
 def test_blocks_equal_reference_group_texts(sample_path, sample_texts, kind, request):
     tok = request.getfixturevalue(f"{kind}_tokenizer")
     cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=150,

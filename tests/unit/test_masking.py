@@ -1,5 +1,6 @@
 """Masking follows BERT's recipe statistically (15%, 80/10/10), never touches special or padding
-tokens, keeps whole words together on BPE and WordPiece, and gives reproducible eval masks."""
+tokens, keeps whole words together (BPE, WordPiece, SentencePiece), and fixes eval masks by seed.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_selection_and_80_10_10_statistics(roberta_tokenizer, roberta_blocks):
     assert np.array_equal(inputs[~selected], ids[~selected])
 
 
-@pytest.mark.parametrize("kind", ["roberta", "bert"])
+@pytest.mark.parametrize("kind", ["roberta", "bert", "sentencepiece"])
 def test_specials_and_padding_never_selected_labels_exact(kind, request, sample_texts):
     tok = request.getfixturevalue(f"{kind}_tokenizer")
     ids, _ = encode_blocks(tok, sample_texts, 200)
@@ -80,7 +81,7 @@ def word_groups(ids, words):
     return [g for g in groups.values()]
 
 
-@pytest.mark.parametrize("kind", ["roberta", "bert"])
+@pytest.mark.parametrize("kind", ["roberta", "bert", "sentencepiece"])
 def test_whole_word_masking_selects_all_or_none(kind, request, sample_texts):
     tok = request.getfixturevalue(f"{kind}_tokenizer")
     ids, words = encode_blocks(tok, sample_texts, 300, pad_every=0)
