@@ -15,7 +15,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -27,48 +26,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_DATA = SHARED / "data" / "eli5_category" / "eli5-category-test.json.gz"
-DEFAULT_MODEL = SHARED / "models" / "distilroberta-base-shape"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, machine  # noqa: E402
+from _common import cpu_seconds as _cpu_seconds  # noqa: E402
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def machine() -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "device": "cpu"}
-
-
-def _cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process and its children)."""
-    import resource
-
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return busy, own
-
-
-def foreign_load(start: tuple[float, float], wall: float) -> float:
-    """Average number of cores that other processes kept busy since `start`: above ~0.2 the
-    timings were taken on a shared, busy machine."""
-    busy, own = _cpu_seconds()
-    return max(0.0, ((busy - start[0]) - (own - start[1])) / wall)
 
 
 def build_sentences(data: Path, n: int, seed: int) -> list[str]:

@@ -28,14 +28,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fill_cpu import (  # noqa: E402  (shared helpers of the benchmarks)
-    DEFAULT_DATA,
-    DEFAULT_MODEL,
-    _cpu_seconds,
-    build_sentences,
-    foreign_load,
-    machine,
-)
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, machine  # noqa: E402
+from _common import cpu_seconds as _cpu_seconds  # noqa: E402
+from fill_cpu import build_sentences  # noqa: E402  (shared helper of the benchmarks)
 
 
 def make_model_dir(model_dir: Path, out: Path, small: bool) -> str:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -24,26 +22,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared/data/eli5_category/eli5-category-test.json.gz"
-SHAPE = ROOT.parent / "shared/models/distilroberta-base-shape"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_DATA as DATA  # noqa: E402
+from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
+from _common import machine  # noqa: E402
+
 SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
-
-
-def machine() -> dict:
-    import transformers
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"device": dev, "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
 
 
 def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:

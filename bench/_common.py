@@ -1,0 +1,60 @@
+"""What every benchmark shares: where the shared data lives, the machine description printed
+with each result, and how much of the machine other processes used during a run."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_DATA = SHARED / "data" / "eli5_category" / "eli5-category-test.json.gz"
+DEFAULT_MODEL = SHARED / "models" / "distilroberta-base-shape"
+
+
+def machine() -> dict:
+    """CPU model, cores, library versions and the device the benchmark runs on."""
+    import tokenizers
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    try:
+        import datasets
+
+        info["datasets"] = datasets.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its children)."""
+    import resource
+
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return busy, own
+
+
+def foreign_load(start: tuple[float, float], wall: float) -> float:
+    """Average number of cores that other processes kept busy since `start`: above ~0.2 the
+    timings were taken on a shared, busy machine."""
+    busy, own = cpu_seconds()
+    return max(0.0, ((busy - start[0]) - (own - start[1])) / wall)
