@@ -53,6 +53,21 @@ class _Blocks(torch.utils.data.Dataset):
         return i, np.asarray(self.blocks[i])
 
 
+class MaskedLMObjective(torch.nn.Module):
+    """The model and its loss as one module, so that the sparse head runs inside forward(): a
+    DDP/FSDP wrapper then sees the whole computation and synchronises gradients as usual, which
+    calling the encoder and head of the wrapped model directly would bypass."""
+
+    def __init__(self, model: Any, sparse: bool) -> None:
+        super().__init__()
+        self.model, self.sparse = model, sparse
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return masked_lm_loss(self.model, batch, self.sparse)
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """Shuffled batches of indices, a fixed permutation per (seed, epoch); can start mid-epoch,
     which is how --resume continues exactly where a run stopped."""
@@ -107,7 +122,7 @@ def _find_checkpoint(out: Path, resume: str) -> Path:
     return path
 
 
-def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: Any, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     # As the HF Trainer: no weight decay on biases and normalisation weights.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -117,7 +132,6 @@ def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         (no_decay if is_norm else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              eps=cfg.adam_epsilon, **({"fused": True} if fused else {}))
 
@@ -200,13 +214,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     world = accelerator.num_processes
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / world / cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(model, cfg, fused=accelerator.device.type == "cuda")
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
     # The scheduler stays ours, stepped once per optimizer step: a prepared one steps once per
     # process per step, which would run the schedule num_processes times too fast here.
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    objective, optimizer, loader = accelerator.prepare(
+        MaskedLMObjective(model, cfg.sparse_head), optimizer, loader)
+    model = accelerator.unwrap_model(objective).model  # on its device now; for eval and export
     accelerator.register_for_checkpointing(scheduler)
 
     if main and cfg.overwrite and resume_from is None and out.is_dir():
@@ -260,7 +276,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
                disable=not progress)
-    model.train()
+    objective.train()
     train_seconds, t0 = 0.0, time.perf_counter()
     window_tokens, window_t0 = 0, t0  # throughput over the current logging window
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
@@ -275,12 +291,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         collator.epoch = epoch
         sampler.seek(epoch, batch_in_epoch * world)
         for batch in loader:
-            with accelerator.accumulate(model):
-                loss_total, n = masked_lm_loss(model, batch, cfg.sparse_head)
+            with accelerator.accumulate(objective):
+                loss_total, n = objective(**batch)
                 loss = loss_total / n.clamp(min=1)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     scheduler.step()
@@ -327,7 +343,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     result = TrainResult(output_dir=out, base=base, final=final, history=history, steps=step,
                          train_seconds=train_seconds, data=corpus.stats)
     if main:
-        _export(accelerator.unwrap_model(model), tokenizer, out, cfg, result)
+        _export(model, tokenizer, out, cfg, result)
         metrics_log.close()
     accelerator.wait_for_everyone()
     if cfg.push_to_hub and main:
