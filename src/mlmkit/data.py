@@ -117,12 +117,7 @@ def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
                 while head and head.isspace():
                     head = fh.read(1)
                 if fmt == ".json" and head == "[":
-                    try:
-                        items = json.loads(head + fh.read())
-                    except json.JSONDecodeError as e:
-                        raise MlmkitError(f"{name}: line {e.lineno}: invalid JSON ({e.msg})"
-                                          ) from None
-                    for i, rec in enumerate(items, 1):
+                    for i, rec in enumerate(_iter_json_array(fh, name), 1):
                         yield (name, i, "record"), rec
                     return
                 first = head + fh.readline()
@@ -137,6 +132,55 @@ def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
         raise MlmkitError(f"{name}: cannot read: {e}") from None
     except Exception as e:  # pyarrow and friends: still one line, naming the file
         raise MlmkitError(f"{name}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
+
+
+def _iter_json_array(fh: io.TextIOBase, name: str, chunk: int = 1 << 20) -> Iterator[Any]:
+    """The elements of a top-level JSON array (its '[' already read), decoded one at a time from
+    a buffer of about one element plus `chunk` characters: a corpus stored as one multi-GB array
+    never sits in memory whole, which `json.load` would need."""
+    decoder = json.JSONDecoder()
+    buf, pos, eof, n = "", 0, False, 0
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        data = fh.read(chunk)
+        eof = not data
+        buf, pos = buf[pos:] + data, 0
+
+    def next_char() -> str:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos].isspace():
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if eof:
+                raise MlmkitError(f"{name}: the JSON array ends after element {n} without ']'")
+            more()
+
+    if next_char() == "]":
+        return
+    while True:
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+                if end < len(buf) or eof:  # a number at the buffer's end may continue
+                    break
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise MlmkitError(f"{name}: element {n + 1} of the JSON array: invalid JSON "
+                                      f"({e.msg})") from None
+            more()
+        pos, n = end, n + 1
+        yield value
+        c = next_char()
+        pos += 1
+        if c == "]":
+            return
+        if c != ",":
+            raise MlmkitError(f"{name}: after element {n} of the JSON array: expected ',' or "
+                              f"']', found {c!r}")
+        next_char()
 
 
 def _parse_json_line(line: str, name: str, lineno: int) -> dict[str, Any]:

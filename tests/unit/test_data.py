@@ -254,3 +254,29 @@ def test_too_little_text(tmp_path, sample_path, roberta_tokenizer, limit, block,
     cfg = DataConfig(data=data, text_field=["answers.text"], limit=limit, block_size=block)
     with pytest.raises(MlmkitError, match=match):
         load_blocks(cfg, roberta_tokenizer, progress=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_json_array_streams_across_chunk_boundaries(chunk):
+    import io
+
+    from mlmkit.data import _iter_json_array
+
+    items = [{"text": "é" * i, "n": -i * 1000, "x": [1.5, None]} for i in range(200)] + [7, []]
+    for indent in (None, 2):
+        fh = io.StringIO(json.dumps(items, indent=indent))
+        assert fh.read(1) == "["
+        assert list(_iter_json_array(fh, "f.json", chunk)) == items
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('[{"a": "x"}, {"a": "y"}', "ends after element 2 without ']'"),
+    ('[{"a": "x"} {"a": "y"}]', "after element 1 of the JSON array: expected ',' or ']'"),
+    ('[{"a": "x"},]', "element 2 of the JSON array: invalid JSON"),
+])
+def test_broken_json_array_names_file_and_element(tmp_path, text, expected):
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(MlmkitError) as e:
+        list(iter_texts(DataConfig(data=str(path), text_field=["a"])))
+    assert str(e.value).startswith(str(path)) and expected in str(e.value)
