@@ -39,8 +39,8 @@ class FixedMaskDataset(torch.utils.data.Dataset):
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.inputs[i])
-        labels = torch.from_numpy(self.labels[i])
+        ids = torch.from_numpy(self.inputs[i]).long()
+        labels = torch.from_numpy(self.labels[i]).long()
         # Padding is recognised by label and id together: a masked position is never padding.
         attn = ((ids != self.pad_id) | (labels != -100)).long()
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
