@@ -83,6 +83,9 @@ class TrainConfig(DataConfig, MaskConfig):
                               choices=["no", "auto", "bf16", "fp16"])
     sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions "
                            "(same loss, less compute)")
+    compile: bool = _f(False, "torch.compile the encoder; its input shape is fixed [batch, "
+                       "block], so it does not recompile per batch (the sparse head, whose row "
+                       "count varies, stays eager)")
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
     save_total_limit: int = _f(2, "keep only the newest N checkpoints")

@@ -192,6 +192,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
                        vocab_size=len(tokenizer))
 
+    if cfg.compile:
+        # In place (Module.compile), so parameter names and the saved checkpoint do not change.
+        model.base_model.compile()
+
     masker = Masker(tokenizer, cfg)
     collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id)
     sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
