@@ -58,3 +58,19 @@ def foreign_load(start: tuple[float, float], wall: float) -> float:
     timings were taken on a shared, busy machine."""
     busy, own = cpu_seconds()
     return max(0.0, ((busy - start[0]) - (own - start[1])) / wall)
+
+
+def print_header(script: str, argv: list[str] | None = None) -> tuple[dict, str]:
+    """Print the machine and the exact command of this run; both go into the JSON line too."""
+    import shlex
+    import sys
+
+    info = machine()
+    args = argv if argv is not None else sys.argv[1:]
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", f"bench/{script}", *args])
+    print(f"machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch "
+          f"threads), device {info['device']}; torch {info['torch']}, transformers "
+          f"{info['transformers']}, tokenizers {info['tokenizers']}, datasets "
+          f"{info.get('datasets', 'not installed')}")
+    print(f"command: {command}")
+    return info, command

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, machine  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 
 BLOCK_SIZE = 128
@@ -156,13 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
 
-    info = machine()
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/data_prep.py",
-                                                *(argv if argv is not None else sys.argv[1:])])
-    print(f"machine: {info['cpu']}, {info['cores']} cores, device {info['device']}; "
-          f"torch {info['torch']}, transformers {info['transformers']}, "
-          f"datasets {info['datasets']}, tokenizers {info['tokenizers']}")
-    print(f"command: {command}")
+    info, command = print_header("data_prep.py", argv)
     print(f"data: {args.data} (first {args.records:,} records, answers.text), block size "
           f"{BLOCK_SIZE}, tokenizer {args.model_dir}")
     print("tokenizer loading is excluded from both sides; each side gets its own loaded copy")

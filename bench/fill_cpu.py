@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import shlex
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, machine  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -131,12 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    info = machine()
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/fill_cpu.py",
-                                                *(argv if argv is not None else sys.argv[1:])])
-    print(f"machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch "
-          f"threads), device cpu; torch {info['torch']}, transformers {info['transformers']}")
-    print(f"command: {command}")
+    info, command = print_header("fill_cpu.py", argv)
     sentences = build_sentences(args.data, args.n, args.seed)
     words = [len(s.split()) for s in sentences]
     print(f"model: DistilRoBERTa shape ({args.model_dir}), random weights (seed 0), float32; "

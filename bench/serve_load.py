@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import socket
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, machine  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 from fill_cpu import build_sentences  # noqa: E402  (shared helper of the benchmarks)
 
@@ -169,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    info = machine()
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serve_load.py",
-                                                *(argv if argv is not None else sys.argv[1:])])
-    print(f"machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch "
-          f"threads), device cpu; torch {info['torch']}, transformers {info['transformers']}")
-    print(f"command: {command}")
+    info, command = print_header("serve_load.py", argv)
     sentences = build_sentences(args.data, args.n, args.seed)
     res: dict = {"benchmark": "serve_load", "machine": info, "command": command, "n": args.n,
                  "concurrency": args.concurrency, "top_k": args.top_k,

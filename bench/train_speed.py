@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA as DATA  # noqa: E402
 from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import print_header  # noqa: E402
 
 SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
 
@@ -141,9 +140,7 @@ def main() -> int:
     from mlmkit.data import load_blocks
     from mlmkit.evaluate import fixed_eval_dataset
 
-    info = machine()
-    print(f"machine: {json.dumps(info)}")
-    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+    info, _ = print_header("train_speed.py")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, what = build_start_model(args, Path(tmp) / "start")
         print(f"model: {what}")
