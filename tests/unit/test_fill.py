@@ -103,11 +103,14 @@ def test_text_without_mask_raises(engines):
 
 def test_stream_reports_bad_lines_in_place(engines):
     _, fm, pipe = engines
-    texts = [TEXTS[0], "no mask here", TEXTS[1], None, TEXTS[3]]
+    too_long = "word " * (fm.max_length + 10) + "<mask>."
+    texts = [TEXTS[0], "no mask here", TEXTS[1], None, TEXTS[3], too_long]
     out = list(fm.stream(iter(texts), top_k=2, chunk=2))
-    assert len(out) == 5
+    assert len(out) == 6
     assert isinstance(out[1], MlmkitError) and "no mask token" in str(out[1])
     assert isinstance(out[3], MlmkitError) and "expected a string" in str(out[3])
+    assert isinstance(out[5], MlmkitError) and f"the {fm.max_length} the model accepts" in str(
+        out[5])
     for i in (0, 2, 4):
         assert_same_records(out[i], pipe(own_spelling(pipe, texts[i]), top_k=2))
 
