@@ -161,3 +161,39 @@ def test_compiled_encoder_trains_like_eager(roberta_shape, sample_path, tmp_path
     assert train_losses(tmp_path / "compiled") == pytest.approx(
         train_losses(tmp_path / "eager"), rel=1e-4)
     assert compiled.final.perplexity == pytest.approx(eager.final.perplexity, rel=1e-4)
+
+
+def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample_path, tmp_path,
+                                                            monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, exist_ok=False):
+            calls["repo"] = (repo_id, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns):
+            calls["upload"] = (repo_id, folder_path, ignore_patterns)
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "pushed"
+    train(small_cfg(tiny_roberta, sample_path, out, max_steps=2, save_every=1,
+                    push_to_hub="me/my-model"))
+    assert calls["repo"] == ("me/my-model", True)
+    repo, folder, ignore = calls["upload"]
+    assert repo == "me/my-model" and Path(folder) == out and "checkpoints/*" in ignore
+    assert {"model.safetensors", "tokenizer.json", "metrics.json"} <= set(calls["files"])
+
+    class FailingApi(FakeApi):
+        def upload_folder(self, **kw):
+            raise RuntimeError("401 Unauthorized\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
+    from mlmkit.train import push_to_hub
+
+    with pytest.raises(MlmkitError) as e:
+        push_to_hub(out, "me/my-model")
+    assert "401 Unauthorized" in str(e.value) and str(out) in str(e.value)
+    assert "\n" not in str(e.value)
