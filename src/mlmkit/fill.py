@@ -19,7 +19,7 @@ import torch
 from .config import MlmkitError
 from .model import load_model, load_tokenizer, masked_logits, max_block_size, pick_device
 
-_MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")
+MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -102,7 +102,7 @@ class FillMask:
     def _fill_chunk(self, texts: list[str], top_k: int,
                     target_ids: np.ndarray | None) -> list[list | MlmkitError]:
         results: list[list | MlmkitError] = [None] * len(texts)  # type: ignore[list-item]
-        normalized = [_MASK_SPELLINGS.sub(self.tokenizer.mask_token, t) if isinstance(t, str)
+        normalized = [MASK_SPELLINGS.sub(self.tokenizer.mask_token, t) if isinstance(t, str)
                       else t for t in texts]
         ok: list[int] = []
         for i, t in enumerate(normalized):
@@ -116,10 +116,10 @@ class FillMask:
         for i, ids in zip(ok, enc):
             arr = np.asarray(ids, dtype=np.int64)
             if not (arr == self.mask_id).any():
-                results[i] = MlmkitError(f"no mask token in {_clip(texts[i])!r}: expected <mask> "
+                results[i] = MlmkitError(f"no mask token in {clip(texts[i])!r}: expected <mask> "
                                          f"or [MASK] ({self.tokenizer.mask_token})")
             elif len(arr) > self.max_length:
-                results[i] = MlmkitError(f"{_clip(texts[i])!r}: {len(arr)} tokens, more than the "
+                results[i] = MlmkitError(f"{clip(texts[i])!r}: {len(arr)} tokens, more than the "
                                          f"{self.max_length} the model accepts")
             else:
                 ids_of[i] = arr
@@ -183,5 +183,6 @@ class FillMask:
         return recs
 
 
-def _clip(text: str, n: int = 60) -> str:
+def clip(text: str, n: int = 60) -> str:
+    """`text` cut to `n` characters for an error message."""
     return text if len(text) <= n else text[: n - 3] + "..."

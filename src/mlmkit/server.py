@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -21,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
+from .fill import MASK_SPELLINGS, clip
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger("mlmkit.server")
 
-_MASKS = re.compile(r"<mask>|\[MASK\]")  # the spellings FillMask accepts
 _FIELDS = ("inputs", "parameters", "options")  # "options" (use_cache, ...) is the HF API's; ignored
 _PARAMETERS = ("top_k", "targets")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -361,8 +360,8 @@ def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
         if len(t) > limits.max_text_chars:
             raise ApiError(413, f"{where}: {len(t)} characters, more than the server's limit "
                                 f"of {limits.max_text_chars}")
-        if not (_MASKS.search(t) or (mask_token and mask_token in t)):
-            raise ApiError(400, f"{where}: no mask in {_clip(t)!r}: expected <mask> or [MASK]")
+        if not (MASK_SPELLINGS.search(t) or (mask_token and mask_token in t)):
+            raise ApiError(400, f"{where}: no mask in {clip(t)!r}: expected <mask> or [MASK]")
 
     params = payload.get("parameters")
     params = {} if params is None else params
@@ -387,16 +386,12 @@ def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
         if (not isinstance(targets, list) or not targets
                 or not all(isinstance(t, str) and t for t in targets)):
             raise ApiError(400, "'parameters.targets': expected a string or a non-empty list "
-                                f"of non-empty strings, got {_clip(json.dumps(targets))}")
+                                f"of non-empty strings, got {clip(json.dumps(targets))}")
         if len(targets) > limits.max_inputs * limits.max_top_k:
             raise ApiError(413, f"'parameters.targets': {len(targets)} words, more than the "
                                 f"server's limit of {limits.max_inputs * limits.max_top_k}")
         targets = tuple(targets)
     return texts, single, top_k, targets
-
-
-def _clip(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 _REQUEST_SCHEMA = {
