@@ -285,6 +285,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     window_tokens, window_t0 = 0, t0  # throughput over the current logging window
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 
+    def epochs_done() -> float:
+        # Capped at the epoch's end: with several processes the last round of batches can
+        # overshoot batches_per_epoch.
+        return epoch + min(1.0, batch_in_epoch * world / batches_per_epoch)
+
     def eval_into_history(epoch_f: float) -> None:
         m = run_eval(step, epoch_f)
         if m is not None:
@@ -313,7 +318,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 continue
             step += 1
             bar.update(1)
-            epoch_f = epoch + batch_in_epoch * world / batches_per_epoch
+            epoch_f = epochs_done()
             if step % cfg.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
                 last = float(loss_sum) / loss_count
@@ -334,8 +339,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_seconds += time.perf_counter() - t0
         full_epoch = batch_in_epoch * world >= batches_per_epoch
         if done or not cfg.eval_every:
-            eval_into_history(epoch + (1 if full_epoch else batch_in_epoch * world /
-                                       batches_per_epoch))
+            eval_into_history(epochs_done())
         if full_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
         if not done and not cfg.save_every:
