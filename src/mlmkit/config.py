@@ -79,13 +79,14 @@ class TrainConfig(DataConfig, MaskConfig):
     warmup_steps: int = _f(0, "steps of linear warmup (overrides warmup-ratio when > 0)")
     lr_scheduler: str = _f("linear", "learning-rate schedule after warmup",
                            choices=["linear", "cosine", "constant"])
-    mixed_precision: str = _f("no", "bf16/fp16 autocast; 'auto' picks bf16 where supported",
+    mixed_precision: str = _f("auto", "autocast precision: 'auto' is bf16 on GPUs that support "
+                              "it, fp16 with loss scaling on older GPUs, fp32 ('no') on CPU",
                               choices=["no", "auto", "bf16", "fp16"])
     sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions "
                            "(same loss, less compute)")
-    compile: bool = _f(False, "torch.compile the encoder; its input shape is fixed [batch, "
-                       "block], so it does not recompile per batch (the sparse head, whose row "
-                       "count varies, stays eager)")
+    compile: bool = _f(False, "torch.compile the training step (encoder, sparse head and loss "
+                       "as one graph; masked rows are padded to multiples of 64, so it compiles "
+                       "once or twice per run, not per batch)")
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
     save_total_limit: int = _f(2, "keep only the newest N checkpoints")

@@ -111,21 +111,54 @@ class Masker:
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
+def sparse_targets(labels: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the predicted positions of `labels` [B, L], their labels), padded with
+    index 0 / label IGNORE_INDEX to a multiple of `multiple`.
+
+    Computed here, on the data-loader side, so the training step needs no data-dependent shape:
+    `hidden[labels != -100]` on a GPU is a nonzero() that waits for the device every step and
+    breaks a compiled graph. Padding to a few fixed sizes keeps torch.compile from recompiling
+    for every batch's masked count (the padded rows cost a little head compute, no loss).
+    """
+    flat = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)
+    size = max(multiple, -(-len(flat) // multiple) * multiple)
+    index = np.zeros(size, dtype=np.int64)
+    targets = np.full(size, IGNORE_INDEX, dtype=np.int64)
+    index[: len(flat)] = flat
+    targets[: len(flat)] = labels.reshape(-1)[flat]
+    return index, targets
+
+
 class MaskingCollator:
-    """Data-loader collate function: (index, block) pairs -> masked torch batch."""
+    """Data-loader collate function: (epoch, index, block) triples -> masked torch batch.
 
-    def __init__(self, masker: Masker, seed: int, pad_id: int) -> None:
-        self.masker, self.seed, self.pad_id, self.epoch = masker, seed, pad_id, 0
+    The epoch travels with each item rather than living on the collator, so worker processes
+    (which hold copies of the collator) always mask with the right epoch's generator.
 
-    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> dict[str, Any]:
+    The batch has `input_ids` and `labels` [B, L]; `attention_mask` only when a block has
+    padding (without one, SDPA may use its fastest kernels, and transformers need not check the
+    mask on the device); with `sparse_multiple`, also `masked_index` and `masked_labels` (see
+    `sparse_targets`) for the sparse prediction head.
+    """
+
+    def __init__(self, masker: Masker, seed: int, pad_id: int, sparse_multiple: int = 0) -> None:
+        self.masker, self.seed, self.pad_id = masker, seed, pad_id
+        self.sparse_multiple = sparse_multiple
+
+    def __call__(self, items: Sequence[tuple[int, int, np.ndarray]]) -> dict[str, Any]:
         import torch
 
-        idx = [int(i) for i, _ in items]
-        blocks = np.stack([b for _, b in items])
-        rng = np.random.default_rng([self.seed, self.epoch, *idx])
+        epoch = int(items[0][0])
+        idx = [int(i) for _, i, _ in items]
+        blocks = np.stack([b for _, _, b in items])
+        rng = np.random.default_rng([self.seed, epoch, *idx])
         inputs, labels = self.masker(blocks, rng)
-        return {
-            "input_ids": torch.from_numpy(inputs),
-            "attention_mask": torch.from_numpy((blocks != self.pad_id).astype(np.int64)),
-            "labels": torch.from_numpy(labels),
-        }
+        batch = {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
+        padding = blocks == self.pad_id
+        if padding.any():
+            batch["attention_mask"] = torch.from_numpy((~padding).astype(np.int64))
+        if self.sparse_multiple:
+            index, targets = sparse_targets(labels, self.sparse_multiple)
+            batch["masked_index"] = torch.from_numpy(index)
+            batch["masked_labels"] = torch.from_numpy(targets)
+        return batch

@@ -122,28 +122,42 @@ def sparse_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 def masked_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor, sparse: bool = True) -> torch.Tensor:
-    """Vocabulary logits at `positions` (a boolean [B, L] tensor), shape [n_positions, V].
+    """Vocabulary logits at `positions`, shape [n_positions, V]. `positions` is a boolean
+    [B, L] tensor, or int64 indices into the flattened [B * L] positions (no data-dependent
+    shape: nothing waits for the device, and a compiled graph stays whole).
 
     The sparse path runs the encoder, gathers the hidden states at `positions` and applies the
     head to those alone; the logits equal the dense model's at the same positions.
     """
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        if positions.dtype == torch.bool:
+            return x[positions]
+        return x.flatten(0, 1).index_select(0, positions)
+
     head = sparse_head(model) if sparse else None
     if head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits[positions]
+        return pick(model(input_ids=input_ids, attention_mask=attention_mask).logits)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-    return head(hidden[positions])
+    return head(pick(hidden))
 
 
 def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token losses, number of predicted tokens) for a batch with -100 labels."""
-    labels = batch["labels"]
-    positions = labels != -100
+    """(sum of token losses, number of predicted tokens) for a batch with -100 labels.
+
+    Uses the batch's `masked_index`/`masked_labels` (see `masking.sparse_targets`) when it has
+    them, else the positions of `labels` that are not -100.
+    """
+    if "masked_index" in batch:
+        positions, targets = batch["masked_index"], batch["masked_labels"]
+    else:
+        positions = batch["labels"] != -100
+        targets = batch["labels"][positions]
     logits = masked_logits(model, batch["input_ids"], batch.get("attention_mask"), positions,
                            sparse)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels[positions], reduction="sum")
-    return loss, positions.sum()
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum",
+                                             ignore_index=-100)
+    return loss, (targets != -100).sum()
 
 
 def pick_device(device: str) -> torch.device:

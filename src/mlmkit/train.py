@@ -6,6 +6,7 @@ eval -> checkpoint -> export a standard Hugging Face model directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,14 +44,39 @@ class TrainResult:
 
 
 class _Blocks(torch.utils.data.Dataset):
+    """Training blocks, looked up by the (epoch, index) keys that `EpochBatches` yields."""
+
     def __init__(self, blocks: np.ndarray) -> None:
         self.blocks = blocks
 
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        return i, np.asarray(self.blocks[i])
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+        epoch, i = key
+        return epoch, i, np.asarray(self.blocks[i])
+
+
+class Stopwatch:
+    """Training time without evaluation and checkpointing: `paused()` stops it (after waiting
+    for the device, so queued training work is counted as training)."""
+
+    def __init__(self) -> None:
+        self.total, self.since = 0.0, time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.total + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+    @contextlib.contextmanager
+    def paused(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.total, self.since = self.seconds, None
+        try:
+            yield
+        finally:
+            self.since = time.perf_counter()
 
 
 class MaskedLMObjective(torch.nn.Module):
@@ -62,15 +88,17 @@ class MaskedLMObjective(torch.nn.Module):
         super().__init__()
         self.model, self.sparse = model, sparse
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        return masked_lm_loss(self.model, batch, self.sparse)
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **optional: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        # optional: attention_mask, masked_index, masked_labels (see MaskingCollator)
+        return masked_lm_loss(self.model, {"input_ids": input_ids, "labels": labels, **optional},
+                              self.sparse)
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Shuffled batches of indices, a fixed permutation per (seed, epoch); can start mid-epoch,
-    which is how --resume continues exactly where a run stopped."""
+    """Shuffled batches of (epoch, index) keys, a fixed permutation per (seed, epoch); can start
+    mid-epoch, which is how --resume continues exactly where a run stopped. The epoch rides
+    along so the collator masks with that epoch's generator, in worker processes too."""
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -86,7 +114,8 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self):
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         for b in range(self.start, math.ceil(self.n / self.batch_size)):
-            yield perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            yield [(self.epoch, i) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]
+                   .tolist()]
 
 
 def _mixed_precision(choice: str) -> str:
@@ -164,7 +193,7 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -177,6 +206,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True),
                               cpu=cpu_only)
     main = accelerator.is_main_process
     progress = main and not cfg.quiet
@@ -192,12 +222,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
                        vocab_size=len(tokenizer))
 
-    if cfg.compile:
-        # In place (Module.compile), so parameter names and the saved checkpoint do not change.
-        model.base_model.compile()
-
     masker = Masker(tokenizer, cfg)
-    collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id)
+    # Masked positions padded to multiples of 64 rows: a handful of shapes per run.
+    collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id,
+                               sparse_multiple=64 if cfg.sparse_head else 0)
     sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
     # Its own generator: starting an iterator draws a seed, which must not come from the global
     # RNG, or a resumed run (a new iterator mid-epoch) would see other dropout masks.
@@ -224,8 +252,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                               num_training_steps=total_steps)
     # The scheduler stays ours, stepped once per optimizer step: a prepared one steps once per
     # process per step, which would run the schedule num_processes times too fast here.
-    objective, optimizer, loader = accelerator.prepare(
-        MaskedLMObjective(model, cfg.sparse_head), optimizer, loader)
+    objective = MaskedLMObjective(model, cfg.sparse_head)
+    if cfg.compile:
+        # The whole step's forward (encoder, sparse head, loss) as one graph: its inputs have
+        # fixed shapes ([batch, block], masked rows padded to multiples of 64) and nothing in it
+        # depends on data values. In place (Module.compile), so parameter names and the saved
+        # checkpoint do not change; evaluation and export use the eager model.
+        objective.compile()
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     model = accelerator.unwrap_model(objective).model  # on its device now; for eval and export
     accelerator.register_for_checkpointing(scheduler)
 
@@ -251,13 +285,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                      m.perplexity)
         return m
 
-    step, epoch, batch_in_epoch, history, base = 0, 0, 0, [], None
+    step, epoch, batch_in_epoch, history, base, seconds_before = 0, 0, 0, [], None, 0.0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / STATE_FILE).read_text())
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         history = state["history"]
         base = Metrics(**state["base"]) if state.get("base") else None
+        seconds_before = state.get("train_seconds", 0.0)
         if main:
             log.info("resuming from %s (step %d)", resume_from, step)
     else:
@@ -268,21 +303,25 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     def checkpoint() -> None:
         path = out / "checkpoints" / f"step_{step}"
-        accelerator.save_state(str(path))
-        if main:
-            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                     "history": history, "base": base.to_dict() if base else None}
-            (path / STATE_FILE).write_text(json.dumps(state))
-            ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
-            for old in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        with clock.paused():
+            accelerator.save_state(str(path))
+            if main:
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                         "history": history, "base": base.to_dict() if base else None,
+                         "train_seconds": clock.seconds}
+                (path / STATE_FILE).write_text(json.dumps(state))
+                ckpts = sorted((out / "checkpoints").glob("step_*"),
+                               key=lambda p: int(p.name[5:]))
+                for old in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
+                    shutil.rmtree(old, ignore_errors=True)
+            accelerator.wait_for_everyone()
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
                disable=not progress)
     objective.train()
-    train_seconds, t0 = 0.0, time.perf_counter()
-    window_tokens, window_t0 = 0, t0  # throughput over the current logging window
+    clock = Stopwatch()
+    clock.total = seconds_before
+    window_tokens, window_t0 = 0, clock.seconds  # throughput over the current logging window
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 
     def epochs_done() -> float:
@@ -291,13 +330,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         return epoch + min(1.0, batch_in_epoch * world / batches_per_epoch)
 
     def eval_into_history(epoch_f: float) -> None:
-        m = run_eval(step, epoch_f)
+        with clock.paused():
+            m = run_eval(step, epoch_f)
         if m is not None:
-            history.append({"step": step, "epoch": round(epoch_f, 4), **m.to_dict()})
+            history.append({"step": step, "epoch": round(epoch_f, 4),
+                            "train_seconds": round(clock.seconds, 3), **m.to_dict()})
 
     done = step >= total_steps
     while not done:
-        collator.epoch = epoch
         sampler.seek(epoch, batch_in_epoch * world)
         for batch in loader:
             with accelerator.accumulate(objective):
@@ -320,7 +360,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.update(1)
             epoch_f = epochs_done()
             if step % cfg.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
+                now = clock.seconds
                 last = float(loss_sum) / loss_count
                 tps = window_tokens * world / max(now - window_t0, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{tps:,.0f}")
@@ -336,7 +376,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             if done:
                 break
         # End of an epoch, or of training.
-        train_seconds += time.perf_counter() - t0
         full_epoch = batch_in_epoch * world >= batches_per_epoch
         if done or not cfg.eval_every:
             eval_into_history(epochs_done())
@@ -344,12 +383,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             epoch, batch_in_epoch = epoch + 1, 0
         if not done and not cfg.save_every:
             checkpoint()
-        t0 = window_t0 = time.perf_counter()
     bar.close()
     final = Metrics(**{k: history[-1][k] for k in ("loss", "perplexity", "tokens", "blocks")}) \
         if history else None
     result = TrainResult(output_dir=out, base=base, final=final, history=history, steps=step,
-                         train_seconds=train_seconds, data=corpus.stats)
+                         train_seconds=clock.seconds, data=corpus.stats)
     if main:
         _export(model, tokenizer, out, cfg, result)
         metrics_log.close()

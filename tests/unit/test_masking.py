@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlmkit.config import MaskConfig
-from mlmkit.masking import IGNORE_INDEX, Masker, MaskingCollator
+from mlmkit.masking import IGNORE_INDEX, Masker, MaskingCollator, sparse_targets
 
 BLOCK = 128
 
@@ -117,12 +117,35 @@ def test_fixed_eval_masks_reproducible_and_chunk_independent(roberta_tokenizer, 
 
 
 def test_collator_masks_depend_only_on_seed_epoch_and_blocks(roberta_tokenizer, roberta_blocks):
-    ids = roberta_blocks[0][:8]
     tok = roberta_tokenizer
+    ids = roberta_blocks[0][:8]
+    ids = np.where(ids == tok.pad_token_id, tok.convert_tokens_to_ids("Ġthe"), ids)  # full blocks
     col = MaskingCollator(Masker(tok, MaskConfig()), seed=5, pad_id=tok.pad_token_id)
-    items = [(i, ids[i]) for i in range(8)]
+    items = [(0, i, ids[i]) for i in range(8)]
     a, b = col(items), col(items)
+    assert a.keys() == b.keys() == {"input_ids", "labels"}  # no padding: no attention mask
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert np.array_equal(a["attention_mask"].numpy(), (ids != tok.pad_token_id).astype(int))
-    col.epoch = 1
-    assert not np.array_equal(a["labels"], col(items)["labels"])
+    assert not np.array_equal(a["labels"], col([(1, i, ids[i]) for i in range(8)])["labels"])
+    padded = ids.copy()
+    padded[3, 50:] = tok.pad_token_id
+    c = col([(0, i, padded[i]) for i in range(8)])
+    assert np.array_equal(c["attention_mask"].numpy(), (padded != tok.pad_token_id).astype(int))
+    assert (c["labels"][3, 50:] == IGNORE_INDEX).all()  # padding is never predicted
+
+
+def test_sparse_targets_list_every_label_once_padded_to_the_multiple(roberta_tokenizer,
+                                                                    roberta_blocks):
+    ids = roberta_blocks[0][:8]
+    col = MaskingCollator(Masker(roberta_tokenizer, MaskConfig()), seed=5,
+                          pad_id=roberta_tokenizer.pad_token_id, sparse_multiple=64)
+    batch = col([(0, i, ids[i]) for i in range(8)])
+    labels = batch["labels"].numpy()
+    index, targets = batch["masked_index"].numpy(), batch["masked_labels"].numpy()
+    n = int((labels != IGNORE_INDEX).sum())
+    assert len(index) == len(targets) and len(index) % 64 == 0 and n <= len(index) < n + 64
+    real = targets != IGNORE_INDEX
+    assert real.sum() == n and real[:n].all()  # labels first, padding after
+    assert np.array_equal(index[:n], np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX))
+    assert np.array_equal(targets[:n], labels.reshape(-1)[index[:n]])
+    assert (index[n:] == 0).all()
+    assert sparse_targets(np.full((2, 4), IGNORE_INDEX), 8)[0].shape == (8,)  # never empty

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlmkit.config import MaskConfig, MlmkitError
-from mlmkit.masking import Masker
+from mlmkit.masking import Masker, sparse_targets
 from mlmkit.model import (
     load_model,
     load_model_config,
@@ -41,13 +41,19 @@ def test_sparse_loss_equals_dense_and_hf_loss(kind, request, sample_texts):
     assert sparse_head(model) is not None  # otherwise both paths would be the dense one
     batch = make_batch(tok, sample_texts)
     assert (batch["attention_mask"] == 0).any()  # padding is part of the batch
+    index, targets = sparse_targets(batch["labels"].numpy(), 64)
+    indexed = {**batch, "masked_index": torch.from_numpy(index),
+               "masked_labels": torch.from_numpy(targets)}
     with torch.no_grad():
         sparse, n_sparse = masked_lm_loss(model, batch, sparse=True)
         dense, n_dense = masked_lm_loss(model, batch, sparse=False)
+        by_index, n_index = masked_lm_loss(model, indexed, sparse=True)
         hf = model(**batch).loss
     n = int((batch["labels"] != -100).sum())
-    assert int(n_sparse) == int(n_dense) == n > 20
+    assert int(n_sparse) == int(n_dense) == int(n_index) == n > 20
+    assert len(index) > n  # padded rows are part of the indexed batch, and count for nothing
     torch.testing.assert_close(sparse / n, dense / n, rtol=0, atol=1e-5)
+    torch.testing.assert_close(by_index, sparse, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(sparse / n, hf, rtol=0, atol=1e-5)
     torch.testing.assert_close(sparse, hf * n, rtol=1e-6, atol=1e-4)
 
