@@ -1,13 +1,21 @@
 """Training speed and quality, side by side: the HF guide's recipe (Trainer) vs mlmkit.
 
-Both arms start from the same weights, train on the same blocks (mlmkit's held-out split of the
-first N ELI5-Category records) and are scored after every epoch on the same fixed eval masks, so
-their perplexities are comparable. Prints tokens/s, wall time, peak memory, MFU and per-epoch
-perplexity for each arm, the ratio mlmkit/guide, and one JSON line.
+Every arm starts from the same weights, trains on the same blocks (mlmkit's held-out split of
+the first N ELI5-Category records) and is scored on the same fixed eval masks, so perplexities
+are comparable. Prints, per arm: training tokens/s, wall time, peak GPU memory, MFU, the
+fixed-mask perplexity per epoch and at the end, the speed-up over the guide's recipe and, for
+mlmkit arms, the training time at which the arm first matched the recipe's final perplexity;
+then one JSON line with every number.
 
     python bench/train_speed.py                       # CPU: small shape, 300 records, 1 epoch
-    python bench/train_speed.py --records 5000 --epochs 3 --shape full   # the GPU run
-    python bench/train_speed.py --weights PATH        # start from real pretrained weights
+    python bench/train_speed.py --shape full          # GPU defaults: 5,000 records, 3 epochs
+    python bench/train_speed.py --weights DIR         # start from real pretrained weights
+    python bench/train_speed.py --arms guide,mlmkit --try batch_size=64,learning_rate=1e-4
+
+Arms: `guide` (Trainer, fp32, batch 16, lr 2e-5: the guide as written), `guide-bf16-b64` (the
+same with bf16 and batch 64), `mlmkit` (its defaults), `mlmkit-compile` (defaults + --compile),
+and one `mlmkit (...)` arm per `--try` (TrainConfig fields). Needs torch, transformers and
+accelerate; not `datasets`.
 """
 
 from __future__ import annotations
@@ -24,20 +32,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA as DATA  # noqa: E402
 from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
-from _common import print_header  # noqa: E402
+from _common import cpu_seconds, foreign_load, print_header  # noqa: E402
 
 SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
+GUIDE = "guide"
+ARMS = {GUIDE: "guide (Trainer, fp32, batch 16)",
+        "guide-bf16-b64": "guide (Trainer, bf16, batch 64)",
+        "mlmkit": "mlmkit (defaults)",
+        "mlmkit-compile": "mlmkit (defaults, --compile)"}
 
 
 def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
-    """The model directory both arms load: pretrained weights, or a seeded random init."""
+    """The model directory every arm loads: pretrained weights, or a seeded random init."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
     from mlmkit.config import parse_overrides
 
     if args.weights:
         # Saved once, head included: a checkpoint without an MLM head gets a fresh head, and
-        # both arms must start from the same one.
+        # every arm must start from the same one.
         torch.manual_seed(0)
         AutoModelForMaskedLM.from_pretrained(args.weights).save_pretrained(out)
         AutoTokenizer.from_pretrained(args.weights).save_pretrained(out)
@@ -60,9 +73,14 @@ def peak_memory_mb() -> float | None:
     return None
 
 
-def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool) -> dict:
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size: int) -> dict:
     """The guide's recipe: Trainer + DataCollatorForLanguageModeling, its hyperparameters."""
-    from datasets import Dataset
     from transformers import (
         AutoModelForMaskedLM,
         AutoTokenizer,
@@ -76,74 +94,104 @@ def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool) -> dict:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
-    ds = Dataset.from_dict({"input_ids": corpus.train.astype("int64").tolist()})
-    ds = ds.map(lambda b: {"labels": b["input_ids"]}, batched=True)
-    history, eval_seconds = [], [0.0]
+    # The guide's grouped dataset: input_ids and a copy as labels (the collator replaces them).
+    rows = [{"input_ids": b, "labels": b} for b in corpus.train.astype("int64").tolist()]
+    history, eval_seconds, t_start = [], [0.0], [0.0]
 
     class FixedMaskEval(TrainerCallback):
         def on_epoch_end(self, targs, state, control, model=None, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             t = time.perf_counter()
-            m = evaluate(model, eval_loader, sparse=False)
-            history.append({"epoch": round(state.epoch, 3), "perplexity": m.perplexity})
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                m = evaluate(model, eval_loader, sparse=False)
+            history.append({"epoch": round(state.epoch, 3), "perplexity": m.perplexity,
+                            "train_seconds": round(t - t_start[0] - eval_seconds[0], 3)})
             eval_seconds[0] += time.perf_counter() - t
 
     targs = TrainingArguments(
         output_dir=tempfile.mkdtemp(), eval_strategy="no", learning_rate=2e-5,
-        num_train_epochs=args.epochs, weight_decay=0.01, per_device_train_batch_size=16,
+        num_train_epochs=args.epochs, weight_decay=0.01, per_device_train_batch_size=batch_size,
         save_strategy="no", report_to=[], bf16=bf16, use_cpu=not torch.cuda.is_available(),
         seed=42, disable_tqdm=True, logging_strategy="no", dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=targs, train_dataset=ds,
+    trainer = Trainer(model=model, args=targs, train_dataset=rows,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm_probability=0.15),
                       callbacks=[FixedMaskEval()])
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
+    reset_peak_memory()
+    t_start[0] = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - t - eval_seconds[0]
-    n_params = sum(p.numel() for p in model.parameters())
-    return {"wall_s": wall, "history": history, "params": n_params,
-            "peak_mem_mb": peak_memory_mb()}
+    wall = time.perf_counter() - t_start[0] - eval_seconds[0]
+    del trainer, model
+    return {"wall_s": wall, "history": history, "peak_mem_mb": peak_memory_mb()}
 
 
-def run_mlmkit(model_dir: Path, args, extra: dict) -> dict:
+def run_mlmkit(model_dir: Path, args, extra: dict, n_train: int) -> dict:
     from mlmkit import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(model=str(model_dir), data=str(args.data), text_field=["answers.text"],
                           limit=args.records, output=out, epochs=args.epochs, quiet=True,
-                          skip_base_eval=True, overwrite=True, cache_dir=args.cache_dir, **extra)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+                          skip_base_eval=True, overwrite=True, cache_dir=args.cache_dir,
+                          save_every=10**9, **extra)  # no checkpoints: not part of the speed
+        if args.evals_per_epoch > 1:
+            steps = -(-n_train // cfg.batch_size)
+            cfg.eval_every = max(1, steps // args.evals_per_epoch)
+        reset_peak_memory()
         r = train(cfg)
-    return {"wall_s": r.train_seconds,
-            "history": [{"epoch": h["epoch"], "perplexity": h["perplexity"]} for h in r.history],
-            "peak_mem_mb": peak_memory_mb()}
+    return {"wall_s": r.train_seconds, "steps": r.steps, "peak_mem_mb": peak_memory_mb(),
+            "history": [{k: h[k] for k in ("epoch", "perplexity", "train_seconds")}
+                        for h in r.history]}
 
 
-def main() -> int:
+def parse_try(text: str) -> dict:
+    from mlmkit.config import TrainConfig, parse_overrides
+
+    extra = parse_overrides(text)
+    unknown = set(extra) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise SystemExit(f"--try {text!r}: TrainConfig has no field(s) {sorted(unknown)}")
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--model-dir", type=Path, default=SHAPE, help="shape (config + tokenizer)")
     p.add_argument("--weights", help="a model directory with real weights (overrides the shape)")
-    p.add_argument("--shape", choices=["small", "full"],
-                   default="full" if torch.cuda.is_available() else "small")
-    p.add_argument("--records", type=int, default=5000 if torch.cuda.is_available() else 300)
-    p.add_argument("--epochs", type=float, default=3 if torch.cuda.is_available() else 1)
-    p.add_argument("--peak-tflops", type=float, default=790.0 if torch.cuda.is_available()
-                   else None, help="dense bf16 peak of the device, for MFU (H100: 790)")
+    p.add_argument("--shape", choices=["small", "full"], default="full" if gpu else "small")
+    p.add_argument("--records", type=int, default=5000 if gpu else 300)
+    p.add_argument("--epochs", type=float, default=3 if gpu else 1)
+    p.add_argument("--arms", default="guide,guide-bf16-b64,mlmkit,mlmkit-compile" if gpu
+                   else "guide,mlmkit", help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--try", dest="tries", action="append", default=[], metavar="K=V,...",
+                   help="an extra mlmkit arm with these TrainConfig fields (repeatable)")
+    p.add_argument("--evals-per-epoch", type=int, default=1,
+                   help="fixed-mask evaluations per epoch in mlmkit arms (finer time-to-quality)")
+    p.add_argument("--peak-tflops", type=float, default=790.0 if gpu else None,
+                   help="dense bf16 peak of the device, for MFU (H100 SXM: 790 measured)")
     p.add_argument("--cache-dir", default=tempfile.mkdtemp())
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    bad = [a for a in names if a not in ARMS]
+    if bad:
+        raise SystemExit(f"--arms: unknown {bad}; known: {', '.join(ARMS)}")
+    tries = [(f"mlmkit ({t})", parse_try(t)) for t in args.tries]
 
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from mlmkit.config import TrainConfig
     from mlmkit.data import load_blocks
     from mlmkit.evaluate import fixed_eval_dataset
 
-    info, _ = print_header("train_speed.py")
+    info, command = print_header("train_speed.py", argv)
+    cpu_start, wall_start = cpu_seconds(), time.perf_counter()
+    arms: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, what = build_start_model(args, Path(tmp) / "start")
-        print(f"model: {what}")
+        n_params = sum(p.numel() for p in AutoModelForMaskedLM.from_pretrained(model_dir)
+                       .parameters())
+        print(f"model: {what}, {n_params:,} parameters")
         tok = AutoTokenizer.from_pretrained(model_dir)
         dcfg = TrainConfig(data=str(args.data), text_field=["answers.text"], limit=args.records,
                            cache_dir=args.cache_dir)
@@ -152,35 +200,61 @@ def main() -> int:
                                                   batch_size=64)
         train_tokens = corpus.train.size * args.epochs
         print(f"data: {corpus.describe()}")
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        arms = {"guide (Trainer, fp32, batch 16)": run_guide(model_dir, corpus, eval_loader,
-                                                               args, bf16=False)}
-        arms["mlmkit (defaults)"] = run_mlmkit(model_dir, args, {})
-        if bf16:
-            arms["mlmkit (bf16)"] = run_mlmkit(model_dir, args, {"mixed_precision": "bf16"})
-    n_params = arms["guide (Trainer, fp32, batch 16)"]["params"]
-    base = None
+        for name in names:
+            print(f"running {ARMS[name]} ...", flush=True)
+            if name == GUIDE:
+                arms[ARMS[name]] = run_guide(model_dir, corpus, eval_loader, args, False, 16)
+            elif name == "guide-bf16-b64":
+                arms[ARMS[name]] = run_guide(model_dir, corpus, eval_loader, args, True, 64)
+            else:
+                extra = {"compile": True} if name.endswith("compile") else {}
+                arms[ARMS[name]] = run_mlmkit(model_dir, args, extra, len(corpus.train))
+        for label, extra in tries:
+            print(f"running {label} ...", flush=True)
+            arms[label] = run_mlmkit(model_dir, args, extra, len(corpus.train))
+    other = foreign_load(cpu_start, time.perf_counter() - wall_start)
+
+    # Every ratio is against the guide's recipe, or against the first arm if it did not run.
+    ref_name = ARMS[GUIDE] if GUIDE in names else next(iter(arms))
+    print(f"\nreference arm: {ref_name}")
+    ref = arms[ref_name]
+    target_ppl = ref["history"][-1]["perplexity"] if ref["history"] else float("nan")
     rows = []
     for name, r in arms.items():
         tps = train_tokens / r["wall_s"]
-        base = base or tps
         mfu = (6 * n_params * tps / (args.peak_tflops * 1e12)) if args.peak_tflops else None
-        final = r["history"][-1]["perplexity"] if r["history"] else float("nan")
-        rows.append({"arm": name, "tokens_per_s": round(tps), "wall_s": round(r["wall_s"], 2),
-                     "peak_mem_mb": r["peak_mem_mb"] and round(r["peak_mem_mb"]),
-                     "mfu": mfu and round(mfu, 4),
-                     "final_ppl": round(final, 3), "speedup": round(tps / base, 2),
-                     "per_epoch_ppl": [round(h["perplexity"], 3) for h in r["history"]]})
-    print(f"\n{'arm':34} {'tok/s':>9} {'wall s':>8} {'peak MB':>8} {'MFU':>7} {'ppl':>9} "
-          f"{'x guide':>7}")
+        hist = r["history"]
+        final = hist[-1]["perplexity"] if hist else float("nan")
+        reached = next((h["train_seconds"] for h in hist if h["perplexity"] <= target_ppl), None)
+        rows.append({
+            "arm": name, "tokens_per_s": round(tps), "wall_s": round(r["wall_s"], 2),
+            "peak_mem_mb": r["peak_mem_mb"] and round(r["peak_mem_mb"]),
+            "mfu": mfu and round(mfu, 4), "final_ppl": round(final, 3),
+            "speedup": round(tps / (train_tokens / ref["wall_s"]), 2),
+            "s_to_ref_ppl": reached,
+            "frac_of_ref_time": reached and round(reached / ref["wall_s"], 3),
+            "per_epoch_ppl": [round(h["perplexity"], 3) for h in hist
+                              if abs(h["epoch"] - round(h["epoch"])) < 1e-6],
+            "history": hist})
+    print(f"reference's final fixed-mask perplexity: {target_ppl:.3f}")
+    print(f"{'arm':44} {'tok/s':>9} {'wall s':>8} {'peak MB':>8} {'MFU':>6} {'ppl':>9} "
+          f"{'x ref':>7} {'t to ref ppl':>15}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_mem_mb']:,}" if r["peak_mem_mb"] is not None else "n/a"
-        print(f"{r['arm']:34} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {mem:>8} "
-              f"{mfu:>7} {r['final_ppl']:>9.3f} {r['speedup']:>7.2f}")
-    print(json.dumps({"bench": "train_speed", "machine": info, "model": what,
+        reach = (f"{r['s_to_guide_ppl']:.1f} s ({r['frac_of_guide_time']:.2f})"
+                 if r["s_to_ref_ppl"] is not None else "not reached")
+        print(f"{r['arm']:44} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {mem:>8} {mfu:>6} "
+              f"{r['final_ppl']:>9.3f} {r['speedup']:>7.2f} {reach:>15}")
+        print(f"{'':44} per-epoch ppl {r['per_epoch_ppl']}")
+    print(f"other processes kept {other:.2f} cores busy on average during the run"
+          + (" -- WARNING: a shared, busy machine; timings are not comparable" if other > 0.2
+             else ""))
+    print(json.dumps({"bench": "train_speed", "machine": info, "command": command, "model": what,
                       "records": args.records, "epochs": args.epochs, "params": n_params,
-                      "train_tokens": train_tokens, "arms": rows}))
+                      "train_tokens": train_tokens, "reference": ref_name,
+                      "reference_final_ppl": target_ppl,
+                      "other_processes_cores": round(other, 2), "arms": rows}))
     return 0
 
 

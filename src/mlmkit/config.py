@@ -87,6 +87,10 @@ class TrainConfig(DataConfig, MaskConfig):
     compile: bool = _f(False, "torch.compile the training step (encoder, sparse head and loss "
                        "as one graph; masked rows are padded to multiples of 64, so it compiles "
                        "once or twice per run, not per batch)")
+    compile_mode: str = _f("default", "torch.compile mode with --compile; 'reduce-overhead' adds "
+                           "CUDA graphs (GPU only), 'max-autotune' also tunes kernels",
+                           choices=["default", "reduce-overhead", "max-autotune",
+                                    "max-autotune-no-cudagraphs"])
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
     save_total_limit: int = _f(2, "keep only the newest N checkpoints")

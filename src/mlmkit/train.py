@@ -258,7 +258,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # fixed shapes ([batch, block], masked rows padded to multiples of 64) and nothing in it
         # depends on data values. In place (Module.compile), so parameter names and the saved
         # checkpoint do not change; evaluation and export use the eager model.
-        objective.compile()
+        objective.compile(mode=cfg.compile_mode)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     model = accelerator.unwrap_model(objective).model  # on its device now; for eval and export
     accelerator.register_for_checkpointing(scheduler)

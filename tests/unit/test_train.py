@@ -205,3 +205,22 @@ def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample
         push_to_hub(out, "me/my-model")
     assert "401 Unauthorized" in str(e.value) and str(out) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_training_clock_leaves_out_paused_time(monkeypatch):
+    class FakeTime:
+        now = 100.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+    monkeypatch.setattr(train_module, "time", FakeTime)
+    clock = train_module.Stopwatch()
+    FakeTime.now += 5
+    assert clock.seconds == 5
+    with clock.paused():  # an evaluation or a checkpoint
+        FakeTime.now += 100
+        assert clock.seconds == 5
+    FakeTime.now += 2
+    assert clock.seconds == 7
