@@ -224,3 +224,20 @@ def test_training_clock_leaves_out_paused_time(monkeypatch):
         assert clock.seconds == 5
     FakeTime.now += 2
     assert clock.seconds == 7
+
+
+def test_worker_processes_change_nothing(tiny_roberta, sample_path, tmp_path):
+    # Masks come from (seed, epoch, block indices) carried by each item: loader workers, which
+    # hold copies of the collator, must mask exactly as the main process, across epochs too.
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        r = train(small_cfg(tiny_roberta, sample_path, out, limit=10, max_steps=None,
+                            epochs=2, skip_base_eval=True, num_workers=workers))
+        runs[workers] = (r, train_losses(out), weights(out))
+    (r0, losses0, w0), (r2, losses2, w2) = runs[0], runs[2]
+    assert [h["epoch"] for h in r0.history] == [1, 2] and r0.steps > 4  # two epochs
+    assert untimed(r2.history) == untimed(r0.history)
+    assert losses2 == pytest.approx(losses0, rel=1e-6)
+    for k in w0:
+        torch.testing.assert_close(w2[k], w0[k], rtol=0, atol=1e-6, msg=k)
