@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_mem_mb']:,}" if r["peak_mem_mb"] is not None else "n/a"
-        reach = (f"{r['s_to_guide_ppl']:.1f} s ({r['frac_of_guide_time']:.2f})"
+        reach = (f"{r['s_to_ref_ppl']:.1f} s ({r['frac_of_ref_time']:.2f})"
                  if r["s_to_ref_ppl"] is not None else "not reached")
         print(f"{r['arm']:44} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {mem:>8} {mfu:>6} "
               f"{r['final_ppl']:>9.3f} {r['speedup']:>7.2f} {reach:>15}")
