@@ -13,8 +13,9 @@ then one JSON line with every number.
     python bench/train_speed.py --arms guide,mlmkit --try batch_size=64,learning_rate=1e-4
 
 Arms: `guide` (Trainer, fp32, batch 16, lr 2e-5: the guide as written), `guide-bf16-b64` (the
-same with bf16 and batch 64), `mlmkit` (its defaults), `mlmkit-compile` (defaults + --compile),
-and one `mlmkit (...)` arm per `--try` (TrainConfig fields). Needs torch, transformers and
+same with bf16 and batch 64), `mlmkit-guide` (mlmkit with the guide's batch size and learning
+rate), `mlmkit` (its defaults), `mlmkit-compile` (defaults + --compile), and one `mlmkit (...)`
+arm per `--try` (TrainConfig fields). Needs torch, transformers and
 accelerate; not `datasets`.
 """
 
@@ -38,6 +39,7 @@ SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_
 GUIDE = "guide"
 ARMS = {GUIDE: "guide (Trainer, fp32, batch 16)",
         "guide-bf16-b64": "guide (Trainer, bf16, batch 64)",
+        "mlmkit-guide": "mlmkit (guide's batch 16, lr 2e-5)",
         "mlmkit": "mlmkit (defaults)",
         "mlmkit-compile": "mlmkit (defaults, --compile)"}
 
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", choices=["small", "full"], default="full" if gpu else "small")
     p.add_argument("--records", type=int, default=5000 if gpu else 300)
     p.add_argument("--epochs", type=float, default=3 if gpu else 1)
-    p.add_argument("--arms", default="guide,guide-bf16-b64,mlmkit,mlmkit-compile" if gpu
-                   else "guide,mlmkit", help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--arms", default="guide,guide-bf16-b64,mlmkit-guide,mlmkit,mlmkit-compile"
+                   if gpu else "guide,mlmkit-guide,mlmkit",
+                   help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="K=V,...",
                    help="an extra mlmkit arm with these TrainConfig fields (repeatable)")
     p.add_argument("--evals-per-epoch", type=int, default=1,
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "guide-bf16-b64":
                 arms[ARMS[name]] = run_guide(model_dir, corpus, eval_loader, args, True, 64)
             else:
-                extra = {"compile": True} if name.endswith("compile") else {}
+                extra = {"mlmkit": {}, "mlmkit-compile": {"compile": True},
+                         "mlmkit-guide": {"batch_size": 16, "learning_rate": 2e-5}}[name]
                 arms[ARMS[name]] = run_mlmkit(model_dir, args, extra, len(corpus.train))
         for label, extra in tries:
             print(f"running {label} ...", flush=True)
