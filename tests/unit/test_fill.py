@@ -6,6 +6,7 @@ texts in place."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import torch
 from mlmkit import FillMask, MlmkitError
 from mlmkit.fill import batch_decoder
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
+# ../shared beside the checkout; MLMKIT_SHARED points elsewhere (a copy carried to a GPU machine).
+SHARED_MODELS = Path(os.environ.get("MLMKIT_SHARED",
+                                    Path(__file__).resolve().parents[3] / "shared")) / "models"
 
 TEXTS = [
     "The sun is a <mask> star.",
