@@ -235,8 +235,9 @@ def test_batch_decoder_falls_back_to_an_overridden_decode(real_tokenizer_engines
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_equals_cpu(real_tokenizer_engines):
     """The CUDA path (pinned copies, events, batches in flight) gives the CPU's records: the same
-    in float32, and in bfloat16 the same structure, with each candidate's sequence decoded the
-    same and its score within bfloat16 precision."""
+    in float32; in bfloat16 the same structure, most candidates the same, each shared candidate
+    decoded the same and its probability within 0.05 (bfloat16 logits of this wide random model
+    move probabilities by up to 0.036 on CPU, where 94% of candidates are shared)."""
     fm, pipe = real_tokenizer_engines
     texts = [own_spelling(pipe, t) for t in TRICKY + TEXTS] * 20
     reference = fm(texts, top_k=5)
@@ -244,12 +245,16 @@ def test_cuda_equals_cpu(real_tokenizer_engines):
     fp32 = FillMask(model, fm.tokenizer, device="cuda", dtype="float32", batch_size=16)
     assert_same_records(fp32(texts, top_k=5), reference)
     bf16 = FillMask(model, fm.tokenizer, device="cuda", dtype="bfloat16", batch_size=16)
+    shared = total = 0
     for got, ref in zip(bf16(texts, top_k=5), reference):
         for g_recs, r_recs in (zip(got, ref) if isinstance(ref[0], list) else [(got, ref)]):
             by_token = {r["token"]: r for r in r_recs}
             assert len(g_recs) == len(r_recs)
             for g in g_recs:
+                total += 1
                 if g["token"] in by_token:
+                    shared += 1
                     r = by_token[g["token"]]
                     assert (g["token_str"], g["sequence"]) == (r["token_str"], r["sequence"])
-                    assert g["score"] == pytest.approx(r["score"], rel=0.1, abs=1e-3)
+                    assert g["score"] == pytest.approx(r["score"], abs=0.05)
+    assert shared >= 0.8 * total
