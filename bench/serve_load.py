@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
-from fill_cpu import build_sentences  # noqa: E402  (shared helper of the benchmarks)
+from fill_speed import build_sentences  # noqa: E402  (shared helper of the benchmarks)
 
 
 def make_model_dir(model_dir: Path, out: Path, small: bool) -> str:

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's mlmkit, installed or not
 from _common import DEFAULT_DATA as DATA  # noqa: E402
 from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
 from _common import cpu_seconds, foreign_load, print_header  # noqa: E402

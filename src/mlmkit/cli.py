@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--targets", nargs="+", help="restrict candidates to these words")
     f.add_argument("--json", action="store_true", help="print the pipeline's records as JSON "
                    "lines, one per text")
-    f.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    f.add_argument("--batch-size", type=int, default=None, help="most texts per forward pass "
+                   "(default: 32 on CPU, 256 on GPU)")
+    f.add_argument("--max-tokens", type=int, default=None, help="most tokens per forward pass, "
+                   "counted after padding (default: no limit on CPU, 16384 on GPU)")
     f.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     f.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,7 +167,8 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
 
     if ns.top_k < 1:
         raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
-    fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size)
+    fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
+                  max_tokens=ns.max_tokens)
     out = open(ns.output, "w", encoding="utf-8") if ns.output else sys.stdout
     as_json = ns.json or bool(ns.output)
     bar = None

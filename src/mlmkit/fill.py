@@ -1,15 +1,18 @@
 """The fill-mask inference engine behind `FillMask`, `mlmkit fill` and `mlmkit serve`.
 
 Returns exactly the records of `transformers.pipeline("fill-mask")` (score, token, token_str,
-sequence; one list per mask when a text has several), but tokenizes a whole batch in one call,
-sorts by length to pad little, runs the vocabulary projection and softmax only at mask
-positions, and takes the top-k for the whole batch at once with one device-to-host copy.
+sequence; one list per mask when a text has several), but tokenizes many texts in one call,
+sorts them by length to pad little, runs the vocabulary projection and softmax only at mask
+positions, takes the top-k for a whole batch at once with one device-to-host copy, and decodes
+all of a batch's candidate sequences in one call. On a GPU the next batch runs while the host
+builds the records of the previous one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import MlmkitError
-from .model import load_model, load_tokenizer, masked_logits, max_block_size, pick_device
+from .model import load_model, load_tokenizer, max_block_size, pick_device, sparse_head
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -32,24 +35,36 @@ class FillMask:
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 32) -> None:
+                 dtype: str = "auto", batch_size: int | None = None,
+                 max_tokens: int | None = None) -> None:
+        """`batch_size`: most texts per forward pass; `max_tokens`: most tokens per forward
+        pass, counted after padding to the batch's longest text (None: no limit). By default
+        32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
+        GPU."""
         if isinstance(model, str):
             tokenizer = tokenizer or load_tokenizer(model)
             model = load_model(model)
         elif tokenizer is None:
             raise MlmkitError("FillMask: pass a tokenizer along with a model object")
         self.device = pick_device(device)
+        gpu = self.device.type == "cuda"
         if dtype == "auto":
-            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+            dtype = "bfloat16" if gpu else "float32"
         if dtype not in _DTYPES:
             raise MlmkitError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+            if value is not None and value < 1:
+                raise MlmkitError(f"{name} {value}: expected a positive integer")
         self.model = model.to(device=self.device, dtype=_DTYPES[dtype]).eval()
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (256 if gpu else 32)
+        self.max_tokens = max_tokens or (16_384 if gpu else None)
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_length = max_block_size(model.config, tokenizer)
+        self._head = sparse_head(self.model)
         self._token_str = lru_cache(maxsize=200_000)(lambda i: tokenizer.decode([i]))
+        self._decode_batch = batch_decoder(tokenizer)
 
     # ------------------------------------------------------------------ public API
 
@@ -111,7 +126,8 @@ class FillMask:
                                          f"{type(t).__name__}")
             else:
                 ok.append(i)
-        enc = self.tokenizer([normalized[i] for i in ok], add_special_tokens=True)["input_ids"]
+        enc = self.tokenizer([normalized[i] for i in ok], add_special_tokens=True,
+                             return_attention_mask=False)["input_ids"]
         ids_of: dict[int, np.ndarray] = {}
         for i, ids in zip(ok, enc):
             arr = np.asarray(ids, dtype=np.int64)
@@ -124,63 +140,171 @@ class FillMask:
             else:
                 ids_of[i] = arr
         order = sorted(ids_of, key=lambda i: len(ids_of[i]))  # length-sorted: little padding
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            for i, rec in zip(idx, self._fill_batch([ids_of[i] for i in idx], top_k,
-                                                    target_ids)):
-                results[i] = rec
+        targets = None if target_ids is None else torch.from_numpy(target_ids).to(self.device)
+        # Software pipeline: batch i+1 is queued on the device before batch i's records are
+        # built on the host, so on a GPU the two overlap. On a CPU `_launch` computes at once.
+        pending: _Batch | None = None
+        for idx in self._batches(order, [len(ids_of[i]) for i in order]):
+            batch = self._launch(idx, [ids_of[i] for i in idx], top_k, targets)
+            if pending is not None:
+                self._collect(pending, results, target_ids)
+            pending = batch
+        if pending is not None:
+            self._collect(pending, results, target_ids)
         return results
 
+    def _batches(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
+        """Consecutive runs of the length-sorted `order`: at most `batch_size` texts and, with
+        `max_tokens`, at most that many tokens once padded to the longest."""
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (end < len(order) and end - start < self.batch_size
+                   and (self.max_tokens is None
+                        or (end - start + 1) * lengths[end] <= self.max_tokens)):
+                end += 1
+            yield order[start:end]
+            start = end
+
     @torch.inference_mode()
-    def _fill_batch(self, seqs: list[np.ndarray], top_k: int,
-                    target_ids: np.ndarray | None) -> list[list]:
-        width = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-        attn = np.zeros((len(seqs), width), dtype=np.int64)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = s
-            attn[r, : len(s)] = 1
-        pin = self.device.type == "cuda"
-        t_ids = torch.from_numpy(ids)
-        t_attn = torch.from_numpy(attn)
-        if pin:
-            t_ids, t_attn = t_ids.pin_memory(), t_attn.pin_memory()
-        t_ids = t_ids.to(self.device, non_blocking=True)
-        t_attn = t_attn.to(self.device, non_blocking=True)
-        positions = t_ids == self.mask_id
-        probs = masked_logits(self.model, t_ids, t_attn, positions).float().softmax(dim=-1)
-        k = top_k
+    def _launch(self, idx: list[int], seqs: list[np.ndarray], top_k: int,
+                targets: torch.Tensor | None) -> _Batch:
+        """Queue one batch on the device: one host-to-device copy, the encoder, the head at the
+        mask positions only, softmax and top-k, and one copy of the top-k back to the host."""
+        lengths = np.array([len(s) for s in seqs])
+        n, width = len(seqs), int(lengths.max())
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        ids[np.arange(width) < lengths[:, None]] = np.concatenate(seqs)
+        rows, cols = np.nonzero(ids == self.mask_id)  # row-major: sentence, then position
+        packed = torch.from_numpy(np.concatenate([ids.ravel(), lengths, rows, cols]))
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(self.device, non_blocking=True)
+        t_ids, t_lengths, t_rows, t_cols = packed.split([n * width, n, len(rows), len(cols)])
+        t_ids = t_ids.view(n, width)
+        # No mask when nothing is padded: the same numbers, and no mask to build or apply.
+        attn = None if lengths.min() == width else (
+            torch.arange(width, device=self.device) < t_lengths[:, None]).long()
+        if self._head is not None:
+            hidden = self.model.base_model(input_ids=t_ids, attention_mask=attn)[0]
+            logits = self._head(hidden[t_rows, t_cols])
+        else:
+            logits = self.model(input_ids=t_ids, attention_mask=attn).logits[t_rows, t_cols]
+        probs = logits.float().softmax(dim=-1)
+        if targets is not None:
+            probs = probs[:, targets]
+        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        done = None
+        if self.device.type == "cuda":
+            values, indices = _pinned_copy(values), _pinned_copy(indices)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            values, indices = values.cpu(), indices.cpu()
+        return _Batch(idx, ids, rows, cols, values, indices, done)
+
+    def _collect(self, batch: _Batch, results: list, target_ids: np.ndarray | None) -> None:
+        """Wait for a batch's top-k and turn it into the pipeline's records, decoding all its
+        candidate sequences in one call."""
+        if batch.done is not None:
+            batch.done.synchronize()
+        values, cands = batch.values.numpy(), batch.indices.numpy()
         if target_ids is not None:
-            probs = probs[:, torch.from_numpy(target_ids).to(self.device)]
-            k = min(k, len(target_ids))
-        values, indices = probs.topk(k, dim=-1)
-        values, indices = values.cpu().numpy(), indices.cpu().numpy()
-        if target_ids is not None:
-            indices = target_ids[indices]
-        # Rows of `values` follow the row-major order of `positions`: sequence, then position.
-        out: list[list] = []
+            cands = target_ids[cands]
+        n_rows, k = cands.shape
+        # As the pipeline: each candidate fills its own mask only; padding (a pad candidate
+        # included) is dropped before decoding.
+        filled = np.repeat(batch.ids[batch.rows], k, axis=0)
+        filled[np.arange(n_rows * k), np.repeat(batch.cols, k)] = cands.ravel()
+        keep = filled != self.pad_id
+        flat = filled[keep].tolist()
+        ends = np.cumsum(keep.sum(axis=1)).tolist()
+        seqs = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        masks_in = np.bincount(batch.rows, minlength=len(batch.idx))
+        # The pipeline skips special tokens only for texts with a single mask.
+        single = np.repeat(masks_in[batch.rows] == 1, k)
+        sequences = self._decode(seqs, single)
+        tokens = cands.ravel().tolist()
+        recs = [{"score": s, "token": t, "token_str": self._token_str(t), "sequence": q}
+                for s, t, q in zip(values.ravel().tolist(), tokens, sequences)]
         row = 0
-        for s in seqs:
-            mask_pos = np.flatnonzero(s == self.mask_id)
-            single = len(mask_pos) == 1
-            per_mask = []
-            for p in mask_pos:
-                per_mask.append(self._records(s, p, values[row], indices[row], single))
-                row += 1
-            out.append(per_mask[0] if single else per_mask)
+        for i, m in zip(batch.idx, masks_in.tolist()):
+            per_mask = [recs[(row + j) * k:(row + j + 1) * k] for j in range(m)]
+            results[i] = per_mask[0] if m == 1 else per_mask
+            row += m
+
+    def _decode(self, seqs: list[list[int]], skip_special: np.ndarray) -> list[str]:
+        """`tokenizer.decode(seq, skip_special_tokens=flag)` for each sequence, in one call per
+        flag value."""
+        if skip_special.all() or not skip_special.any():
+            return self._decode_batch(seqs, bool(skip_special[0]))
+        out: list[str] = [""] * len(seqs)
+        for flag in (True, False):
+            where = np.flatnonzero(skip_special == flag).tolist()
+            for j, text in zip(where, self._decode_batch([seqs[j] for j in where], flag)):
+                out[j] = text
         return out
 
-    def _records(self, seq: np.ndarray, pos: int, scores: np.ndarray, cands: np.ndarray,
-                 single: bool) -> list[dict[str, Any]]:
-        recs = []
-        for score, cand in zip(scores.tolist(), cands.tolist()):
-            # As the pipeline: fill one mask, drop padding (a pad candidate included), decode.
-            filled = seq.copy()
-            filled[pos] = cand
-            filled = filled[filled != self.pad_id]
-            recs.append({"score": score, "token": cand, "token_str": self._token_str(cand),
-                         "sequence": self.tokenizer.decode(filled, skip_special_tokens=single)})
-        return recs
+
+@dataclass
+class _Batch:
+    """A batch in flight: what the host needs to build its records, and its top-k (in pinned
+    host memory on a GPU, valid once `done` has completed)."""
+
+    idx: list[int]  # result slots, one per text
+    ids: np.ndarray  # [texts, width] token ids, padded
+    rows: np.ndarray  # text of each mask, in order
+    cols: np.ndarray  # position of each mask
+    values: torch.Tensor  # [masks, k] probabilities
+    indices: torch.Tensor  # [masks, k] candidate ids (indices into the targets if any)
+    done: Any  # torch.cuda.Event on a GPU, else None
+
+
+def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
+def batch_decoder(tokenizer: Any) -> Callable[[list[list[int]], bool], list[str]]:
+    """A function decoding many sequences at once, with exactly `tokenizer.decode`'s strings.
+
+    transformers' `batch_decode` loops over `decode` in Python; a fast tokenizer's `decode` is
+    its Rust decoder plus, where the tokenizer asks for it, a Python clean-up of spaces before
+    punctuation (which transformers 5 skips for BPE models). We make the same choice, check it
+    against `decode` on probe texts, and fall back to `decode` per sequence if they differ."""
+    from transformers import PreTrainedTokenizerFast
+
+    def one_by_one(seqs: list[list[int]], skip: bool) -> list[str]:
+        return [tokenizer.decode(s, skip_special_tokens=skip) for s in seqs]
+
+    cls = type(tokenizer)
+    if (not isinstance(tokenizer, PreTrainedTokenizerFast)
+            or cls.decode is not PreTrainedTokenizerFast.decode
+            or cls._decode is not PreTrainedTokenizerFast._decode):
+        return one_by_one
+    backend = tokenizer.backend_tokenizer
+    clean = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+    if clean and type(backend.model).__name__ == "BPE" and not getattr(
+            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
+            True):
+        clean = False
+
+    def batched(seqs: list[list[int]], skip: bool) -> list[str]:
+        texts = backend.decode_batch(seqs, skip_special_tokens=skip)
+        return [tokenizer.clean_up_tokenization(t) for t in texts] if clean else texts
+
+    probes = [tokenizer(t.replace("<mask>", tokenizer.mask_token))["input_ids"]
+              for t in _PROBES]
+    for skip in (True, False):
+        if batched(probes, skip) != one_by_one(probes, skip):
+            return one_by_one
+    return batched
+
+
+# Spaces before punctuation and contractions (what clean-up changes), accents and an emoji
+# (bytes split across tokens), special tokens inside the text.
+_PROBES = ["Hello , world ! It is n't a café ; he 's here ?", "<mask> . 🙂 <mask> 're ' s",
+           "They 've said \"no\" ... (really ?) <mask>"]
 
 
 def clip(text: str, n: int = 60) -> str:

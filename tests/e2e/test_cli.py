@@ -76,9 +76,11 @@ def test_eval_json_matches_training_metrics(capsys, trained_roberta, model_dir):
     assert code == 0 and f"perplexity {final['perplexity']:.3f}" in stdout
 
 
-def test_fill_json_equals_pipeline(capsys, model_dir, pipe):
+@pytest.mark.parametrize("batching", [[], ["--batch-size", "1"], ["--max-tokens", "12"]])
+def test_fill_json_equals_pipeline(capsys, model_dir, pipe, batching):
     texts = ["The sun is a <mask> star.", "Birds <mask> south and <mask> back."]
-    code, stdout, err = run(capsys, "fill", model_dir, *texts, "--json", "--top-k", "3")
+    code, stdout, err = run(capsys, "fill", model_dir, *texts, "--json", "--top-k", "3",
+                            *batching)
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.splitlines()]
     assert len(lines) == 2
