@@ -68,8 +68,8 @@ class TrainConfig(DataConfig, MaskConfig):
     # Batch 64 with lr 1e-4 instead of the guide's 16 with 2e-5 (changed together, by the rule
     # that they change only on a benchmark showing equal or better fixed-mask perplexity in
     # less time): in bench/train_speed.py from the real MiniLM-L6 encoder, 1,000 ELI5 records,
-    # 3 epochs, it reached 283 against the guide recipe's 438, and the recipe's 438 in a third
-    # of the recipe's time (docs/benchmarks.md). A 4x larger batch also means 4x fewer
+    # 3 epochs, it reached 283 against the guide recipe's 438, and the recipe's 438 in under
+    # half of the recipe's time (docs/benchmarks.md). A 4x larger batch also means 4x fewer
     # optimizer steps and kernel launches per token, which is what keeps a GPU busy; 1e-4 is
     # about the square-root scaling of DAPT's 5e-4 at batch 2,048 (Gururangan et al., 2020).
     # The guide's exact recipe stays one flag pair away: --batch-size 16 --learning-rate 2e-5.
