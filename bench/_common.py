@@ -60,6 +60,13 @@ def foreign_load(start: tuple[float, float], wall: float) -> float:
     return max(0.0, ((busy - start[0]) - (own - start[1])) / wall)
 
 
+def print_load(other: float) -> None:
+    """Say how busy other processes kept the machine (from `foreign_load`), with a warning when
+    the timings were taken on a shared, busy machine."""
+    print(f"other processes kept {other:.2f} cores busy on average during the run"
+          + (" -- WARNING: a shared, busy machine; rerun when it is idle" if other > 0.2 else ""))
+
+
 def print_header(script: str, argv: list[str] | None = None) -> tuple[dict, str]:
     """Print the machine and the exact command of this run; both go into the JSON line too."""
     import shlex

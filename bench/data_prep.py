@@ -28,7 +28,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header, print_load  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 
 BLOCK_SIZE = 128
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{checks['leading_blocks_compared']} blocks identical: "
           f"{checks['leading_blocks_identical']}; every guide block is a window of that stream: "
           f"{checks['all_guide_blocks_are_windows_of_stream']}")
-    print(f"other processes kept {other:.2f} cores busy on average during the run"
-          + (" -- WARNING: a shared, busy machine; rerun when it is idle" if other > 0.2 else ""))
+    print_load(other)
     print(json.dumps(res))
     ok = (checks["token_stream_identical"] and checks["leading_blocks_identical"]
           and checks["mlmkit_blocks"] >= checks["guide_blocks"])

@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's mlmkit, installed or not
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header, print_load  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -393,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
               f"candidates found on both sides, {c['decode_mismatches']} decoded differently "
               f"and {c['score_outside_tol']} with a score outside {c['rel_tol']:.0%} (largest "
               f"relative difference {c['max_rel_score_diff']:.2%})")
-    print(f"other processes kept {other:.2f} cores busy on average during the run"
-          + (" -- WARNING: a shared, busy machine; rerun when it is idle" if other > 0.2 else ""))
+    print_load(other)
     print(json.dumps(res))
     return 0
 

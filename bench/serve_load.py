@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header  # noqa: E402
+from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header, print_load  # noqa: E402
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 from fill_speed import build_sentences  # noqa: E402  (shared helper of the benchmarks)
 
@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 "other_processes_cores": round(other, 2)})
     print(f"\nthroughput ratio batching on/off: {ratio:.2f}x; answers equal on vs off for "
           f"{same}/{args.n} requests, vs FillMask directly for {same_ref}/50")
-    print(f"other processes kept {other:.2f} cores busy on average during the run"
-          + (" -- WARNING: a shared, busy machine; rerun when it is idle" if other > 0.2 else ""))
+    print_load(other)
     print(json.dumps(res))
     return 0
 

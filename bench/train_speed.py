@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's mlmkit, installed or not
 from _common import DEFAULT_DATA as DATA  # noqa: E402
 from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
-from _common import cpu_seconds, foreign_load, print_header  # noqa: E402
+from _common import cpu_seconds, foreign_load, print_header, print_load  # noqa: E402
 
 SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
 GUIDE = "guide"
@@ -253,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['arm']:44} {r['tokens_per_s']:>9,} {r['wall_s']:>8.1f} {mem:>8} {mfu:>6} "
               f"{r['final_ppl']:>9.3f} {r['speedup']:>7.2f} {reach:>15}")
         print(f"{'':44} per-epoch ppl {r['per_epoch_ppl']}")
-    print(f"other processes kept {other:.2f} cores busy on average during the run"
-          + (" -- WARNING: a shared, busy machine; timings are not comparable" if other > 0.2
-             else ""))
+    print_load(other)
     print(json.dumps({"bench": "train_speed", "machine": info, "command": command, "model": what,
                       "records": args.records, "epochs": args.epochs, "params": n_params,
                       "train_tokens": train_tokens, "reference": ref_name,
