@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import MlmkitError
-from .model import load_model, load_tokenizer, max_block_size, pick_device, sparse_head
+from .model import load_model, load_tokenizer, masked_logits, max_block_size, pick_device
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -62,7 +62,6 @@ class FillMask:
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_length = max_block_size(model.config, tokenizer)
-        self._head = sparse_head(self.model)
         self._token_str = lru_cache(maxsize=200_000)(lambda i: tokenizer.decode([i]))
         self._decode_batch = batch_decoder(tokenizer)
 
@@ -176,20 +175,17 @@ class FillMask:
         ids = np.full((n, width), self.pad_id, dtype=np.int64)
         ids[np.arange(width) < lengths[:, None]] = np.concatenate(seqs)
         rows, cols = np.nonzero(ids == self.mask_id)  # row-major: sentence, then position
-        packed = torch.from_numpy(np.concatenate([ids.ravel(), lengths, rows, cols]))
+        packed = torch.from_numpy(np.concatenate([ids.ravel(), lengths, rows * width + cols]))
         if self.device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(self.device, non_blocking=True)
-        t_ids, t_lengths, t_rows, t_cols = packed.split([n * width, n, len(rows), len(cols)])
+        t_ids, t_lengths, t_masks = packed.split([n * width, n, len(rows)])
         t_ids = t_ids.view(n, width)
         # No mask when nothing is padded: the same numbers, and no mask to build or apply.
         attn = None if lengths.min() == width else (
             torch.arange(width, device=self.device) < t_lengths[:, None]).long()
-        if self._head is not None:
-            hidden = self.model.base_model(input_ids=t_ids, attention_mask=attn)[0]
-            logits = self._head(hidden[t_rows, t_cols])
-        else:
-            logits = self.model(input_ids=t_ids, attention_mask=attn).logits[t_rows, t_cols]
+        # Host-known flat indices of the masks: no boolean-mask sync on the device.
+        logits = masked_logits(self.model, t_ids, attn, t_masks)
         probs = logits.float().softmax(dim=-1)
         if targets is not None:
             probs = probs[:, targets]

@@ -121,3 +121,21 @@ def test_non_mlm_model_type_and_missing_dir(tmp_path):
     with pytest.raises(MlmkitError) as e:
         load_tokenizer("no-such-org/no-such-model")
     assert "HF_HUB_OFFLINE" in str(e.value) and "local model directory" in str(e.value)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_masked_logits_by_index_equal_by_boolean_positions(tiny_roberta, sample_texts, sparse):
+    from mlmkit.model import masked_logits
+
+    tok = load_tokenizer(str(tiny_roberta))
+    model = load_model(str(tiny_roberta)).eval()
+    batch = make_batch(tok, sample_texts)
+    positions = batch["labels"] != -100
+    index = torch.from_numpy(np.flatnonzero(positions.numpy().reshape(-1)))
+    with torch.no_grad():
+        by_bool = masked_logits(model, batch["input_ids"], batch["attention_mask"], positions,
+                                sparse)
+        by_index = masked_logits(model, batch["input_ids"], batch["attention_mask"], index,
+                                 sparse)
+    assert by_bool.shape == (int(positions.sum()), len(tok)) and len(index) > 20
+    torch.testing.assert_close(by_index, by_bool, rtol=0, atol=1e-5)
