@@ -56,7 +56,10 @@ def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
         # Saved once, head included: a checkpoint without an MLM head gets a fresh head, and
         # every arm must start from the same one.
         torch.manual_seed(0)
-        AutoModelForMaskedLM.from_pretrained(args.weights).save_pretrained(out)
+        # float32 even from a bf16 copy of the weights (how they fit on a GPU box's 64 MiB
+        # transfer): the start point is saved in float32, so the guide's Trainer also trains
+        # float32 master weights, as the recipe does.
+        AutoModelForMaskedLM.from_pretrained(args.weights, dtype=torch.float32).save_pretrained(out)
         AutoTokenizer.from_pretrained(args.weights).save_pretrained(out)
         return out, f"pretrained weights from {args.weights}"
     cfg = AutoConfig.from_pretrained(args.model_dir)

@@ -70,7 +70,8 @@ def max_block_size(config: Any, tokenizer: Any) -> int:
 
 def load_model(name: str, config: Any = None, from_scratch: bool = False,
                vocab_size: int | None = None) -> Any:
-    """A masked LM; with `from_scratch`, random weights of the named model's shape."""
+    """A masked LM in float32; with `from_scratch`, random weights of the named model's
+    shape."""
     from transformers import AutoModelForMaskedLM
 
     config = config if config is not None else load_model_config(name)
@@ -78,12 +79,15 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
         if from_scratch:
             if vocab_size is not None:
                 config.vocab_size = vocab_size
-            model = AutoModelForMaskedLM.from_config(config)
+            model = AutoModelForMaskedLM.from_config(config, dtype=torch.float32)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16
+                # checkpoint as bf16, and AdamW steps on bf16 weights round away to nothing.
+                # Mixed precision comes from autocast; FillMask casts for inference.
                 model, info = AutoModelForMaskedLM.from_pretrained(
-                    name, config=config, output_loading_info=True)
+                    name, config=config, output_loading_info=True, dtype=torch.float32)
             missing = info.get("missing_keys") or []
             if missing:
                 log.warning("%s has no trained masked-LM head (%d weights initialised fresh: "

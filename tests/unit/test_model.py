@@ -139,3 +139,14 @@ def test_masked_logits_by_index_equal_by_boolean_positions(tiny_roberta, sample_
                                  sparse)
     assert by_bool.shape == (int(positions.sum()), len(tok)) and len(index) > 20
     torch.testing.assert_close(by_index, by_bool, rtol=0, atol=1e-5)
+
+
+def test_half_precision_checkpoints_load_as_float32(tiny_roberta, tmp_path):
+    # transformers 5 would keep the checkpoint's bf16; training needs float32 master weights.
+    model = load_model(str(tiny_roberta))
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    load_tokenizer(str(tiny_roberta)).save_pretrained(tmp_path)
+    assert load_model_config(str(tmp_path)).dtype == torch.bfloat16  # really saved as bf16
+    for from_scratch in (False, True):
+        loaded = load_model(str(tmp_path), from_scratch=from_scratch)
+        assert {p.dtype for p in loaded.parameters()} == {torch.float32}
