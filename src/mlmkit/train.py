@@ -61,8 +61,8 @@ class Stopwatch:
     """Training time without evaluation and checkpointing: `paused()` stops it (after waiting
     for the device, so queued training work is counted as training)."""
 
-    def __init__(self) -> None:
-        self.total, self.since = 0.0, time.perf_counter()
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.total, self.since = seconds, time.perf_counter()
 
     @property
     def seconds(self) -> float:
@@ -320,8 +320,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
                disable=not progress)
     objective.train()
-    clock = Stopwatch()
-    clock.total = seconds_before
+    clock = Stopwatch(seconds_before)  # a resumed run goes on from its checkpoint's time
     window_tokens, window_t0 = 0, clock.seconds  # throughput over the current logging window
     loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 
