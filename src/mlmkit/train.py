@@ -193,6 +193,7 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -204,6 +205,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Accelerate only runs several CPU processes (torchrun on a machine without a GPU) when told
     # cpu=True; on one process the flag changes nothing we rely on.
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Accelerate keeps its settings in process-wide singletons and refuses a second Accelerator
+    # with another precision: without this, a second train() in one process (a notebook, a
+    # benchmark after the HF Trainer) fails. The process group (PartialState) is kept, as the
+    # HF Trainer keeps it between runs.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(non_blocking=True),

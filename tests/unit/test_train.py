@@ -116,6 +116,20 @@ def test_gradient_accumulation_runs(tiny_roberta, sample_path, tmp_path):
     assert (tmp_path / "o" / "model.safetensors").is_file()
 
 
+def test_bf16_autocast_trains_like_float32_and_saves_float32(tiny_roberta, sample_path,
+                                                             tmp_path):
+    # The GPU default's code path (bf16 autocast over float32 master weights, the sparse head
+    # and the loss under autocast), run on the CPU.
+    fp32 = train(small_cfg(tiny_roberta, sample_path, tmp_path / "fp32", mixed_precision="no"))
+    bf16 = train(small_cfg(tiny_roberta, sample_path, tmp_path / "bf16", mixed_precision="bf16"))
+    assert {t.dtype for t in weights(tmp_path / "bf16").values()} == {torch.float32}
+    ref, got = train_losses(tmp_path / "fp32"), train_losses(tmp_path / "bf16")
+    assert got != ref  # bf16 really ran
+    assert got == pytest.approx(ref, rel=0.02)
+    assert bf16.final.perplexity == pytest.approx(fp32.final.perplexity, rel=0.02)
+    assert bf16.final.perplexity < bf16.base.perplexity
+
+
 def test_whole_word_masking_runs_on_wordpiece(tiny_bert, sample_path, tmp_path):
     r = train(small_cfg(tiny_bert, sample_path, tmp_path / "o", max_steps=3,
                         whole_word_mask=True))
