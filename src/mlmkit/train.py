@@ -192,6 +192,16 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`."""
+    # TF32 matmuls for the run only: left on, they would change every later float32 result
+    # in the process (a FillMask, another benchmark arm).
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        return _train(cfg)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -254,7 +264,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     world = accelerator.num_processes
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / world / cfg.gradient_accumulation_steps))
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = _optimizer(model, cfg, fused=accelerator.device.type == "cuda")
+    # Not fused under fp16: GradScaler then always calls the fused step (which skips overflowed
+    # updates itself), so Accelerate cannot tell a skipped step and the schedule would advance.
+    optimizer = _optimizer(model, cfg, fused=accelerator.device.type == "cuda"
+                           and accelerator.mixed_precision != "fp16")
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
@@ -263,7 +276,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     objective = MaskedLMObjective(model, cfg.sparse_head)
     if cfg.compile:
         # The whole step's forward (encoder, sparse head, loss) as one graph: its inputs have
-        # fixed shapes ([batch, block], masked rows padded to multiples of 64) and nothing in it
+        # fixed shapes ([batch, block]) but for the masked-row count (dynamic, and padded to
+        # multiples of 64 so that CUDA graphs see few distinct sizes), and nothing in it
         # depends on data values. In place (Module.compile), so parameter names and the saved
         # checkpoint do not change; evaluation and export use the eager model.
         objective.compile(mode=cfg.compile_mode)
@@ -347,6 +361,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     while not done:
         sampler.seek(epoch, batch_in_epoch * world)
         for batch in loader:
+            if cfg.compile and "masked_index" in batch:
+                # The number of masked rows varies from batch to batch (in steps of 64): one
+                # graph for all of them from the start, instead of a recompile on the second.
+                torch._dynamo.maybe_mark_dynamic(batch["masked_index"], 0)
+                torch._dynamo.maybe_mark_dynamic(batch["masked_labels"], 0)
             with accelerator.accumulate(objective):
                 loss_total, n = objective(**batch)
                 loss = loss_total / n.clamp(min=1)
