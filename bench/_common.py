@@ -1,10 +1,14 @@
 """What every benchmark shares: where the shared data lives, the machine description printed
-with each result, and how much of the machine other processes used during a run."""
+with each result, how much of the machine other processes used during a run, and peak GPU
+memory."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -81,3 +85,46 @@ def print_header(script: str, argv: list[str] | None = None) -> tuple[dict, str]
           f"{info.get('datasets', 'not installed')}")
     print(f"command: {command}")
     return info, command
+
+
+class GpuMemory:
+    """Peak GPU memory allocated while the block runs (model weights included), in MiB; None
+    on CPU. What runs inside `excluded()` does not count."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+        self.peak_mib: float | None = None
+        self._before = 0.0  # the peak of the counted stretches before an excluded one
+
+    def _peak(self) -> float:
+        import torch
+
+        torch.cuda.synchronize()
+        return max(self._before, torch.cuda.max_memory_allocated() / 2**20)
+
+    def __enter__(self) -> GpuMemory:
+        if self.cuda:
+            import torch
+
+            # The previous measurement's model can still be alive in a reference cycle
+            # (Accelerate's autocast forward and Module.compile bind a model to itself): free
+            # it first, or its weights count in this peak.
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        if self.cuda:
+            import torch
+
+            self._before = self._peak()
+            yield
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            yield
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.peak_mib = round(self._peak(), 1)

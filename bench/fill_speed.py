@@ -17,7 +17,6 @@ and this checkout's src/ (no `datasets`, no install).
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import json
 import os
@@ -34,7 +33,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's mlmkit, installed or not
-from _common import DEFAULT_DATA, DEFAULT_MODEL, foreign_load, print_header, print_load  # noqa: E402
+from _common import (  # noqa: E402
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    GpuMemory,
+    foreign_load,
+    print_header,
+    print_load,
+)
 from _common import cpu_seconds as _cpu_seconds  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -156,31 +162,6 @@ def compare_tolerant(ref: list[list[dict]], got: list[list[dict]], rel: float) -
     return {"sentences": len(ref), "same_tokens": same_tokens, "rankwise_within_tol": rankwise,
             "shared_candidates": shared, "decode_mismatches": decode_mismatches,
             "score_outside_tol": outside, "max_rel_score_diff": max_rel, "rel_tol": rel}
-
-
-class GpuMemory:
-    """Peak GPU memory allocated while the block runs (model weights included), in MiB; None
-    on CPU."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device == "cuda"
-        self.peak_mib: float | None = None
-
-    def __enter__(self) -> GpuMemory:
-        if self.cuda:
-            import torch
-
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            self.peak_mib = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def measure_pipeline(model_dir: str, device: str, dtype: str, sentences: list[str],

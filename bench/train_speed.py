@@ -22,7 +22,6 @@ accelerate; not `datasets`.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -37,8 +36,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's mlmkit, installed or not
 from _common import DEFAULT_DATA as DATA  # noqa: E402
 from _common import DEFAULT_MODEL as SHAPE  # noqa: E402
-from _common import cpu_seconds, foreign_load, print_header, print_load  # noqa: E402
+from _common import GpuMemory, cpu_seconds, foreign_load, print_header, print_load  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = "hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
 GUIDE = "guide"
 ARMS = {GUIDE: "guide (Trainer, fp32, batch 16)",
@@ -75,23 +75,6 @@ def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     return out, what
 
 
-def peak_memory_mb() -> float | None:
-    """Peak GPU memory of the arm; None on CPU, where only the process-wide RSS peak exists."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return None
-
-
-def reset_peak_memory() -> None:
-    if torch.cuda.is_available():
-        # The previous arm's model can still be alive in a reference cycle (Accelerate's
-        # autocast forward and Module.compile bind the model to itself): free it first, or its
-        # weights count in this arm's peak.
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size: int) -> dict:
     """The guide's recipe: Trainer + DataCollatorForLanguageModeling, its hyperparameters."""
     from transformers import (
@@ -104,27 +87,23 @@ def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size
     )
 
     from mlmkit.evaluate import evaluate
+    from mlmkit.train import Stopwatch
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
     # The guide's grouped dataset: input_ids and a copy as labels (the collator replaces them).
     rows = [{"input_ids": b, "labels": b} for b in corpus.train.astype("int64").tolist()]
-    history, eval_seconds, t_start, train_peak = [], [0.0], [0.0], [0.0]
+    history = []
 
     class FixedMaskEval(TrainerCallback):
         def on_epoch_end(self, targs, state, control, model=None, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                # The benchmark's own evaluation (dense logits) must not set the arm's peak.
-                train_peak[0] = max(train_peak[0], peak_memory_mb())
-            t = time.perf_counter()
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                m = evaluate(model, eval_loader, sparse=False)
-            history.append({"epoch": round(state.epoch, 3), "perplexity": m.perplexity,
-                            "train_seconds": round(t - t_start[0] - eval_seconds[0], 3)})
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            eval_seconds[0] += time.perf_counter() - t
+            # The benchmark's own evaluation (dense logits) counts in neither the arm's
+            # training time nor its peak memory: mlmkit's training clock, paused.
+            with clock.paused(), memory.excluded():
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    m = evaluate(model, eval_loader, sparse=False)
+                history.append({"epoch": round(state.epoch, 3), "perplexity": m.perplexity,
+                                "train_seconds": round(clock.seconds, 3)})
 
     targs = TrainingArguments(
         output_dir=tempfile.mkdtemp(), eval_strategy="no", learning_rate=2e-5,
@@ -134,14 +113,13 @@ def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size
     trainer = Trainer(model=model, args=targs, train_dataset=rows,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm_probability=0.15),
                       callbacks=[FixedMaskEval()])
-    reset_peak_memory()
-    t_start[0] = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t_start[0] - eval_seconds[0]
-    peak = peak_memory_mb()
+    with GpuMemory(DEVICE) as memory:
+        clock = Stopwatch()
+        trainer.train()
+        wall = clock.seconds
     del trainer, model
     return {"wall_s": wall, "history": history, "steady_tokens_per_s": None,
-            "peak_mem_mb": None if peak is None else max(peak, train_peak[0])}
+            "peak_mem_mb": memory.peak_mib}
 
 
 def run_mlmkit(model_dir: Path, args, extra: dict, n_train: int) -> dict:
@@ -156,14 +134,14 @@ def run_mlmkit(model_dir: Path, args, extra: dict, n_train: int) -> dict:
         if args.evals_per_epoch > 1:
             cfg.eval_every = max(1, steps // args.evals_per_epoch)
         cfg.log_every = max(1, steps // 8)  # throughput windows for the steady-state rate
-        reset_peak_memory()
-        r = train(cfg)
+        with GpuMemory(DEVICE) as memory:
+            r = train(cfg)
         windows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
         windows = [w["tokens_per_s"] for w in windows if w["event"] == "train"]
     # The median window after the first: the rate once compiling and warm-up are done (the
     # first window holds them, and a compiled arm recompiles once for an epoch's last batch).
     steady = statistics.median(windows[1:]) if len(windows) >= 3 else None
-    return {"wall_s": r.train_seconds, "steps": r.steps, "peak_mem_mb": peak_memory_mb(),
+    return {"wall_s": r.train_seconds, "steps": r.steps, "peak_mem_mb": memory.peak_mib,
             "steady_tokens_per_s": steady,
             "history": [{k: h[k] for k in ("epoch", "perplexity", "train_seconds")}
                         for h in r.history]}
