@@ -95,8 +95,8 @@ class TrainConfig(DataConfig, MaskConfig):
     sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions "
                            "(same loss, less compute)")
     compile: bool = _f(False, "torch.compile the training step (encoder, sparse head and loss "
-                       "as one graph; masked rows are padded to multiples of 64, so it compiles "
-                       "once or twice per run, not per batch)")
+                       "as one graph; the masked-row count is dynamic, so it compiles once, "
+                       "plus once for an epoch's shorter last batch)")
     compile_mode: str = _f("default", "torch.compile mode with --compile; 'reduce-overhead' adds "
                            "CUDA graphs (GPU only), 'max-autotune' also tunes kernels",
                            choices=["default", "reduce-overhead", "max-autotune",

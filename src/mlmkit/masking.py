@@ -117,8 +117,8 @@ def sparse_targets(labels: np.ndarray, multiple: int) -> tuple[np.ndarray, np.nd
 
     Computed here, on the data-loader side, so the training step needs no data-dependent shape:
     `hidden[labels != -100]` on a GPU is a nonzero() that waits for the device every step and
-    breaks a compiled graph. Padding to a few fixed sizes keeps torch.compile from recompiling
-    for every batch's masked count (the padded rows cost a little head compute, no loss).
+    breaks a compiled graph. Padding to a few sizes keeps the shapes a run sees few (CUDA graphs
+    record one per size; the padded rows cost a little head compute, no loss).
     """
     flat = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)
     size = max(multiple, -(-len(flat) // multiple) * multiple)

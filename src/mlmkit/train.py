@@ -241,7 +241,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     masker = Masker(tokenizer, cfg)
     # Masked rows padded to a multiple of 8 (tensor-core friendly), of 64 when compiled: then a
-    # run sees only a handful of shapes, and the compiler a handful of recompiles.
+    # run sees only a handful of shapes, and CUDA graphs (reduce-overhead) record a handful.
     multiple = (64 if cfg.compile else 8) if cfg.sparse_head else 0
     collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id, sparse_multiple=multiple)
     sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
