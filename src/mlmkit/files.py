@@ -1,0 +1,137 @@
+"""Writing and reading back files safely: atomic writes, sha256 manifests of a directory, and
+the marker file that says a directory is one mlmkit wrote (the only kind it will delete).
+
+Every file mlmkit writes goes through `atomic_write`/`atomic_open`: a temporary name in the
+same directory, fsync, then `os.replace`, so a kill at any instant leaves either the old file
+or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .config import MlmkitError
+
+MANIFEST = "manifest.json"
+RUN_MARKER = ".mlmkit-run"  # written into every run directory mlmkit creates
+
+
+def _describe_os_error(path: Path | str, e: OSError, what: str = "cannot write") -> MlmkitError:
+    reason = e.strerror or str(e)
+    if isinstance(e, NotADirectoryError) or e.errno == 20:
+        reason = "a part of the path is a file, not a directory"
+    return MlmkitError(f"{path}: {what}: {reason}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8"
+                ) -> Iterator[IO[Any]]:
+    """A file handle whose content replaces `path` only when the block ends without an error;
+    on an error (or a kill) `path` keeps what it had and the temporary file is removed."""
+    path = Path(path)
+    binary = "b" in mode
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _describe_os_error(path, e) from None
+    try:
+        with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path | str, data: bytes | str) -> None:
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as fh:
+        fh.write(data)
+
+
+def write_json(path: Path | str, obj: Any, indent: int | None = 1) -> None:
+    atomic_write(path, json.dumps(obj, indent=indent))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entries(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{name: {"size", "sha256"}} for files under `root`: what a manifest or a cache's meta
+    records, and `check_entries` compares against."""
+    return {n: {"size": (root / n).stat().st_size, "sha256": sha256_file(root / n)}
+            for n in sorted(names)}
+
+
+def check_entries(root: Path, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """What differs between the files under `root` and their recorded sizes and digests, one
+    phrase per file (empty when all match). Sizes first, so a truncated file costs no hash."""
+    problems, bad = [], set()
+    for name, want in entries.items():
+        p = root / name
+        if not p.is_file():
+            problems.append(f"{name} is missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{name} has {p.stat().st_size:,} bytes, expected {want['size']:,}")
+        else:
+            continue
+        bad.add(name)
+    for name, want in entries.items():
+        if name not in bad and sha256_file(root / name) != want["sha256"]:
+            problems.append(f"{name} does not match its sha256 digest")
+    return problems
+
+
+def write_manifest(root: Path) -> None:
+    """Record every file under `root` (recursively, but not the manifest itself); written last,
+    so a directory with a manifest is a complete one."""
+    names = [str(p.relative_to(root)) for p in root.rglob("*")
+             if p.is_file() and p.name != MANIFEST]
+    write_json(root / MANIFEST, {"files": file_entries(root, names)})
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Problems with the directory `root` against its manifest; empty when it is intact."""
+    try:
+        entries = json.loads((root / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return [f"no {MANIFEST} (the directory was not finished)"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{MANIFEST} is unreadable ({type(e).__name__})"]
+    return check_entries(root, entries)
+
+
+def mark_run_dir(path: Path) -> None:
+    atomic_write(path / RUN_MARKER, "This directory was written by mlmkit; "
+                 "`mlmkit train --overwrite` may replace it.\n")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
+
+
+def contains(outer: Path, inner: Path) -> bool:
+    """Whether `inner` is `outer` or lies inside it (both resolved, so links and `..` count)."""
+    outer, inner = outer.resolve(), inner.resolve()
+    return inner == outer or outer in inner.parents
