@@ -108,17 +108,28 @@ def write_manifest(root: Path) -> None:
     so a directory with a manifest is a complete one."""
     names = [str(p.relative_to(root)) for p in root.rglob("*")
              if p.is_file() and p.name != MANIFEST]
-    write_json(root / MANIFEST, {"files": file_entries(root, names)})
+    entries = file_entries(root, names)
+    write_json(root / MANIFEST, {"files": entries, "sha256": _digest_of(entries)})
+
+
+def _digest_of(entries: dict[str, Any]) -> str:
+    # The manifest's own check: a flipped byte in it is reported as the manifest's damage,
+    # not as a mismatch of whichever file's digest it hit.
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def verify_manifest(root: Path) -> list[str]:
     """Problems with the directory `root` against its manifest; empty when it is intact."""
     try:
-        entries = json.loads((root / MANIFEST).read_text())["files"]
+        manifest = json.loads((root / MANIFEST).read_text())
+        entries = manifest["files"]
+        intact = manifest["sha256"] == _digest_of(entries)
     except FileNotFoundError:
         return [f"no {MANIFEST} (the directory was not finished)"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{MANIFEST} is unreadable ({type(e).__name__})"]
+    if not intact:
+        return [f"{MANIFEST} does not match its own digest"]
     return check_entries(root, entries)
 
 
@@ -135,3 +146,21 @@ def contains(outer: Path, inner: Path) -> bool:
     """Whether `inner` is `outer` or lies inside it (both resolved, so links and `..` count)."""
     outer, inner = outer.resolve(), inner.resolve()
     return inner == outer or outer in inner.parents
+
+
+def probe_writable(path: Path | str, flag: str) -> None:
+    """One-line error unless files can be created at `path` (an existing directory, or the
+    nearest existing directory above a path still to be made). Tried with a real temporary
+    file, not `os.access`: root passes `access` on read-only mounts and immutable directories."""
+    path = Path(path).expanduser()
+    where = path.absolute()
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise MlmkitError(f"{flag} {path}: {where} is a file, not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=".mlmkit-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise MlmkitError(f"{flag} {path}: cannot write in {where}: {e.strerror}") from None

@@ -20,16 +20,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import (
+    CONFIG_FILE,
+    METRICS_LOG,
+    check_output,
+    find_checkpoint,
+    read_state,
+    save_checkpoint,
+    start_run_dir,
+    trim_metrics_log,
+    write_config,
+)
 from .config import MlmkitError, TrainConfig, parse_overrides, to_dict
 from .data import Corpus, iter_texts, load_blocks
 from .evaluate import Metrics, evaluate, fixed_eval_dataset
+from .files import write_json
 from .masking import Masker, MaskingCollator
 from .model import load_model, load_model_config, load_tokenizer, masked_lm_loss, max_block_size
 
 log = logging.getLogger("mlmkit")
-
-CONFIG_FILE = "train_config.json"  # not config.json: that name belongs to the model
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -126,31 +135,6 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
-def _check_output(cfg: TrainConfig) -> Path:
-    if not cfg.output:
-        raise MlmkitError("--output: no output directory given")
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise MlmkitError(f"--output {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume and not cfg.overwrite:
-        raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite to "
-                          "replace it or --resume latest to continue its training")
-    return out
-
-
-def _find_checkpoint(out: Path, resume: str) -> Path:
-    if resume == "latest":
-        ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
-        ckpts = [c for c in ckpts if (c / STATE_FILE).is_file()]
-        if not ckpts:
-            raise MlmkitError(f"--resume latest: no checkpoint in {out / 'checkpoints'}")
-        return ckpts[-1]
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise MlmkitError(f"--resume {path}: not a checkpoint (no {STATE_FILE})")
-    return path
-
-
 def _optimizer(model: Any, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     # As the HF Trainer: no weight decay on biases and normalisation weights.
     decay, no_decay = [], []
@@ -208,7 +192,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    out = _check_output(cfg)
+    out = check_output(cfg)
     if torch.cuda.is_available():  # TF32 matmuls: fp32 training at tensor-core speed
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -233,7 +217,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         tokenizer, model_config, corpus = prepare_tokenizer_and_data(cfg, progress)
     if main:
         log.info("data: %s", corpus.describe())
-    resume_from = _find_checkpoint(out, cfg.resume) if cfg.resume else None
+    resume_from = find_checkpoint(out, cfg.resume) if cfg.resume else None
 
     set_seed(cfg.seed)
     model = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
@@ -285,12 +269,14 @@ def _train(cfg: TrainConfig) -> TrainResult:
     model = accelerator.unwrap_model(objective).model  # on its device now; for eval and export
     accelerator.register_for_checkpointing(scheduler)
 
-    if main and cfg.overwrite and resume_from is None and out.is_dir():
-        # Only now, with every input checked: a bad flag must not cost the old model.
-        shutil.rmtree(out)
+    if main:
+        start_run_dir(out, cfg, fresh=resume_from is None)
+        if resume_from is not None:
+            trim_metrics_log(out, read_state(resume_from)["step"])
     accelerator.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_log = open(out / "metrics.jsonl", "a") if main else None
+    # Appended a line at a time, not rewritten atomically per record: a kill can only tear
+    # the last line, and a resume drops it (trim_metrics_log).
+    metrics_log = open(out / METRICS_LOG, "a") if main else None
 
     def record(event: dict[str, Any]) -> None:
         if metrics_log is not None:
@@ -310,7 +296,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     step, epoch, batch_in_epoch, history, base, seconds_before = 0, 0, 0, [], None, 0.0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / STATE_FILE).read_text())
+        state = read_state(resume_from)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         history = state["history"]
         base = Metrics(**state["base"]) if state.get("base") else None
@@ -319,24 +305,21 @@ def _train(cfg: TrainConfig) -> TrainResult:
             log.info("resuming from %s (step %d)", resume_from, step)
     else:
         if main:
-            (out / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=1))
+            write_config(out, to_dict(cfg))
         if not cfg.skip_base_eval:
             base = run_eval(0, 0.0)
 
+    last_saved: list[Path] = [resume_from] if resume_from else []
+
     def checkpoint() -> None:
-        path = out / "checkpoints" / f"step_{step}"
         with clock.paused():
-            accelerator.save_state(str(path))
-            if main:
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                         "history": history, "base": base.to_dict() if base else None,
-                         "train_seconds": clock.seconds}
-                (path / STATE_FILE).write_text(json.dumps(state))
-                ckpts = sorted((out / "checkpoints").glob("step_*"),
-                               key=lambda p: int(p.name[5:]))
-                for old in ckpts[: max(0, len(ckpts) - cfg.save_total_limit)]:
-                    shutil.rmtree(old, ignore_errors=True)
-            accelerator.wait_for_everyone()
+            # Never a checkpoint of diverged weights: resuming from it could only diverge again.
+            check_finite(model, step, out, last_saved)
+            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                     "history": history, "base": base.to_dict() if base else None,
+                     "train_seconds": clock.seconds}
+            last_saved[:] = [save_checkpoint(accelerator, out, step, state,
+                                             cfg.save_total_limit)]
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit=" steps",
                disable=not progress)
@@ -388,6 +371,11 @@ def _train(cfg: TrainConfig) -> TrainResult:
             if step % cfg.log_every == 0 or step == total_steps:
                 now = clock.seconds
                 last = float(loss_sum) / loss_count
+                # Summed over processes, so that all of them stop together, not one alone
+                # while the others wait for it in the next all-reduce.
+                if not math.isfinite(float(accelerator.reduce(loss_sum.clone(), "sum"))):
+                    raise diverged(f"training loss is not finite at step {step}", out,
+                                   last_saved)
                 tps = window_tokens * world / max(now - window_t0, 1e-9)
                 bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{tps:,.0f}")
                 record({"event": "train", "step": step, "epoch": round(epoch_f, 4),
@@ -414,6 +402,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         if history else None
     result = TrainResult(output_dir=out, base=base, final=final, history=history, steps=step,
                          train_seconds=clock.seconds, data=corpus.stats)
+    check_finite(model, step, out, last_saved)
     if main:
         _export(model, tokenizer, out, cfg, result)
         metrics_log.close()
@@ -421,6 +410,21 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.push_to_hub and main:
         push_to_hub(out, cfg.push_to_hub)
     return result
+
+
+def diverged(what: str, out: Path, last_saved: list[Path]) -> MlmkitError:
+    where = (f"the last good checkpoint, {last_saved[0]}, is kept (--resume latest continues "
+             "from it)" if last_saved else "no checkpoint was saved before it")
+    return MlmkitError(f"{what}: training diverged and nothing was exported from {out}; "
+                       f"{where}; a lower --learning-rate or --max-grad-norm usually prevents "
+                       "this")
+
+
+def check_finite(model: Any, step: int, out: Path, last_saved: list[Path]) -> None:
+    """Raise unless every weight is finite (one device sync: at checkpoints and export only)."""
+    bad = torch.stack([~torch.isfinite(p).all() for p in model.parameters()]).any()
+    if bool(bad):
+        raise diverged(f"non-finite weights at step {step}", out, last_saved)
 
 
 def _export(model: Any, tokenizer: Any, out: Path, cfg: TrainConfig, result: TrainResult) -> None:
@@ -437,8 +441,8 @@ def _export(model: Any, tokenizer: Any, out: Path, cfg: TrainConfig, result: Tra
         "history": result.history, "steps": result.steps,
         "train_seconds": round(result.train_seconds, 3), "data": result.data,
     }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=1))
+    write_json(tmp / "metrics.json", metrics)
+    write_json(tmp / CONFIG_FILE, to_dict(cfg))
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
     tmp.rmdir()

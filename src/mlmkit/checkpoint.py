@@ -1,0 +1,195 @@
+"""A run directory and its checkpoints: which output directory a run may use (and delete),
+checkpoints written whole or not at all with a manifest of digests, resume from the newest
+checkpoint that passes its check, and a metrics log without the steps a resume replays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import MlmkitError, TrainConfig
+from .data import resolve_files
+from .files import (
+    atomic_open,
+    contains,
+    is_run_dir,
+    mark_run_dir,
+    probe_writable,
+    verify_manifest,
+    write_json,
+    write_manifest,
+)
+
+log = logging.getLogger("mlmkit")
+
+CONFIG_FILE = "train_config.json"  # not config.json: that name belongs to the model
+STATE_FILE = "trainer_state.json"
+METRICS_LOG = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+def _is_legacy_run(out: Path) -> bool:
+    """A run directory written by mlmkit before the marker file existed: its settings file
+    names mlmkit's own settings, and its training log is there."""
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(saved, dict) and {"model", "data", "block_size", "mlm_probability"}
+            <= set(saved) and (out / METRICS_LOG).is_file())
+
+
+def _inputs(cfg: TrainConfig) -> list[tuple[str, Path]]:
+    """The local paths a run reads, which its output directory must never hold."""
+    read = []
+    if Path(cfg.model).expanduser().exists():
+        read.append(("--model", Path(cfg.model).expanduser()))
+    try:
+        read += [("--data", f) for f in resolve_files(cfg.data) or []]
+    except MlmkitError:
+        pass  # a missing corpus is reported by the data stage
+    if cfg.cache_dir or os.environ.get("MLMKIT_CACHE"):
+        read.append(("--cache-dir", Path(cfg.cache_dir or os.environ["MLMKIT_CACHE"])))
+    return read
+
+
+def check_output(cfg: TrainConfig) -> Path:
+    """The output directory, once it is known that this run may write there: writable, empty
+    or one to resume, and with --overwrite only a directory mlmkit wrote that holds none of
+    the run's inputs. Nothing is touched here."""
+    if not cfg.output:
+        raise MlmkitError("--output: no output directory given")
+    out = Path(cfg.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MlmkitError(f"--output {out}: exists and is not a directory")
+    if cfg.overwrite and cfg.resume:
+        raise MlmkitError("--overwrite and --resume: choose one (--overwrite starts the run "
+                          "again, --resume continues it)")
+    probe_writable(out, "--output")
+    if not (out.is_dir() and any(out.iterdir())) or cfg.resume:
+        return out
+    if not cfg.overwrite:
+        raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
+                          "to replace it or --resume latest to continue its training")
+    if not (is_run_dir(out) or _is_legacy_run(out)):
+        raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {'.mlmkit-run'} "
+                          "marker), so --overwrite will not delete it; choose a new or empty "
+                          "directory")
+    for flag, path in _inputs(cfg):
+        if contains(out, path):
+            raise MlmkitError(f"--output {out}: holds {flag} {path}, which this run reads; "
+                              "--overwrite would delete it; choose another --output")
+    return out
+
+
+def start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
+    """Called once every input is checked: only then may --overwrite cost the old run."""
+    if fresh and cfg.overwrite and out.is_dir() and any(out.iterdir()):
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MlmkitError(f"--output {out}: cannot create: {e.strerror}") from None
+    mark_run_dir(out)
+
+
+def _step_dirs(out: Path) -> list[Path]:
+    found = []
+    for p in (out / CHECKPOINTS).glob("step_*"):
+        if p.name[5:].isdigit() and p.is_dir():
+            found.append(p)
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def find_checkpoint(out: Path, resume: str) -> Path:
+    """The checkpoint to resume from: `resume` itself, or with 'latest' the newest one whose
+    files match their manifest; each one that does not is named in a warning and skipped."""
+    if resume != "latest":
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise MlmkitError(f"--resume {path}: no such checkpoint directory")
+        problems = verify_manifest(path)
+        if problems:
+            raise MlmkitError(f"--resume {path}: damaged checkpoint: {'; '.join(problems)}")
+        return path
+    ckpts = _step_dirs(out)
+    if not ckpts:
+        raise MlmkitError(f"--resume latest: no checkpoint in {out / CHECKPOINTS}")
+    for path in reversed(ckpts):
+        problems = verify_manifest(path)
+        if not problems:
+            return path
+        log.warning("checkpoint %s is damaged (%s); trying the one before", path,
+                    "; ".join(problems))
+    raise MlmkitError(f"--resume latest: none of the {len(ckpts)} checkpoints in "
+                      f"{out / CHECKPOINTS} is intact (see the warnings above); start again "
+                      "with --overwrite")
+
+
+def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any],
+                    keep: int) -> Path:
+    """Every process saves its part into a temporary directory; the main process adds the
+    state and the manifest and renames it into place, so `step_N` is complete or absent.
+    Older checkpoints past `keep` are removed only after the new one is in place."""
+    root = out / CHECKPOINTS
+    final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if main:
+        write_json(tmp / STATE_FILE, state, indent=None)
+        write_manifest(tmp)
+        if final.exists():  # a damaged one skipped on resume, now written again
+            old = root / f".old-step_{step}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for stale in _step_dirs(out)[: max(0, len(_step_dirs(out)) - keep)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        for leftover in root.glob(".old-step_*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def trim_metrics_log(out: Path, step: int) -> None:
+    """Keep the log's records up to `step`, the checkpoint a resume starts from: the steps
+    after it are run again and logged again. A torn last line (a kill mid-write) goes too."""
+    path = out / METRICS_LOG
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            kept.append(line + "\n")
+    with atomic_open(path) as fh:
+        fh.writelines(kept)
+
+
+def write_config(out: Path, cfg_dict: dict[str, Any]) -> None:
+    write_json(out / CONFIG_FILE, cfg_dict)
