@@ -17,9 +17,11 @@ from .data import resolve_files
 from .files import (
     atomic_open,
     contains,
+    is_partial_write,
     is_run_dir,
     mark_run_dir,
     probe_writable,
+    remove_partial_writes,
     verify_manifest,
     write_json,
     write_manifest,
@@ -71,7 +73,7 @@ def check_output(cfg: TrainConfig) -> Path:
         raise MlmkitError("--overwrite and --resume: choose one (--overwrite starts the run "
                           "again, --resume continues it)")
     probe_writable(out, "--output")
-    if not (out.is_dir() and any(out.iterdir())) or cfg.resume:
+    if not _has_content(out) or cfg.resume:
         return out
     if not cfg.overwrite:
         raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
@@ -87,14 +89,22 @@ def check_output(cfg: TrainConfig) -> Path:
     return out
 
 
+def _has_content(out: Path) -> bool:
+    # A kill's leftover temporary files (say, of the marker itself) do not make a directory
+    # someone else's.
+    return out.is_dir() and any(not is_partial_write(p) for p in out.iterdir())
+
+
 def start_run_dir(out: Path, cfg: TrainConfig, fresh: bool) -> None:
     """Called once every input is checked: only then may --overwrite cost the old run."""
-    if fresh and cfg.overwrite and out.is_dir() and any(out.iterdir()):
+    if fresh and cfg.overwrite and _has_content(out) and (is_run_dir(out)
+                                                          or _is_legacy_run(out)):
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MlmkitError(f"--output {out}: cannot create: {e.strerror}") from None
+    remove_partial_writes(out)
     mark_run_dir(out)
 
 
@@ -155,7 +165,7 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any
         _fsync_dir(root)
         for stale in _step_dirs(out)[: max(0, len(_step_dirs(out)) - keep)]:
             shutil.rmtree(stale, ignore_errors=True)
-        for leftover in root.glob(".old-step_*"):
+        for leftover in [*root.glob(".old-step_*"), *root.glob(".tmp-step_*")]:  # kills
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

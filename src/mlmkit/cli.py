@@ -7,14 +7,18 @@ field, the field's help text), so the CLI and the Python API cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from .config import EvalConfig, MlmkitError, TrainConfig, build_config, read_config_file
+from .files import atomic_open, probe_writable
 
 log = logging.getLogger("mlmkit")
 
@@ -135,24 +139,36 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(ns: argparse.Namespace):
-    if ns.input:
-        from pathlib import Path
-
-        path = Path(ns.input)
-        if not path.is_file():
-            raise MlmkitError(f"--input {path}: file not found")
-        fh = open(path, encoding="utf-8")
-        jsonl = path.suffix == ".jsonl"
-        for line in fh:
-            line = line.rstrip("\n")
+def _read_input_file(path: Path, bad: dict[int, str]) -> Iterator[str | None]:
+    """The texts of a .txt (a line each) or .jsonl ('text' field) file. A line that cannot be
+    read yields None and its message goes into `bad`, so it becomes an error record in its
+    place and the other lines are still filled."""
+    jsonl = path.suffix == ".jsonl"
+    with open(path, "rb") as fh:  # bytes: a line that is not UTF-8 must not stop the rest
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                bad[n] = (f"{path}: line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                          f"column {e.start + 1}); expected UTF-8")
+                yield None
+                continue
             if jsonl:
                 try:
                     rec = json.loads(line)
                     line = rec["text"] if isinstance(rec, dict) else rec
-                except (json.JSONDecodeError, KeyError):
-                    line = None  # becomes an error record for this line
+                except json.JSONDecodeError as e:
+                    bad[n] = f"{path}: line {n}: invalid JSON ({e.msg})"
+                    line = None
+                except KeyError:
+                    bad[n] = f"{path}: line {n}: no 'text' field"
+                    line = None
             yield line
+
+
+def _read_inputs(ns: argparse.Namespace, bad: dict[int, str]) -> Iterator[str | None]:
+    if ns.input:
+        yield from _read_input_file(Path(ns.input), bad)
         return
     texts = [t for t in ns.texts if t != "-"]
     if texts:
@@ -162,14 +178,43 @@ def _read_inputs(ns: argparse.Namespace):
             yield line.rstrip("\n")
 
 
+def _check_fill_paths(ns: argparse.Namespace) -> None:
+    """Before the model loads: the input exists, and the output can be written and is not
+    the input (compared as files, so another spelling or a link of the input counts too)."""
+    if ns.input and not Path(ns.input).is_file():
+        raise MlmkitError(f"--input {ns.input}: file not found")
+    if not ns.output:
+        return
+    out = Path(ns.output)
+    if out.is_dir():
+        raise MlmkitError(f"--output {out}: is a directory; expected a file name")
+    if ns.input and out.exists() and os.path.samefile(ns.input, out):
+        raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
+                          "texts being read; choose another output file")
+    probe_writable(out.parent if str(out.parent) else Path("."), "--output")
+
+
 def _cmd_fill(ns: argparse.Namespace) -> int:
     from .fill import FillMask
 
     if ns.top_k < 1:
         raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    _check_fill_paths(ns)
     fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
                   max_tokens=ns.max_tokens)
-    out = open(ns.output, "w", encoding="utf-8") if ns.output else sys.stdout
+    with contextlib.ExitStack() as stack:
+        # The output appears under its name only once complete: a failed or killed run
+        # leaves any earlier file of that name as it was.
+        out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
+        errors, n = _write_fills(ns, fm, out)
+    if errors:
+        print(f"mlmkit: {errors} of {n} inputs could not be filled (see the error records)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_fills(ns: argparse.Namespace, fm: Any, out: Any) -> tuple[int, int]:
     as_json = ns.json or bool(ns.output)
     bar = None
     if ns.output and not ns.quiet:
@@ -177,14 +222,16 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
 
         bar = tqdm(desc="filling", unit=" texts")
     errors = n = 0
-    inputs = list(_read_inputs(ns)) if not ns.input else _read_inputs(ns)
+    bad: dict[int, str] = {}
+    inputs = list(_read_inputs(ns, bad)) if not ns.input else _read_inputs(ns, bad)
     for n, res in enumerate(fm.stream(inputs, ns.top_k, ns.targets), 1):
         if isinstance(res, MlmkitError):
             if not ns.input:  # a text typed by hand: an error of the command, not a record
                 raise res
             errors += 1
-            out.write(json.dumps({"line": n, "error": str(res)}) + "\n" if as_json
-                      else f"error: line {n}: {res}\n")
+            message = bad.pop(n, None) or str(res)
+            out.write(json.dumps({"line": n, "error": message}) + "\n" if as_json
+                      else f"error: line {n}: {message}\n")
         elif as_json:
             out.write(json.dumps(res) + "\n")
         else:
@@ -199,13 +246,7 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
             bar.update(1)
     if bar is not None:
         bar.close()
-    if ns.output:
-        out.close()
-    if errors:
-        print(f"mlmkit: {errors} of {n} inputs could not be filled (see the error records)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return errors, n
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
@@ -240,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         return handler(ns)
     except MlmkitError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A file problem no check foresaw (disk full, a permission changed mid-run): still
+        # one line naming the file; the traceback only with --debug-style logging.
+        log.debug("file error", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

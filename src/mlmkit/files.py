@@ -20,6 +20,7 @@ from typing import IO, Any
 from .config import MlmkitError
 
 MANIFEST = "manifest.json"
+_TMP_TAG = "mlmkit-"  # in every temporary name, so a kill's leftovers are known as ours
 RUN_MARKER = ".mlmkit-run"  # written into every run directory mlmkit creates
 
 
@@ -38,7 +39,8 @@ def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8
     path = Path(path)
     binary = "b" in mode
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_TMP_TAG}",
+                                   suffix=".tmp")
     except OSError as e:
         raise _describe_os_error(path, e) from None
     try:
@@ -146,6 +148,21 @@ def contains(outer: Path, inner: Path) -> bool:
     """Whether `inner` is `outer` or lies inside it (both resolved, so links and `..` count)."""
     outer, inner = outer.resolve(), inner.resolve()
     return inner == outer or outer in inner.parents
+
+
+def is_partial_write(path: Path) -> bool:
+    """A temporary file of `atomic_open` that a kill left behind."""
+    return path.name.startswith(".") and f".{_TMP_TAG}" in path.name and \
+        path.name.endswith(".tmp") and path.is_file()
+
+
+def remove_partial_writes(directory: Path) -> int:
+    n = 0
+    for p in directory.iterdir():
+        if is_partial_write(p):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def probe_writable(path: Path | str, flag: str) -> None:

@@ -294,3 +294,87 @@ def test_bad_config_file_and_unknown_setting(capsys, tmp_path):
     assert_one_line_error(code, err, "learning_rat")
     code, _, err = run(capsys, "train", "--config", tmp_path / "missing.yaml")
     assert_one_line_error(code, err, "missing.yaml", "not found")
+
+
+# --------------------------------------------------------------------------- data safety
+
+
+def test_fill_refuses_to_write_over_its_input(capsys, model_dir, tmp_path):
+    src = tmp_path / "texts.txt"
+    src.write_text("The sun is a <mask> star.\n")
+    (tmp_path / "alias.txt").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    for out in (src, tmp_path / "alias.txt", tmp_path / "sub" / ".." / "texts.txt"):
+        code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", out)
+        assert_one_line_error(code, err, "is the --input file")
+    assert src.read_text() == "The sun is a <mask> star.\n"
+
+
+def test_fill_output_appears_whole_or_not_at_all(capsys, model_dir, tmp_path, monkeypatch):
+    from mlmkit import fill
+
+    src, dst = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("The sun is a <mask> star.\n" * 40)
+    dst.write_text("an earlier result\n")
+    real = fill.FillMask.stream
+
+    def dies_midway(self, texts, *a, **k):
+        for i, r in enumerate(real(self, texts, *a, **k)):
+            if i == 20:
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(fill.FillMask, "stream", dies_midway)
+    assert run(capsys, "fill", model_dir, "--input", src, "--output", dst, "--quiet")[0] == 130
+    assert dst.read_text() == "an earlier result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl"]
+
+
+def test_fill_input_that_is_not_utf8_gives_error_records_and_goes_on(capsys, model_dir, pipe,
+                                                                    tmp_path):
+    src, dst = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_bytes(b"The sun is a <mask> star.\ncaf\xe9 <mask>\nWhy is the <mask> blue?\n")
+    code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", dst, "--quiet",
+                       "--top-k", "2")
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert code == 1 and "1 of 3 inputs could not be filled" in err
+    assert recs[1] == {"line": 2, "error": f"{src}: line 2: not UTF-8 text (byte 0xe9 at "
+                                           "column 4); expected UTF-8"}
+    assert_records_equal(recs[2], pipe("Why is the <mask> blue?", top_k=2))
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory nobody can create files in, root included (chattr +i where chmod is not
+    enough)."""
+    d = tmp_path / "locked"
+    d.mkdir()
+    d.chmod(0o555)
+    immutable = False
+    try:
+        (d / "probe").touch()
+        (d / "probe").unlink()
+        if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a directory unwritable here")
+        immutable = True
+    except PermissionError:
+        pass
+    yield d
+    if immutable:
+        subprocess.run(["chattr", "-i", str(d)], check=True)
+    d.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["unwritable", "under a file"])
+def test_outputs_that_cannot_be_written_are_one_line(capsys, model_dir, tiny_roberta,
+                                                     sample_path, tmp_path, unwritable_dir,
+                                                     where):
+    (tmp_path / "a-file").write_text("x")
+    base = unwritable_dir if where == "unwritable" else tmp_path / "a-file"
+    needle = "cannot write in" if where == "unwritable" else "is a file, not a directory"
+    src = tmp_path / "in.txt"
+    src.write_text("The sun is a <mask> star.\n")
+    code, _, err = run(capsys, *train_args(tiny_roberta, sample_path, base / "run"))
+    assert_one_line_error(code, err, "--output", needle)
+    code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", base / "o.jsonl")
+    assert_one_line_error(code, err, "--output", needle)
