@@ -191,7 +191,7 @@ def _check_fill_paths(ns: argparse.Namespace) -> None:
     if ns.input and out.exists() and os.path.samefile(ns.input, out):
         raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
                           "texts being read; choose another output file")
-    probe_writable(out.parent if str(out.parent) else Path("."), "--output")
+    probe_writable(out.parent, "--output", shown=out)
 
 
 def _cmd_fill(ns: argparse.Namespace) -> int:

@@ -165,12 +165,14 @@ def remove_partial_writes(directory: Path) -> int:
     return n
 
 
-def probe_writable(path: Path | str, flag: str) -> None:
+def probe_writable(path: Path | str, flag: str, shown: Path | str | None = None) -> None:
     """One-line error unless files can be created at `path` (an existing directory, or the
     nearest existing directory above a path still to be made). Tried with a real temporary
-    file, not `os.access`: root passes `access` on read-only mounts and immutable directories."""
+    file, not `os.access`: root passes `access` whatever the permission bits say, and only a
+    real write meets every other refusal (immutable flags, ACLs, quotas)."""
     path = Path(path).expanduser()
     where = path.absolute()
+    path = shown or path  # the path as the user gave it, in the message
     while not where.exists():
         where = where.parent
     if not where.is_dir():

@@ -377,4 +377,4 @@ def test_outputs_that_cannot_be_written_are_one_line(capsys, model_dir, tiny_rob
     code, _, err = run(capsys, *train_args(tiny_roberta, sample_path, base / "run"))
     assert_one_line_error(code, err, "--output", needle)
     code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", base / "o.jsonl")
-    assert_one_line_error(code, err, "--output", needle)
+    assert_one_line_error(code, err, f"--output {base / 'o.jsonl'}", needle)
