@@ -86,10 +86,35 @@ def resolve_files(source: str) -> list[Path] | None:
     return None
 
 
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """Where a file's first invalid UTF-8 byte is, by line. The decoder's own position counts
+    from the start of its read buffer, not of the file, so the file is decoded again line by
+    line (UTF-8 never puts a newline byte inside a character); only this error path pays."""
+    offset = 0
+    try:
+        with _open_bytes(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"offset {offset + bad.start:,}" + (
+                        " of the decompressed data" if path.name.lower().endswith(".gz") else "")
+                    hint = (" (it looks like UTF-16)"
+                            if lineno == 1 and line[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+                    return (f"{path}: line {lineno}: byte {line[bad.start]:#04x} at {where} is "
+                            f"not UTF-8; expected UTF-8 text{hint}")
+                offset += len(line)
+    except (OSError, EOFError):
+        pass
+    return f"{path}: cannot read: {e}; expected UTF-8 text"
 
 
 # A record comes with its place: (file, line or element number, kind of number).
@@ -133,7 +158,9 @@ def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
                         yield (name, i, "line"), _parse_json_line(line, name, i)
     except MlmkitError:
         raise
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise MlmkitError(_not_utf8(path, e)) from None
+    except (OSError, EOFError, csv.Error) as e:
         raise MlmkitError(f"{name}: cannot read: {e}") from None
     except Exception as e:  # pyarrow and friends: still one line, naming the file
         raise MlmkitError(f"{name}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None

@@ -95,6 +95,38 @@ def test_missing_inputs_are_errors_and_hub_ids_are_not_files(tmp_path):
     assert resolve_files("eli5_category") is None
 
 
+NOT_UTF8 = {  # each with the bad bytes in physical line 3
+    "c.txt": b"one\ntwo\nthr\xff\xfeee\nfour\n",
+    "c.jsonl": b'{"text": "a"}\n{"text": "b"}\n{"text": "c\xff\xfe"}\n{"text": "d"}\n',
+    "c.json": b'[{"text": "a"},\n{"text": "b"},\n{"text": "c\xff\xfe"}]\n',
+    "c.csv": b"text\none\nthr\xff\xfeee\nfour\n",
+    "c.jsonl.gz": gzip.compress(b'{"text": "a"}\n{"text": "b"}\n{"text": "\xff\xfe"}\n'),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_UTF8))
+def test_non_utf8_names_file_line_and_offset(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(NOT_UTF8[name])
+    raw = gzip.decompress(NOT_UTF8[name]) if name.endswith(".gz") else NOT_UTF8[name]
+    at = raw.index(b"\xff")
+    with pytest.raises(MlmkitError) as e:
+        texts_of(DataConfig(data=str(path)))
+    assert str(e.value).startswith(f"{path}: line 3: byte 0xff at offset {at} ")
+    assert str(e.value).endswith("expected UTF-8 text") and "\n" not in str(e.value)
+
+
+def test_non_utf8_far_into_a_file_counts_from_the_file_start(tmp_path):
+    # Past the text reader's first buffers, where the decoder's own position restarts.
+    lines = [f"line {i} é".encode() for i in range(50_000)]
+    lines[37_000] = b"caf\xe9 in latin-1"
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "big.txt").write_bytes(data)
+    at = data.index(b"caf\xe9") + 3
+    with pytest.raises(MlmkitError, match=f"line 37001: byte 0xe9 at offset {at:,} is not UTF-8"):
+        texts_of(DataConfig(data=str(tmp_path / "big.txt")))
+
+
 # --------------------------------------------------------------------------- fields
 
 
