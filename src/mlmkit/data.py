@@ -4,11 +4,13 @@ Local files are read by our own streaming readers rather than `datasets.load_dat
 start in milliseconds instead of building an Arrow cache, keep memory flat on corpora larger
 than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`.
 Blocks are written to flat binary files and memory-mapped, so a second run with the same
-corpus, tokenizer and settings skips tokenization entirely.
+corpus, tokenizer and settings skips tokenization entirely; it checks the files' sizes and sha256
+digests first, and rebuilds an entry that fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import gzip
@@ -17,7 +19,7 @@ import io
 import json
 import logging
 import os
-import shutil
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,11 +29,14 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
+from .files import check_entries, file_entries, read_sealed_json, write_sealed_json
 
 log = logging.getLogger("mlmkit")
 
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-CACHE_VERSION = "1"
+# Part of every cache key: 2 added the sizes and digests of the block files to meta.json, so
+# entries from 1, which have none, are rebuilt rather than trusted.
+CACHE_VERSION = "2"
 _TOKENIZE_BATCH = 1000
 
 # --------------------------------------------------------------------------- reading records
@@ -81,10 +86,35 @@ def resolve_files(source: str) -> list[Path] | None:
     return None
 
 
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """Where a file's first invalid UTF-8 byte is, by line. The decoder's own position counts
+    from the start of its read buffer, not of the file, so the file is decoded again line by
+    line (UTF-8 never puts a newline byte inside a character); only this error path pays."""
+    offset = 0
+    try:
+        with _open_bytes(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"offset {offset + bad.start:,}" + (
+                        " of the decompressed data" if path.name.lower().endswith(".gz") else "")
+                    hint = (" (it looks like UTF-16)"
+                            if lineno == 1 and line[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+                    return (f"{path}: line {lineno}: byte {line[bad.start]:#04x} at {where} is "
+                            f"not UTF-8; expected UTF-8 text{hint}")
+                offset += len(line)
+    except (OSError, EOFError):
+        pass
+    return f"{path}: cannot read: {e}; expected UTF-8 text"
 
 
 # A record comes with its place: (file, line or element number, kind of number).
@@ -128,7 +158,9 @@ def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
                         yield (name, i, "line"), _parse_json_line(line, name, i)
     except MlmkitError:
         raise
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise MlmkitError(_not_utf8(path, e)) from None
+    except (OSError, EOFError, csv.Error) as e:
         raise MlmkitError(f"{name}: cannot read: {e}") from None
     except Exception as e:  # pyarrow and friends: still one line, naming the file
         raise MlmkitError(f"{name}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
@@ -391,6 +423,8 @@ class _BlockWriter:
             self.fh.write(tail.tobytes())
             self.blocks += 1
             dropped = 0
+        self.fh.flush()
+        os.fsync(self.fh.fileno())  # on disk before meta.json, written after it, vouches for it
         self.fh.close()
         return dropped
 
@@ -451,40 +485,40 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 
 
 def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpus:
-    """Tokenize the corpus once into train/eval blocks, or reuse the cached blocks."""
+    """Tokenize the corpus once into train/eval blocks, or reuse the cached blocks when their
+    meta.json, sizes and sha256 digests check out; a damaged entry is rebuilt, with a warning."""
     records, total, source_id = iter_records(cfg)
     key_src = json.dumps([CACHE_VERSION, source_id, tokenizer_fingerprint(tokenizer),
                           cfg.text_field, cfg.limit, cfg.block_size, cfg.eval_fraction,
                           cfg.pad_last_block, cfg.seed])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    final = None if cfg.no_cache else _cache_root(cfg) / key
-    if final is not None and (final / "meta.json").is_file():
-        return _open_corpus(final)
-
-    tmp_parent = final.parent if final is not None else None
-    if tmp_parent is not None:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.TemporaryDirectory(dir=tmp_parent, prefix=".tmp-")
-    work = Path(tmp.name)
-    try:
-        _tokenize_into(work, records, total, cfg, tokenizer, progress)
-    except BaseException:
-        tmp.cleanup()
-        raise
-    if final is None:
-        corpus = _open_corpus(work)
+    if cfg.no_cache:
+        tmp = tempfile.TemporaryDirectory(prefix="mlmkit-blocks-")
+        try:
+            meta = _tokenize_into(Path(tmp.name), records, total, cfg, tokenizer, progress)
+        except BaseException:
+            tmp.cleanup()
+            raise
+        corpus = _open_corpus(Path(tmp.name), meta)
         corpus._tmp = tmp
         return corpus
-    try:
-        os.rename(work, final)
-    except OSError:  # another process won the race; its blocks are identical
-        shutil.rmtree(work, ignore_errors=True)
-    tmp.cleanup()
-    return _open_corpus(final)
+
+    final = _cache_root(cfg) / key
+    if os.path.lexists(final):
+        meta, problems = _entry_problems(final)
+        if meta is not None:
+            return _open_corpus(final, meta)
+        _refuse_foreign(final, problems)
+        log.warning("block cache %s: %s; rebuilding", final, "; ".join(problems))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as work:
+        meta = _tokenize_into(Path(work), records, total, cfg, tokenizer, progress)
+        _install(Path(work), final)
+    return _open_corpus(final, meta)
 
 
 def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataConfig,
-                   tokenizer: Any, progress: bool) -> None:
+                   tokenizer: Any, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     backend = _backend(tokenizer)
@@ -532,17 +566,112 @@ def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataCo
         "block_size": cfg.block_size, "dtype": dtype.name,
         "train_blocks": writers["train"].blocks, "eval_blocks": writers["eval"].blocks,
         "train_tokens": writers["train"].tokens, "eval_tokens": writers["eval"].tokens,
-        "dropped_tokens": dropped,
+        "dropped_tokens": dropped, "files": file_entries(work, _BLOCK_FILES),
     }
-    (work / "meta.json").write_text(json.dumps(meta, indent=1))
+    # Last, and atomically: a directory without a valid meta.json is never trusted.
+    write_sealed_json(work / "meta.json", meta)
+    return meta
 
 
-def _open_corpus(path: Path) -> Corpus:
-    meta = json.loads((path / "meta.json").read_text())
+def _open_corpus(path: Path, meta: dict[str, Any]) -> Corpus:
     arrays = {}
     for split in ("train", "eval"):
         n = meta[f"{split}_blocks"]
         arrays[split] = (np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r",
                                    shape=(n, meta["block_size"]))
                          if n else np.zeros((0, meta["block_size"]), dtype=meta["dtype"]))
-    return Corpus(train=arrays["train"], eval=arrays["eval"], stats=meta, cache_path=path)
+    stats = {k: v for k, v in meta.items() if k != "files"}  # digests are the cache's business
+    return Corpus(train=arrays["train"], eval=arrays["eval"], stats=stats, cache_path=path)
+
+
+# --------------------------------------------------------------------------- cache integrity
+# An entry is <cache>/blocks/<key>/ holding exactly _ENTRY_FILES. It is built in a temporary
+# directory beside it and renamed into place whole, so readers never see half of one.
+
+_BLOCK_FILES = ("train.bin", "eval.bin")
+_ENTRY_FILES = (*_BLOCK_FILES, "meta.json")
+_META_COUNTS = ("records", "empty_records", "block_size", "train_blocks", "eval_blocks",
+                "train_tokens", "eval_tokens", "dropped_tokens")
+
+
+def _entry_problems(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The meta of the cache entry at `path`, or None and what is wrong with the entry, one
+    phrase per fault. The block files are hashed whole: about 1 s per GB, against minutes per
+    GB for tokenizing, buys never training on a flipped byte."""
+    meta, problem = read_sealed_json(path / "meta.json")
+    if meta is None:
+        return None, [problem]
+    problems = _meta_problems(meta) or check_entries(
+        path, {n: meta["files"][n] for n in _BLOCK_FILES})
+    return (None, problems) if problems else (meta, [])
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    """Whether a meta.json that matches its own digest still describes blocks that fit the
+    sizes it records: the memory maps are shaped from it, so a wrong writer must not get by."""
+    bad = [k for k in _META_COUNTS if not (type(meta.get(k)) is int and meta[k] >= 0)]
+    if meta.get("block_size") == 0:
+        bad.append("block_size")
+    if meta.get("dtype") not in ("uint16", "int32"):
+        bad.append("dtype")
+    files = meta.get("files")
+    if not (isinstance(files, dict) and all(isinstance(files.get(n), dict) for n in _BLOCK_FILES)):
+        bad.append("files")
+    if bad:
+        return [f"meta.json has no valid {', '.join(bad)}"]
+    problems = []
+    for split in ("train", "eval"):
+        n, size = meta[f"{split}_blocks"], files[f"{split}.bin"].get("size")
+        want = n * meta["block_size"] * np.dtype(meta["dtype"]).itemsize
+        if size != want:
+            problems.append(f"meta.json records {size} bytes for {split}.bin, but {n:,} blocks "
+                            f"of {meta['block_size']} {meta['dtype']} take {want:,}")
+    return problems
+
+
+def _refuse_foreign(final: Path, problems: list[str]) -> None:
+    """Stop before rebuilding over a path that holds what mlmkit did not write there: such a
+    thing is never deleted."""
+    fix = "move it away or pass --no-cache"
+    if final.is_symlink() or not final.is_dir():
+        raise MlmkitError(f"block cache {final}: not a directory mlmkit made; {fix}")
+    try:
+        foreign = sorted(set(os.listdir(final)) - set(_ENTRY_FILES))
+    except OSError as e:
+        raise MlmkitError(f"block cache {final}: cannot list it: {e.strerror}; {fix}") from None
+    if foreign:
+        raise MlmkitError(f"block cache {final}: {'; '.join(problems)}, and it holds "
+                          f"{', '.join(foreign)}, which mlmkit did not write; {fix}")
+
+
+def _install(work: Path, final: Path) -> None:
+    """Move the finished entry `work` to `final`. A broken entry there is renamed aside first and
+    deleted only once the new one is in place, so `final` is always absent, the old entry or a
+    whole new one; processes racing here all end up with identical blocks at `final`."""
+    try:
+        os.rename(work, final)
+        return
+    except OSError:
+        pass  # `final` exists: the broken entry, or one another process has just installed
+    if _entry_problems(final)[0] is not None:
+        return  # another process won the race; its blocks are identical to ours
+    aside = final.with_name(f".broken-{final.name}-{secrets.token_hex(4)}")
+    with contextlib.suppress(OSError):  # a racing process may have moved it aside already
+        os.rename(final, aside)
+    try:
+        os.rename(work, final)
+    except OSError as e:
+        if _entry_problems(final)[0] is None:  # not another process's identical entry
+            raise MlmkitError(f"block cache {final}: cannot replace the damaged entry: "
+                              f"{e.strerror}") from None
+    finally:
+        _discard_entry(aside)
+
+
+def _discard_entry(path: Path) -> None:
+    # Only the files an entry is made of; anything else stays, and with it the directory.
+    for name in _ENTRY_FILES:
+        with contextlib.suppress(OSError):
+            (path / name).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()

@@ -92,7 +92,10 @@ def check_entries(root: Path, entries: dict[str, dict[str, Any]]) -> list[str]:
     problems, bad = [], set()
     for name, want in entries.items():
         p = root / name
-        if not p.is_file():
+        if not (isinstance(want, dict) and isinstance(want.get("size"), int)
+                and isinstance(want.get("sha256"), str)):
+            problems.append(f"{name} has no size and sha256 on record")
+        elif not p.is_file():
             problems.append(f"{name} is missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{name} has {p.stat().st_size:,} bytes, expected {want['size']:,}")
@@ -111,13 +114,35 @@ def write_manifest(root: Path) -> None:
     names = [str(p.relative_to(root)) for p in root.rglob("*")
              if p.is_file() and p.name != MANIFEST]
     entries = file_entries(root, names)
-    write_json(root / MANIFEST, {"files": entries, "sha256": _digest_of(entries)})
+    write_json(root / MANIFEST, {"files": entries, "sha256": json_digest(entries)})
 
 
-def _digest_of(entries: dict[str, Any]) -> str:
-    # The manifest's own check: a flipped byte in it is reported as the manifest's damage,
-    # not as a mismatch of whichever file's digest it hit.
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+def json_digest(obj: Any) -> str:
+    """The sha256 of a JSON value in canonical form: a record's own check, so a flipped byte in
+    it is reported as the record's damage, not as a mismatch of whichever digest it hit."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def write_sealed_json(path: Path | str, record: dict[str, Any]) -> None:
+    """Write the object `record` with its own `json_digest` added under "sha256"; a flipped
+    byte that still parses as JSON (a digit of a count, a letter of a key) is then caught."""
+    write_json(path, {**record, "sha256": json_digest(record)})
+
+
+def read_sealed_json(path: Path | str) -> tuple[dict[str, Any] | None, str]:
+    """What `write_sealed_json` wrote, without its digest, and ""; or None and what is wrong
+    with the file, as a phrase that names it: missing, unreadable, or not matching its digest."""
+    name = Path(path).name
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        seal = record.pop("sha256")
+    except FileNotFoundError:
+        return None, f"{name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"{name} is unreadable ({type(e).__name__})"
+    if seal != json_digest(record):
+        return None, f"{name} does not match its own digest"
+    return record, ""
 
 
 def verify_manifest(root: Path) -> list[str]:
@@ -125,7 +150,7 @@ def verify_manifest(root: Path) -> list[str]:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
         entries = manifest["files"]
-        intact = manifest["sha256"] == _digest_of(entries)
+        intact = manifest["sha256"] == json_digest(entries)
     except FileNotFoundError:
         return [f"no {MANIFEST} (the directory was not finished)"]
     except (OSError, ValueError, KeyError, TypeError) as e:

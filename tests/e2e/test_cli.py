@@ -215,6 +215,10 @@ BAD_DATA = {
     "invalid JSON line": (lambda d: (d / "c.jsonl").write_text(
         '{"answers": {"text": ["a b c"]}}\n{"answers": {"text": ["oops"]}\n') and d / "c.jsonl",
                           ["c.jsonl: line 2", "invalid JSON"]),
+    "not UTF-8": (lambda d: (d / "c.jsonl").write_bytes(
+        b'{"answers": {"text": ["a b c"]}}\n{"answers": {"text": ["caf\xe9"]}}\n')
+                  and d / "c.jsonl",
+                  ["c.jsonl: line 2", "byte 0xe9 at offset 59", "expected UTF-8 text"]),
 }
 FIELD = {"unknown field": "answers.txt", "list of ints": "answers.score", "dict field": "answers"}
 

@@ -95,6 +95,38 @@ def test_missing_inputs_are_errors_and_hub_ids_are_not_files(tmp_path):
     assert resolve_files("eli5_category") is None
 
 
+NOT_UTF8 = {  # each with the bad bytes in physical line 3
+    "c.txt": b"one\ntwo\nthr\xff\xfeee\nfour\n",
+    "c.jsonl": b'{"text": "a"}\n{"text": "b"}\n{"text": "c\xff\xfe"}\n{"text": "d"}\n',
+    "c.json": b'[{"text": "a"},\n{"text": "b"},\n{"text": "c\xff\xfe"}]\n',
+    "c.csv": b"text\none\nthr\xff\xfeee\nfour\n",
+    "c.jsonl.gz": gzip.compress(b'{"text": "a"}\n{"text": "b"}\n{"text": "\xff\xfe"}\n'),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_UTF8))
+def test_non_utf8_names_file_line_and_offset(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(NOT_UTF8[name])
+    raw = gzip.decompress(NOT_UTF8[name]) if name.endswith(".gz") else NOT_UTF8[name]
+    at = raw.index(b"\xff")
+    with pytest.raises(MlmkitError) as e:
+        texts_of(DataConfig(data=str(path)))
+    assert str(e.value).startswith(f"{path}: line 3: byte 0xff at offset {at} ")
+    assert str(e.value).endswith("expected UTF-8 text") and "\n" not in str(e.value)
+
+
+def test_non_utf8_far_into_a_file_counts_from_the_file_start(tmp_path):
+    # Past the text reader's first buffers, where the decoder's own position restarts.
+    lines = [f"line {i} é".encode() for i in range(50_000)]
+    lines[37_000] = b"caf\xe9 in latin-1"
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "big.txt").write_bytes(data)
+    at = data.index(b"caf\xe9") + 3
+    with pytest.raises(MlmkitError, match=f"line 37001: byte 0xe9 at offset {at:,} is not UTF-8"):
+        texts_of(DataConfig(data=str(tmp_path / "big.txt")))
+
+
 # --------------------------------------------------------------------------- fields
 
 
@@ -280,3 +312,149 @@ def test_broken_json_array_names_file_and_element(tmp_path, text, expected):
     with pytest.raises(MlmkitError) as e:
         list(iter_texts(DataConfig(data=str(path), text_field=["a"])))
     assert str(e.value).startswith(str(path)) and expected in str(e.value)
+
+
+# --------------------------------------------------------------------------- cache integrity
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    if path.name == "meta.json":
+        # A digit of a count: still valid JSON, so only the record's own digest can tell.
+        at = data.index(b'"records": ') + len(b'"records": ')
+    else:
+        at = len(data) // 2
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def _resealed(path, **change):
+    """A meta.json that passes its own digest but says something else: a wrong writer's."""
+    from mlmkit.files import read_sealed_json, write_sealed_json
+
+    meta, _ = read_sealed_json(path)
+    meta.update(change)
+    write_sealed_json(path, {k: v for k, v in meta.items() if v is not None})
+
+
+DAMAGE = {"flip": _flip, "truncate": _truncate, "delete": lambda p: p.unlink(),
+          "garble": lambda p: p.write_bytes(b"\xff\xfe" + p.read_bytes()[2:]),
+          "wrong shape": lambda p: _resealed(p, train_blocks=10**6),
+          "no count": lambda p: _resealed(p, records=None, dtype="float64")}
+
+
+def expected_problem(name, how, size):
+    if name == "meta.json":
+        return {"flip": "meta.json does not match its own digest",
+                "truncate": "meta.json is unreadable (JSONDecodeError)",
+                "delete": "meta.json is missing",
+                "garble": "meta.json is unreadable (UnicodeDecodeError)",
+                "wrong shape": "meta.json records ",
+                "no count": "meta.json has no valid records, dtype"}[how]
+    return {"flip": f"{name} does not match its sha256 digest",
+            "truncate": f"{name} has {size - 1:,} bytes, expected {size:,}",
+            "delete": f"{name} is missing"}[how]
+
+
+@pytest.fixture
+def cache_cfg(sample_path, tmp_path):
+    return DataConfig(data=str(sample_path), text_field=["answers.text"], limit=80, block_size=32,
+                      cache_dir=str(tmp_path / "c"))
+
+
+@pytest.fixture
+def fresh(cache_cfg, roberta_tokenizer):
+    """Blocks of a tokenization that never touches the cache."""
+    c = load_blocks(DataConfig(**{**cache_cfg.__dict__, "no_cache": True}), roberta_tokenizer,
+                    progress=False)
+    return np.array(c.train), np.array(c.eval)
+
+
+def assert_blocks(corpus, fresh):
+    assert np.array_equal(corpus.train, fresh[0]) and np.array_equal(corpus.eval, fresh[1])
+
+
+def assert_hits_cache(cfg, tokenizer, monkeypatch, caplog, fresh):
+    def must_not_run(*a, **kw):
+        raise AssertionError("re-tokenized although the blocks are cached")
+
+    monkeypatch.setattr(mlmkit.data, "_tokenize_into", must_not_run)
+    caplog.clear()
+    corpus = load_blocks(cfg, tokenizer, progress=False)
+    assert_blocks(corpus, fresh)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    return corpus
+
+
+@pytest.mark.parametrize("name,how", [(n, h) for n in ("train.bin", "eval.bin", "meta.json")
+                                      for h in ("flip", "truncate", "delete")]
+                         + [("meta.json", h) for h in ("garble", "wrong shape", "no count")])
+def test_damaged_cache_is_rebuilt_with_one_warning(name, how, cache_cfg, roberta_tokenizer,
+                                                   fresh, monkeypatch, caplog):
+    first = load_blocks(cache_cfg, roberta_tokenizer, progress=False)
+    entry = first.cache_path
+    assert len(first.eval) > 0  # so eval.bin has bytes to flip and cut
+    size = (entry / name).stat().st_size
+    del first  # its memory maps
+    DAMAGE[how](entry / name)
+
+    caplog.set_level("WARNING", logger="mlmkit")
+    again = load_blocks(cache_cfg, roberta_tokenizer, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"block cache {entry}: {expected_problem(name, how, size)}")
+    assert warnings[0].endswith("; rebuilding")
+    assert again.cache_path == entry
+    assert_blocks(again, fresh)
+    # Replaced whole: nothing set aside or half-built is left beside the entry.
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+    assert sorted(p.name for p in entry.iterdir()) == ["eval.bin", "meta.json", "train.bin"]
+    assert_hits_cache(cache_cfg, roberta_tokenizer, monkeypatch, caplog, fresh)
+
+
+def test_an_entry_without_digests_is_not_trusted(cache_cfg, roberta_tokenizer, caplog):
+    entry = load_blocks(cache_cfg, roberta_tokenizer, progress=False).cache_path
+    meta = json.loads((entry / "meta.json").read_text())
+    assert set(meta["files"]) == {"train.bin", "eval.bin"} and "sha256" in meta
+    assert "files" not in load_blocks(cache_cfg, roberta_tokenizer, progress=False).stats
+    # What version 1 wrote: the counts alone, so a flipped byte in a block went unnoticed.
+    del meta["files"], meta["sha256"]
+    (entry / "meta.json").write_text(json.dumps(meta))
+    caplog.set_level("WARNING", logger="mlmkit")
+    load_blocks(cache_cfg, roberta_tokenizer, progress=False)
+    assert "meta.json is unreadable" in caplog.text and "rebuilding" in caplog.text
+
+
+def test_broken_entry_with_foreign_files_is_left_alone(cache_cfg, roberta_tokenizer):
+    entry = load_blocks(cache_cfg, roberta_tokenizer, progress=False).cache_path
+    _truncate(entry / "train.bin")
+    (entry / "notes.txt").write_text("mine")
+    with pytest.raises(MlmkitError) as e:
+        load_blocks(cache_cfg, roberta_tokenizer, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"block cache {entry}: train.bin has ") and "notes.txt" in msg
+    assert "mlmkit did not write" in msg and "--no-cache" in msg
+    assert (entry / "notes.txt").read_text() == "mine" and (entry / "meta.json").is_file()
+
+
+def test_rebuild_racing_another_process(cache_cfg, roberta_tokenizer, fresh, monkeypatch,
+                                        caplog):
+    entry = load_blocks(cache_cfg, roberta_tokenizer, progress=False).cache_path
+    _flip(entry / "train.bin")
+    real = mlmkit.data._tokenize_into
+
+    def while_another_process_rebuilds(*a):
+        # The other process finds the same damage and installs its entry first.
+        monkeypatch.setattr(mlmkit.data, "_tokenize_into", real)
+        assert_blocks(load_blocks(cache_cfg, roberta_tokenizer, progress=False), fresh)
+        return real(*a)
+
+    monkeypatch.setattr(mlmkit.data, "_tokenize_into", while_another_process_rebuilds)
+    assert_blocks(load_blocks(cache_cfg, roberta_tokenizer, progress=False), fresh)
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+    assert_hits_cache(cache_cfg, roberta_tokenizer, monkeypatch, caplog, fresh)
+

@@ -1,5 +1,7 @@
-"""Atomic writes leave the old file or the new one; manifests catch flipped and cut bytes."""
+"""Atomic writes leave the old file or the new one; manifests and sealed records catch flipped
+and cut bytes."""
 
+import json
 import os
 
 import pytest
@@ -8,11 +10,15 @@ from mlmkit.config import MlmkitError
 from mlmkit.files import (
     atomic_open,
     atomic_write,
+    check_entries,
     contains,
+    file_entries,
     is_run_dir,
     mark_run_dir,
+    read_sealed_json,
     verify_manifest,
     write_manifest,
+    write_sealed_json,
 )
 
 
@@ -62,3 +68,33 @@ def test_run_marker_and_containment(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "in")
     assert contains(tmp_path, tmp_path / "link") and contains(tmp_path, tmp_path)
     assert not contains(tmp_path / "in", tmp_path)
+
+
+def test_sealed_record_catches_a_flip_that_still_parses(tmp_path):
+    path = tmp_path / "meta.json"
+    record = {"blocks": 60, "dtype": "uint16"}
+    write_sealed_json(path, record)
+    assert read_sealed_json(path) == (record, "")
+    text = path.read_text()
+    path.write_text(text.replace("60", "61"))  # still valid JSON, one bit away
+    assert read_sealed_json(path) == (None, "meta.json does not match its own digest")
+    path.write_text(text[:-1])
+    assert read_sealed_json(path) == (None, "meta.json is unreadable (JSONDecodeError)")
+    path.write_bytes(b"\xff\xfe" + text.encode())
+    assert read_sealed_json(path) == (None, "meta.json is unreadable (UnicodeDecodeError)")
+    path.write_text(json.dumps(record))  # no seal at all
+    assert read_sealed_json(path) == (None, "meta.json is unreadable (KeyError)")
+    path.write_text("[1, 2]")
+    assert read_sealed_json(path) == (None, "meta.json is unreadable (TypeError)")
+    path.unlink()
+    assert read_sealed_json(path) == (None, "meta.json is missing")
+
+
+def test_malformed_entries_are_reported_not_raised(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    entries = file_entries(tmp_path, ["a.bin"])
+    assert check_entries(tmp_path, entries) == []
+    bad = {"a.bin": {"size": "3"}, "b.bin": 7, "c.bin": {"size": 1, "sha256": "00"}}
+    assert check_entries(tmp_path, bad) == ["a.bin has no size and sha256 on record",
+                                            "b.bin has no size and sha256 on record",
+                                            "c.bin is missing"]
