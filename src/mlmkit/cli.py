@@ -211,6 +211,7 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
 def _cmd_serve(ns: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401  (checked here for a one-line error instead of a traceback)
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
         from .server import serve

@@ -2,8 +2,8 @@
 Hugging Face Inference API's fill-mask protocol, gathers concurrent requests into batches for
 one `FillMask` call, bounds its queue and exports Prometheus metrics; `serve(...)` runs it.
 
-FastAPI and uvicorn are imported inside the functions, so `import mlmkit.server` works without
-the `serve` extra installed.
+FastAPI, prometheus_client and uvicorn are imported inside the functions, so
+`import mlmkit.server` works without the `serve` extra installed.
 """
 
 import asyncio
@@ -31,7 +31,9 @@ _FIELDS = ("inputs", "parameters", "options")  # "options" (use_cache, ...) is t
 _PARAMETERS = ("top_k", "targets")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-_PATHS = ("/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json")
+_PATHS = frozenset({"/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+                      "CONNECT"})
 
 
 class ApiError(Exception):
@@ -46,79 +48,51 @@ class ApiError(Exception):
 # ---------------------------------------------------------------------------- metrics
 
 
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.sum += value
-        self.count += 1
-        for i, b in enumerate(self.buckets):
-            if value <= b:
-                self.counts[i] += 1
-                break
-
-    def render(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        lines, cumulative = [], 0
-        for b, c in zip(self.buckets, self.counts):
-            cumulative += c
-            lines.append(f'{name}_bucket{{{labels}{sep}le="{_num(b)}"}} {cumulative}')
-        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
-        suffix = f"{{{labels}}}" if labels else ""
-        lines += [f"{name}_sum{suffix} {_num(self.sum)}", f"{name}_count{suffix} {self.count}"]
-        return lines
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-class Metrics:
-    """The server's counters, written in the Prometheus text format by `render` (no
-    prometheus_client dependency: four metric families do not need one)."""
+class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own rather than prometheus_client's
+    global one, so that each app (a process may hold several, as the tests do) counts its own.
+    """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.latency: dict[str, _Histogram] = {}
-        self.batch_size = _Histogram(_BATCH_BUCKETS)
-        self.queue_depth = 0  # texts accepted and not yet answered
-        self.engine_seconds = 0.0  # busy time of the engine: its rate is its utilisation
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mlmkit_requests", "HTTP requests answered, by method, path and "
+                                "status.", ["method", "path", "status"], registry=self.registry)
+        self.latency = Histogram("mlmkit_request_duration_seconds", "Time from request to "
+                                 "response, by path.", ["path"], buckets=_LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.batch_size = Histogram("mlmkit_batch_size", "Texts per FillMask engine call.",
+                                    buckets=_BATCH_BUCKETS, registry=self.registry)
+        # Busy time of the engine: its rate is the engine's utilisation.
+        self.engine_seconds = Counter("mlmkit_engine_seconds", "Time spent in FillMask engine "
+                                      "calls.", registry=self.registry)
+        self.queue_depth = 0  # texts accepted and not yet answered; read by /health too
+        Gauge("mlmkit_queue_depth", "Texts accepted and not yet answered.",
+              registry=self.registry).set_function(lambda: self.queue_depth)
 
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
-        path = path if path in _PATHS else "other"  # bounded label values, whatever is asked
-        self.requests[(method, path, status)] += 1
-        self.latency.setdefault(path, _Histogram(_LATENCY_BUCKETS)).observe(seconds)
+        # Label values bounded whatever is asked: a scanner's made-up methods and paths would
+        # otherwise each add series until the scrape (and the process) grows without end.
+        method = method if method in _METHODS else "other"
+        path = path if path in _PATHS else "other"
+        self.requests.labels(method, path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
 
-    def render(self) -> str:
-        out = ["# HELP mlmkit_requests_total HTTP requests answered, by method, path and status.",
-               "# TYPE mlmkit_requests_total counter"]
-        for (method, path, status), n in sorted(self.requests.items()):
-            out.append(f'mlmkit_requests_total{{method="{method}",path="{path}",'
-                       f'status="{status}"}} {n}')
-        out += ["# HELP mlmkit_request_duration_seconds Time from request to response, by path.",
-                "# TYPE mlmkit_request_duration_seconds histogram"]
-        for path, h in sorted(self.latency.items()):
-            out += h.render("mlmkit_request_duration_seconds", f'path="{path}"')
-        out += ["# HELP mlmkit_batch_size Texts per FillMask engine call.",
-                "# TYPE mlmkit_batch_size histogram"]
-        out += self.batch_size.render("mlmkit_batch_size")
-        out += ["# HELP mlmkit_engine_seconds_total Time spent in FillMask engine calls.",
-                "# TYPE mlmkit_engine_seconds_total counter",
-                f"mlmkit_engine_seconds_total {_num(self.engine_seconds)}"]
-        out += ["# HELP mlmkit_queue_depth Texts accepted and not yet answered.",
-                "# TYPE mlmkit_queue_depth gauge", f"mlmkit_queue_depth {self.queue_depth}"]
-        return "\n".join(out) + "\n"
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition as (body, content type), in the format the `Accept` header asks for
+        (Prometheus' text format unless a scraper asks for OpenMetrics)."""
+        from prometheus_client.exposition import choose_encoder
+
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
 
 class _MetricsMiddleware:
     """Counts every response by status and times it; a pure ASGI middleware, because
     BaseHTTPMiddleware would add a task and a stream copy to every request."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -160,8 +134,8 @@ class Batcher:
     `batching=False` every request is its own engine call, which is what the benchmark
     compares against."""
 
-    def __init__(self, engine: Any, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, batching: bool) -> None:
+    def __init__(self, engine: Any, metrics: ServerMetrics, max_batch_size: int,
+                 max_wait_ms: float, max_queue: int, batching: bool) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -294,7 +268,7 @@ class Batcher:
                 continue
             finally:
                 # Only this thread writes it; the event loop only reads it for /metrics.
-                self.metrics.engine_seconds += time.perf_counter() - t0
+                self.metrics.engine_seconds.inc(time.perf_counter() - t0)
             start = 0
             for i in members:
                 n = len(batch[i].texts)
@@ -426,7 +400,7 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     for name, value in [("max_batch_size", max_batch_size), ("max_queue", max_queue),
@@ -446,11 +420,14 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         engine = engine_or_model_path
         model_name = str(getattr(getattr(getattr(engine, "model", None), "config", None),
                                  "_name_or_path", "") or type(engine).__name__)
+    # Its last part only: /health is for anyone who can reach the port, the directory layout
+    # of the machine is not.
+    model_name = Path(model_name).name
     tokenizer = getattr(engine, "tokenizer", None)
     mask_token = getattr(tokenizer, "mask_token", None)
     vocab_size = len(tokenizer) if tokenizer is not None else None
     limits = Limits(max_inputs, max_text_chars, max_top_k)
-    metrics = Metrics()
+    metrics = ServerMetrics()
     batcher = Batcher(engine, metrics, max_batch_size, max_wait_ms, max_queue, batching)
 
     @asynccontextmanager
@@ -515,10 +492,10 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         return {"status": "ok", "model": model_name, "queue_depth": metrics.queue_depth,
                 "max_queue": max_queue, "batching": batching}
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -3,7 +3,6 @@
 import asyncio
 import gzip
 import json
-import re
 import socket
 import threading
 from pathlib import Path
@@ -13,6 +12,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from mlmkit import FillMask  # noqa: E402
 from mlmkit.server import create_app  # noqa: E402
@@ -59,10 +61,17 @@ def same(got: list, want: list) -> bool:
         for g, w in zip(got, want))
 
 
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+def series(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a /metrics text, by name and labels, as prometheus_client parses it."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    got = series(text)
+    assert key in got, f"{name}{labels} not in /metrics"
+    return got[key]
 
 
 def test_answers_like_fillmask(engine: FillMask) -> None:
@@ -156,8 +165,8 @@ def test_concurrent_requests_are_batched_with_the_same_results(engine: FillMask)
         assert same(r.json(), w)
     calls = metric(prom, "mlmkit_batch_size_count")
     assert metric(prom, "mlmkit_batch_size_sum") == 40
-    assert calls < 40 and 'mlmkit_batch_size_bucket{le="1"} 0' in prom  # every call batched
-    assert 'mlmkit_requests_total{method="POST",path="/",status="200"} 40' in prom
+    assert calls < 40 and metric(prom, "mlmkit_batch_size_bucket", le="1.0") == 0  # all batched
+    assert metric(prom, "mlmkit_requests_total", method="POST", path="/", status="200") == 40
     assert metric(prom, "mlmkit_queue_depth") == 0
 
 
@@ -198,7 +207,7 @@ def test_full_queue_answers_503_at_once(engine: FillMask) -> None:
         assert r.status_code == 503 and "server busy" in r.json()["error"]
         assert r.headers["retry-after"] == "1"
     assert metric(prom, "mlmkit_queue_depth") == 2
-    assert 'status="503"} 2' in prom
+    assert metric(prom, "mlmkit_requests_total", method="POST", path="/", status="503") == 2
     for r, text in ((first, TEXTS[0]), (second, TEXTS[1]), (after, TEXTS[3])):
         assert r.status_code == 200 and same(r.json(), engine(text))
 
@@ -211,6 +220,10 @@ def test_health_metrics_and_docs(engine: FillMask) -> None:
 
     health, prom, docs, spec = run(app, go)
     assert health.json()["status"] == "ok" and health.json()["queue_depth"] == 0
+    # The model's name, not where it lives on this machine.
+    model_dir = Path(engine.model.config._name_or_path)
+    assert health.json()["model"] == model_dir.name
+    assert str(model_dir.parent) not in health.text and "/" not in health.json()["model"]
     assert prom.headers["content-type"].startswith("text/plain; version=0.0.4")
     for family in ("mlmkit_requests_total counter", "mlmkit_request_duration_seconds histogram",
                    "mlmkit_batch_size histogram", "mlmkit_queue_depth gauge"):
@@ -218,6 +231,24 @@ def test_health_metrics_and_docs(engine: FillMask) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = spec.json()["paths"]
     assert "/fill-mask" in paths and "requestBody" in paths["/fill-mask"]["post"]
+
+
+def test_made_up_methods_add_no_metric_series(engine: FillMask) -> None:
+    app = create_app(engine)
+
+    async def go(c: httpx.AsyncClient):
+        rs = [await c.request("XFOO", "/"), await c.get("/metrics")]
+        before = (await c.get("/metrics")).text
+        rs += [await c.request(f"X{i}FOO", "/") for i in range(50)]
+        return before, rs, (await c.get("/metrics")).text
+
+    before, rs, after = run(app, go)
+    made_up = [r for r in rs if r.request.method != "GET"]
+    assert len(made_up) == 51 and all(r.status_code == 405 and "error" in r.json()
+                                      for r in made_up)
+    assert set(series(after)) == set(series(before))  # not one series more for 50 new methods
+    assert metric(after, "mlmkit_requests_total", method="other", path="/", status="405") == 51
+
 
 
 def test_inference_client_against_a_live_server(engine: FillMask,

@@ -1,4 +1,4 @@
-"""Request checking, metrics text, limits and `mlmkit serve` wiring of the server, no model."""
+"""Request checking, metrics, limits and `mlmkit serve` wiring of the server, no model."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mlmkit.config import MlmkitError
-from mlmkit.server import ApiError, Limits, Metrics, parse_request
+from mlmkit.server import ApiError, Limits, ServerMetrics, parse_request
 
 LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
 
@@ -47,23 +47,45 @@ def test_parse_refuses_with_a_clear_message(payload, status, message) -> None:
     assert e.value.status == status and message in e.value.message
 
 
-def test_metrics_render_prometheus_text() -> None:
-    m = Metrics()
+def samples(m: ServerMetrics) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, content_type = m.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_metrics_count_with_bounded_labels() -> None:
+    pytest.importorskip("prometheus_client")
+    m = ServerMetrics()
     m.observe_request("POST", "/", 200, 0.02)
     m.observe_request("POST", "/", 200, 3.0)
     m.observe_request("GET", "/wp-admin", 404, 0.001)  # any unknown path is one label value
+    for method in ("BREW", "PROPFIND", "X" * 1000):  # any unknown method too
+        m.observe_request(method, "/", 405, 0.001)
     m.batch_size.observe(3)
+    m.engine_seconds.inc(0.5)
     m.queue_depth = 7
-    text = m.render()
-    assert 'mlmkit_requests_total{method="POST",path="/",status="200"} 2' in text
-    assert 'mlmkit_requests_total{method="GET",path="other",status="404"} 1' in text
-    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="0.025"} 1' in text
-    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="+Inf"} 2' in text
-    assert 'mlmkit_request_duration_seconds_count{path="/"} 2' in text
-    assert 'mlmkit_batch_size_bucket{le="2"} 0' in text
-    assert 'mlmkit_batch_size_bucket{le="4"} 1' in text
-    assert "mlmkit_batch_size_sum 3" in text and "mlmkit_queue_depth 7" in text
-    assert text.endswith("\n")
+    got = samples(m)
+
+    def answered(method: str, path: str, status: str) -> float:
+        return got[("mlmkit_requests_total", (("method", method), ("path", path),
+                                              ("status", status)))]
+
+    assert answered("POST", "/", "200") == 2 and answered("GET", "other", "404") == 1
+    assert answered("other", "/", "405") == 3
+    assert {dict(k[1]).get("method") for k in got if k[0] == "mlmkit_requests_total"} == {
+        "POST", "GET", "other"}
+    assert got[("mlmkit_request_duration_seconds_bucket", (("le", "0.025"), ("path", "/")))] == 4
+    assert got[("mlmkit_request_duration_seconds_bucket", (("le", "+Inf"), ("path", "/")))] == 5
+    assert got[("mlmkit_batch_size_bucket", (("le", "2.0"),))] == 0
+    assert got[("mlmkit_batch_size_bucket", (("le", "4.0"),))] == 1
+    assert got[("mlmkit_batch_size_sum", ())] == 3 and got[("mlmkit_queue_depth", ())] == 7
+    assert got[("mlmkit_engine_seconds_total", ())] == 0.5
+    # Each app its own registry: a second one starts from nothing, and nothing clashes.
+    assert ("mlmkit_batch_size_sum", ()) in samples(ServerMetrics())
+    assert samples(ServerMetrics())[("mlmkit_batch_size_sum", ())] == 0
 
 
 @pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
