@@ -1,13 +1,13 @@
 """HTTP serving of a fill-mask model: `create_app(...)` builds a FastAPI app that speaks the
-Hugging Face Inference API's fill-mask protocol, gathers concurrent requests into batches for
-one `FillMask` call, bounds its queue and exports Prometheus metrics; `serve(...)` runs it.
+Hugging Face Inference API's fill-mask protocol, checks each request on its own (`payload`),
+gathers the valid ones into batches for one `FillMask` call, bounds its queue and exports
+Prometheus metrics; `serve(...)` runs it.
 
 FastAPI, prometheus_client and uvicorn are imported inside the functions, so
 `import mlmkit.server` works without the `serve` extra installed.
 """
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -20,29 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
-from .fill import MASK_SPELLINGS, clip
+from .payload import ApiError, Limits, parse_request, request_model
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger("mlmkit.server")
 
-_FIELDS = ("inputs", "parameters", "options")  # "options" (use_cache, ...) is the HF API's; ignored
-_PARAMETERS = ("top_k", "targets")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _PATHS = frozenset({"/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
                       "CONNECT"})
-
-
-class ApiError(Exception):
-    """A request the server refuses, answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -277,114 +266,6 @@ class Batcher:
         return outcomes, sizes
 
 
-# ---------------------------------------------------------------------------- requests
-
-
-@dataclass
-class Limits:
-    """What one request may ask for; past these the server answers 4xx instead of working."""
-
-    max_inputs: int = 64
-    max_text_chars: int = 2000
-    max_top_k: int = 100
-
-    @property
-    def max_body_bytes(self) -> int:
-        # Worst case of JSON-escaped text (\uXXXX: 6 bytes a character) plus room for the rest.
-        return self.max_inputs * (6 * self.max_text_chars + 8) + 65536
-
-
-def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
-                  vocab_size: int | None = None) -> tuple[list[str], bool, int,
-                                                          tuple[str, ...] | None]:
-    """Check a fill-mask payload -> (texts, single, top_k, targets); an `ApiError` names what
-    is wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
-    if len(body) > limits.max_body_bytes:
-        raise ApiError(413, f"request body of {len(body)} bytes, more than the server's limit of "
-                            f"{limits.max_body_bytes}")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"malformed JSON body: {e}") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, 'expected a JSON object like {"inputs": "Paris is the <mask> of '
-                            f'France."}}, got {type(payload).__name__}')
-    unknown = sorted(set(payload) - set(_FIELDS))
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}: expected "
-                            "'inputs' and optionally 'parameters'")
-    if "inputs" not in payload:
-        raise ApiError(400, "missing 'inputs': expected a text with <mask>, or a list of them")
-    inputs = payload["inputs"]
-    single = isinstance(inputs, str)
-    if single:
-        texts = [inputs]
-    elif isinstance(inputs, list) and inputs:
-        texts = inputs
-    else:
-        raise ApiError(400, "'inputs': expected a string or a non-empty list of strings, got "
-                            + ("an empty list" if inputs == [] else type(inputs).__name__))
-    if len(texts) > limits.max_inputs:
-        raise ApiError(413, f"'inputs': {len(texts)} texts, more than the server's limit of "
-                            f"{limits.max_inputs} per request")
-    for i, t in enumerate(texts):
-        where = "'inputs'" if single else f"'inputs'[{i}]"
-        if not isinstance(t, str):
-            raise ApiError(400, f"{where}: expected a string, got {type(t).__name__}")
-        if len(t) > limits.max_text_chars:
-            raise ApiError(413, f"{where}: {len(t)} characters, more than the server's limit "
-                                f"of {limits.max_text_chars}")
-        if not (MASK_SPELLINGS.search(t) or (mask_token and mask_token in t)):
-            raise ApiError(400, f"{where}: no mask in {clip(t)!r}: expected <mask> or [MASK]")
-
-    params = payload.get("parameters")
-    params = {} if params is None else params
-    if not isinstance(params, dict):
-        raise ApiError(400, f"'parameters': expected an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(_PARAMETERS))
-    if unknown:
-        raise ApiError(400, f"unknown parameter(s) {', '.join(map(repr, unknown))}: expected "
-                            f"{' and '.join(_PARAMETERS)}")
-    top_k = params.get("top_k")
-    top_k = 5 if top_k is None else top_k  # the pipeline's and the HF API's default
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise ApiError(400, f"'parameters.top_k': expected an integer, got {top_k!r}")
-    if not 1 <= top_k <= limits.max_top_k:
-        raise ApiError(400, f"'parameters.top_k' {top_k}: expected 1 to {limits.max_top_k}")
-    if vocab_size:
-        top_k = min(top_k, vocab_size)  # a tiny vocabulary has fewer candidates than asked
-    targets = params.get("targets")
-    if targets is not None:
-        if isinstance(targets, str):
-            targets = [targets]
-        if (not isinstance(targets, list) or not targets
-                or not all(isinstance(t, str) and t for t in targets)):
-            raise ApiError(400, "'parameters.targets': expected a string or a non-empty list "
-                                f"of non-empty strings, got {clip(json.dumps(targets))}")
-        if len(targets) > limits.max_inputs * limits.max_top_k:
-            raise ApiError(413, f"'parameters.targets': {len(targets)} words, more than the "
-                                f"server's limit of {limits.max_inputs * limits.max_top_k}")
-        targets = tuple(targets)
-    return texts, single, top_k, targets
-
-
-_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                   "description": "a text with <mask> (or [MASK]), or a list of them"},
-        "parameters": {"type": "object", "properties": {
-            "top_k": {"type": "integer", "minimum": 1, "default": 5,
-                      "description": "candidates per mask"},
-            "targets": {"type": "array", "items": {"type": "string"},
-                        "description": "only score these words"}}},
-    },
-    "example": {"inputs": "The goal of life is <mask>.", "parameters": {"top_k": 3}},
-}
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}}
-
-
 # ---------------------------------------------------------------------------- the app
 
 
@@ -444,20 +325,17 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     app.state.limits = limits
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
-    def error(status: int, message: str) -> JSONResponse:
-        headers = {"Retry-After": "1"} if status == 503 else None
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        if status == 503:
+            headers = {**(headers or {}), "Retry-After": "1"}
+        # Escaped: a message may quote a client's lone surrogate, which UTF-8 cannot encode.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 404/405 in the same {"error": ...} shape as every other refusal.
-        return error(exc.status_code, str(exc.detail))
-
-    responses = {400: {"description": "bad request", "content": {"application/json": {
-                          "schema": _ERROR_SCHEMA}}},
-                 413: {"description": "over a size limit"},
-                 422: {"description": "a text the model cannot take (too many tokens)"},
-                 503: {"description": "queue full; retry later"}}
+        return error(exc.status_code, str(exc.detail), exc.headers)
 
     async def fill_mask(request: Request) -> JSONResponse:
         length = request.headers.get("content-length", "")
@@ -480,12 +358,19 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
                 return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
         return JSONResponse(results[0] if single else results)
 
-    extra = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _REQUEST_SCHEMA}}}}
+    extra, responses, schemas = _fill_mask_docs(limits)
     for path in ("/", "/fill-mask"):
         app.add_api_route(path, fill_mask, methods=["POST"], openapi_extra=extra,
                           responses=responses, summary="Fill <mask> in one text or a list",
                           name=f"fill_mask{path.replace('/', '_').rstrip('_')}")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)  # builds and caches app.openapi_schema
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/health", summary="Liveness and queue state")
     async def health() -> dict:
@@ -498,6 +383,26 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
+    """OpenAPI of the fill-mask routes: (openapi_extra, responses, component schemas). The body
+    is read and checked by the route itself (under a size limit), so FastAPI is only told its
+    schema, taken from the model that does the checking."""
+    from pydantic import BaseModel
+
+    class ErrorBody(BaseModel):
+        error: str
+
+    body = request_model(limits).model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**body.pop("$defs", {}), "FillRequest": body}
+    extra = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/FillRequest"}}}}}
+    responses = {status: {"model": ErrorBody, "description": text} for status, text in [
+        (400, "bad request"), (413, "over a size limit"),
+        (422, "a text the model cannot take (too many tokens)"),
+        (503, "queue full; retry later")]}
+    return extra, responses, schemas
 
 
 def _version() -> str:

@@ -231,6 +231,91 @@ def test_health_metrics_and_docs(engine: FillMask) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = spec.json()["paths"]
     assert "/fill-mask" in paths and "requestBody" in paths["/fill-mask"]["post"]
+    # The schema is the model that checks requests: every reference resolves, limits included.
+    schemas = spec.json()["components"]["schemas"]
+    refs = set(_refs(spec.json()))
+    assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)
+    body = schemas["FillRequest"]
+    assert body["required"] == ["inputs"] and body["additionalProperties"] is False
+    many = next(b for b in body["properties"]["inputs"]["oneOf"] if b["type"] == "array")
+    assert many["maxItems"] == 64 and many["items"]["maxLength"] == 2000
+    top_k = schemas["FillParameters"]["properties"]["top_k"]["anyOf"][0]
+    assert (top_k["minimum"], top_k["maximum"]) == (1, 100)
+
+
+def _refs(node) -> list[str]:
+    if isinstance(node, dict):
+        return [r for k, v in node.items() for r in ([v] if k == "$ref" else _refs(v))]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
+# ---------------------------------------------------------------------------- hardening
+
+
+def surrogate_bodies() -> list[tuple[bytes, str]]:
+    """Bodies with a lone surrogate spelled as a JSON escape, and the field the 400 must name;
+    with the parameters of the valid requests below, so as to share their engine call."""
+    return [(b'{"inputs": "a \\ud800 <mask> b", "parameters": {"top_k": 4}}',
+             "'inputs': a lone surrogate \\ud800"),
+            (b'{"inputs": ["ok <mask>", "fine <mask>", "x \\udfff <mask>"], '
+             b'"parameters": {"top_k": 4}}', "'inputs'[2]"),
+            (b'{"inputs": "a <mask>", "parameters": {"top_k": 4, "targets": ["the", "\\ud83d"]}}',
+             "'parameters.targets'[1]: a lone surrogate \\ud83d")]
+
+
+INVALID = [  # (body, status, words of the message): each refused on its own, before any batch
+    *[(body, 400, where) for body, where in surrogate_bodies()],
+    (b"[" * 100_000, 400, "nested too deeply"),
+    (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": ' + b"9" * 5000 + b"}}", 400,
+     "a number of 5000 digits"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": 1' + b"0" * 60 + b"}}", 400,
+     "expected 1 to 100"),
+    (b'{"inputs": "no mask here", "parameters": {"top_k": 4}}', 400, "no mask"),
+]
+
+
+def test_bad_requests_in_a_batch_leave_the_others_alone(engine: FillMask) -> None:
+    """Valid requests sent together with invalid ones, in one dynamic batch: each valid one
+    gets FillMask's own answer, each invalid one its own 4xx (a text too long for the model
+    passes the checks and is refused inside the batch, with 422)."""
+    too_long = "<mask> " + "a " * 600
+    valid = [TEXTS[i % len(TEXTS)].replace("the", "a" * (i % 4 + 1), 1) for i in range(40)]
+    requests = [({"inputs": t, "parameters": {"top_k": 4}}, None) for t in valid[:30]]
+    requests += [({"inputs": valid[i:i + 2], "parameters": {"top_k": 4}}, None)
+                 for i in range(30, 40, 2)]
+    requests.insert(7, ({"inputs": too_long, "parameters": {"top_k": 4}}, 422))
+    for n, (body, status, _) in enumerate(INVALID * 3):
+        requests.insert(3 * n + 1, (body, status))
+    in_batch = len(valid) + 1  # the valid texts and the one too long for the model
+    # A batch as large as what passes the checks, and a wait longer than the whole test takes:
+    # the batch runs when it is full, so everything valid is in the same engine call.
+    app = create_app(engine, max_batch_size=in_batch, max_wait_ms=60_000)
+
+    async def go(c: httpx.AsyncClient):
+        rs = await asyncio.gather(*[
+            c.post("/", content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                   headers={"content-type": "application/json"}) for body, _ in requests])
+        return rs, (await c.get("/metrics")).text
+
+    rs, prom = run(app, go)
+    disturbed = refused = 0
+    for (body, status), r in zip(requests, rs):
+        if status is None:
+            want = engine(body["inputs"], top_k=4)
+            disturbed += not (r.status_code == 200 and same(r.json(), want))
+        else:
+            refused += r.status_code == status and "error" in r.json()
+    print(f"mixed batch: {len(rs)} requests, {len(rs) - len(INVALID) * 3 - 1} valid, "
+          f"{disturbed} valid disturbed, {refused} of {len(INVALID) * 3 + 1} invalid refused "
+          "with their own 4xx")
+    assert disturbed == 0
+    assert refused == len(INVALID) * 3 + 1
+    for (body, status, words), r in zip(INVALID * 3, [r for (b, s), r in zip(requests, rs)
+                                                      if s not in (None, 422)]):
+        assert r.status_code == status and words in r.json()["error"], (body[:60], r.text)
+    assert metric(prom, "mlmkit_batch_size_count") == 1  # one engine call for all of them
+    assert metric(prom, "mlmkit_batch_size_sum") == in_batch
 
 
 def test_made_up_methods_add_no_metric_series(engine: FillMask) -> None:

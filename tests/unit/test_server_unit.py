@@ -1,4 +1,4 @@
-"""Request checking, metrics, limits and `mlmkit serve` wiring of the server, no model."""
+"""Request checking (payload), metrics, limits and `mlmkit serve` wiring of the server, no model."""
 
 import json
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from mlmkit.config import MlmkitError
-from mlmkit.server import ApiError, Limits, ServerMetrics, parse_request
+from mlmkit.payload import ApiError, Limits, parse_request, request_model
+from mlmkit.server import ServerMetrics
 
 LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
 
@@ -31,11 +32,26 @@ def test_parse_accepts_the_hf_payloads() -> None:
 
 @pytest.mark.parametrize("payload, status, message", [
     (b"{", 400, "malformed JSON"),
-    ({"inputs": None}, 400, "got NoneType"),
-    ({"inputs": {"text": "a <mask>"}}, 400, "got dict"),
-    ({"inputs": "a <mask>", "parameters": {"top_k": 2.5}}, 400, "expected an integer"),
+    ({"inputs": None}, 400, "'inputs': expected a string or a non-empty list of strings, got null"),
+    ({"inputs": {"text": "a <mask>"}}, 400, "got an object"),
+    ({"inputs": "a <mask>", "parameters": {"top_k": 2.5}}, 400, "expected an integer, got 2.5"),
     ({"inputs": "a <mask>", "parameters": {"targets": []}}, 400, "non-empty list"),
-    ({"inputs": "a <mask>", "parameters": {"targets": ["ok", ""]}}, 400, "non-empty strings"),
+    ({"inputs": "a <mask>", "parameters": {"targets": ["ok", ""]}}, 400,
+     "'parameters.targets'[1]: expected a non-empty string, got ''"),
+    ({"inputs": "a <mask>", "parameters": {"targets": ["w"] * 31}}, 413, "31 words"),
+    ({"inputs": "a <mask>", "parameters": {"top_k": 10**80}}, 400,  # quoted, cut short
+     "'parameters.top_k' 1" + "0" * 56 + "...: expected 1 to 10"),
+    ({"inputs": "a <mask>", "parameters": {"topk": 3, "k": 1}}, 400,
+     "unknown parameter(s) 'k', 'topk'"),
+    ({"input": "a <mask>"}, 400, "unknown field(s) 'input'"),
+    (b'{"inputs": "a \\udc00 <mask>"}', 400,
+     "'inputs': a lone surrogate \\udc00 at character 2"),
+    (b'{"inputs": ["a <mask>", "b \\ud800"]}', 400, "'inputs'[1]: a lone surrogate \\ud800"),
+    (b'{"inputs": "a <mask>", "parameters": {"targets": "\\ud800x"}}', 400,
+     "'parameters.targets': a lone surrogate"),
+    (b'{"inputs": ' + b"[" * 10_000, 400, "nested too deeply"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": ' + b"7" * 5000 + b"}}", 400,
+     "a number of 5000 digits"),
     ({"inputs": ["a <mask>"] * 4}, 413, "4 texts"),
     ({"inputs": ["a <mask>", "x" * 51]}, 413, "'inputs'[1]: 51 characters"),
     ({"inputs": ["a <mask>", "none"]}, 400, "'inputs'[1]: no mask in 'none'"),
@@ -45,6 +61,28 @@ def test_parse_refuses_with_a_clear_message(payload, status, message) -> None:
     with pytest.raises(ApiError) as e:
         parse(payload)
     assert e.value.status == status and message in e.value.message
+
+
+def test_refusal_messages_stay_short_and_encodable() -> None:
+    # Whatever a client sends, the message quotes little of it and is valid UTF-8 to send back.
+    deep = json.loads("[" * 500 + "]" * 500)
+    for payload in ({"inputs": "a <mask>", "parameters": {"top_k": deep}}, {"inputs": deep},
+                    {"inputs": "x" * 10_000}, {"\ud800" * 1000: 1, "y" * 5000: 2},
+                    {"inputs": "a <mask>", "parameters": {"k" * 5000: 1}}):
+        with pytest.raises(ApiError) as e:
+            parse(payload)
+        assert len(e.value.message) < 300, e.value.message
+        e.value.message.encode("utf-8")
+
+
+def test_request_model_schema_shows_the_limits() -> None:
+    schema = request_model(LIMITS).model_json_schema()
+    many = next(b for b in schema["properties"]["inputs"]["oneOf"] if b["type"] == "array")
+    assert (many["minItems"], many["maxItems"], many["items"]["maxLength"]) == (1, 3, 50)
+    top_k = schema["$defs"]["FillParameters"]["properties"]["top_k"]
+    assert top_k["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 10}
+    assert top_k["default"] == 5
+    assert request_model(Limits(3, 50, 10)) is request_model(LIMITS)  # built once per limits
 
 
 def samples(m: ServerMetrics) -> dict:
@@ -99,8 +137,9 @@ def test_create_app_refuses_bad_limits(kw) -> None:
 
 
 def test_module_imports_without_fastapi() -> None:
-    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None; "
-            "import mlmkit.server")
+    blocked = ("fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client")
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            "import mlmkit.server, mlmkit.payload")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
