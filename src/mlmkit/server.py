@@ -1,7 +1,7 @@
 """HTTP serving of a fill-mask model: `create_app(...)` builds a FastAPI app that speaks the
 Hugging Face Inference API's fill-mask protocol, checks each request on its own (`payload`),
-gathers the valid ones into batches for one `FillMask` call, bounds its queue and exports
-Prometheus metrics; `serve(...)` runs it.
+gathers the valid ones into batches for one `FillMask` call, bounds its queue, gives every
+response a request id and exports Prometheus metrics; `serve(...)` runs it.
 
 FastAPI, prometheus_client and uvicorn are imported inside the functions, so
 `import mlmkit.server` works without the `serve` extra installed.
@@ -10,6 +10,7 @@ FastAPI, prometheus_client and uvicorn are imported inside the functions, so
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -77,9 +78,15 @@ class ServerMetrics:
         return encode(self.registry), content_type
 
 
-class _MetricsMiddleware:
-    """Counts every response by status and times it; a pure ASGI middleware, because
-    BaseHTTPMiddleware would add a task and a stream copy to every request."""
+_INTERNAL_ERROR_BODY = '{{"error": "internal error (request id {})"}}'
+
+
+class _RequestMiddleware:
+    """Gives every request an id (the `X-Request-ID` response header), counts and times every
+    response, and turns any exception into a fixed 500 naming that id, with the traceback
+    logged once: the client learns nothing of the server's insides, the operator finds the
+    failure by the id. A pure ASGI middleware, because BaseHTTPMiddleware would add a task and
+    a stream copy to every request."""
 
     def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app = app
@@ -90,18 +97,31 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = 500
+        request_id = secrets.token_hex(8)
+        status = None
 
-        async def send_status(message: dict) -> None:
+        async def send_with_id(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Not re-raised: Starlette's and uvicorn's handlers would log the traceback again.
+            log.exception("%s %r failed (request id %s)", scope["method"], scope["path"],
+                          request_id)
+            if status is None:  # else the response is cut short; nothing more can be said
+                body = _INTERNAL_ERROR_BODY.format(request_id).encode()
+                await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send_with_id({"type": "http.response.body", "body": body})
         finally:
-            self.metrics.observe_request(scope["method"], scope["path"], status,
+            self.metrics.observe_request(scope["method"], scope["path"], status or 500,
                                          time.perf_counter() - t0)
 
 
@@ -211,12 +231,9 @@ class Batcher:
                 batch = []
                 await self._next_batch(batch)
                 try:
-                    outcomes, sizes = await loop.run_in_executor(self._executor, self._fill,
-                                                                 batch)
+                    outcomes = await loop.run_in_executor(self._executor, self._fill, batch)
                 except Exception as e:  # e.g. the executor shut down: fail this batch only
-                    outcomes, sizes = [e] * len(batch), []
-                for n in sizes:
-                    self.metrics.batch_size.observe(n)
+                    outcomes = [e] * len(batch)
                 for job, outcome in zip(batch, outcomes):
                     self._finish(job, outcome)
                 batch = []
@@ -236,34 +253,57 @@ class Batcher:
         else:
             job.future.set_result(outcome)
 
-    def _fill(self, batch: list[_Job]) -> tuple[list, list[int]]:
+    def _fill(self, batch: list[_Job]) -> list:
         """Runs on the worker thread: one engine call per distinct (top_k, targets) in the
         batch (one call in the usual case, where clients send the same parameters)."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, job in enumerate(batch):
             groups[(job.top_k, job.targets)].append(i)
         outcomes: list[Any] = [None] * len(batch)
-        sizes = []
         for (top_k, targets), members in groups.items():
-            texts = [t for i in members for t in batch[i].texts]
-            sizes.append(len(texts))
-            t0 = time.perf_counter()
-            try:
-                results = list(self.engine.stream(texts, top_k=top_k,
-                                                  targets=list(targets) if targets else None))
-            except Exception as e:
-                for i in members:
-                    outcomes[i] = e
-                continue
-            finally:
-                # Only this thread writes it; the event loop only reads it for /metrics.
-                self.metrics.engine_seconds.inc(time.perf_counter() - t0)
-            start = 0
-            for i in members:
-                n = len(batch[i].texts)
-                outcomes[i] = results[start:start + n]
-                start += n
-        return outcomes, sizes
+            jobs = [batch[i] for i in members]
+            for i, outcome in zip(members, self._fill_group(jobs, top_k, targets)):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _fill_group(self, jobs: list[_Job], top_k: int,
+                    targets: tuple[str, ...] | None) -> list:
+        """The outcome of each of `jobs`, which share their parameters, from one engine call.
+        If the call raises (other than an `MlmkitError`, which is about the shared parameters
+        and so everyone's answer), each job runs again on its own: one request the engine
+        chokes on gets the error, the others their answers."""
+        try:
+            results = self._call([t for job in jobs for t in job.texts], top_k, targets)
+        except MlmkitError as e:
+            return [e] * len(jobs)
+        except Exception as e:
+            if len(jobs) == 1:
+                return [e]
+            # No traceback here: the request that fails alone logs it, once.
+            log.warning("an engine call for %d requests failed (%s); running each alone",
+                        len(jobs), type(e).__name__)
+            return [self._call_or_error(job.texts, top_k, targets) for job in jobs]
+        outcomes, start = [], 0
+        for job in jobs:
+            outcomes.append(results[start:start + len(job.texts)])
+            start += len(job.texts)
+        return outcomes
+
+    def _call_or_error(self, texts: list[str], top_k: int,
+                       targets: tuple[str, ...] | None) -> Any:
+        try:
+            return self._call(texts, top_k, targets)
+        except Exception as e:
+            return e
+
+    def _call(self, texts: list[str], top_k: int, targets: tuple[str, ...] | None) -> list:
+        self.metrics.batch_size.observe(len(texts))
+        t0 = time.perf_counter()
+        try:
+            return list(self.engine.stream(texts, top_k=top_k,
+                                           targets=list(targets) if targets else None))
+        finally:
+            self.metrics.engine_seconds.inc(time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -318,12 +358,13 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
 
     app = FastAPI(title="mlmkit fill-mask server", version=_version(), lifespan=lifespan,
                   description="Hugging Face Inference API compatible fill-mask, with dynamic "
-                              "batching. Errors are `{\"error\": \"...\"}`.")
+                              "batching. Errors are `{\"error\": \"...\"}`; every response "
+                              "carries an `X-Request-ID`, which a 500 names.")
     app.state.engine = engine
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.limits = limits
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_RequestMiddleware, metrics=metrics)
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         if status == 503:
@@ -350,9 +391,6 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
             return error(e.status, e.message)
         except MlmkitError as e:  # raised by the engine for the whole request (e.g. targets)
             return error(400, str(e))
-        except Exception as e:
-            log.exception("fill-mask failed")
-            return error(500, f"internal error: {type(e).__name__}: {e}")
         for i, r in enumerate(results):
             if isinstance(r, MlmkitError):
                 return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
@@ -401,6 +439,7 @@ def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
     responses = {status: {"model": ErrorBody, "description": text} for status, text in [
         (400, "bad request"), (413, "over a size limit"),
         (422, "a text the model cannot take (too many tokens)"),
+        (500, "internal error; the message names the request id to look for in the log"),
         (503, "queue full; retry later")]}
     return extra, responses, schemas
 

@@ -3,6 +3,7 @@
 import asyncio
 import gzip
 import json
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from mlmkit import FillMask  # noqa: E402
+from mlmkit.config import MlmkitError  # noqa: E402
 from mlmkit.server import create_app  # noqa: E402
 from mlmkit.testing import save_tiny_model  # noqa: E402
 
@@ -224,6 +226,8 @@ def test_health_metrics_and_docs(engine: FillMask) -> None:
     model_dir = Path(engine.model.config._name_or_path)
     assert health.json()["model"] == model_dir.name
     assert str(model_dir.parent) not in health.text and "/" not in health.json()["model"]
+    ids = {r.headers.get("x-request-id") for r in (health, prom, docs, spec)}
+    assert None not in ids and len(ids) == 4
     assert prom.headers["content-type"].startswith("text/plain; version=0.0.4")
     for family in ("mlmkit_requests_total counter", "mlmkit_request_duration_seconds histogram",
                    "mlmkit_batch_size histogram", "mlmkit_queue_depth gauge"):
@@ -316,6 +320,94 @@ def test_bad_requests_in_a_batch_leave_the_others_alone(engine: FillMask) -> Non
         assert r.status_code == status and words in r.json()["error"], (body[:60], r.text)
     assert metric(prom, "mlmkit_batch_size_count") == 1  # one engine call for all of them
     assert metric(prom, "mlmkit_batch_size_sum") == in_batch
+
+
+class PoisonEngine:
+    """The real engine, except that a call fails whole if any of its texts says POISON: what a
+    tokenizer does with a text it cannot take (a lone surrogate fails a batch so)."""
+
+    def __init__(self, engine: FillMask) -> None:
+        self.engine, self.tokenizer, self.calls = engine, engine.tokenizer, 0
+
+    def stream(self, texts, top_k=5, targets=None):
+        self.calls += 1
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("tokenizer failed in /srv/secret/model")
+        if targets == ["nope"]:  # as FillMask does for targets it cannot score
+            raise MlmkitError("targets ['nope']: none is in the model's vocabulary")
+        return self.engine.stream(texts, top_k, targets)
+
+
+def test_an_engine_failure_fails_only_its_own_request(engine: FillMask,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    poison = PoisonEngine(engine)
+    valid = [TEXTS[i % len(TEXTS)] for i in range(20)]
+    bodies = [{"inputs": t} for t in valid]
+    for i in (2, 9, 15):
+        bodies.insert(i, {"inputs": f"POISON {i} <mask>"})
+    app = create_app(poison, max_batch_size=len(bodies), max_wait_ms=60_000)
+
+    async def go(c: httpx.AsyncClient):
+        return await asyncio.gather(*[c.post("/", json=b) for b in bodies])
+
+    with caplog.at_level(logging.WARNING, logger="mlmkit.server"):
+        rs = run(app, go)
+    failed = [r for b, r in zip(bodies, rs) if "POISON" in b["inputs"]]
+    answered = [(b, r) for b, r in zip(bodies, rs) if "POISON" not in b["inputs"]]
+    assert all(r.status_code == 200 and same(r.json(), engine(b["inputs"])) for b, r in answered)
+    assert poison.calls == 1 + len(bodies)  # the batch, then each request alone
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert len(tracebacks) == len(failed) == 3
+    for r in failed:
+        rid = r.headers["x-request-id"]
+        assert r.status_code == 500 and r.json() == {"error": f"internal error (request id {rid})"}
+        assert sum(rid in rec.getMessage() for rec in tracebacks) == 1
+
+
+def test_bad_parameters_refuse_their_group_in_one_call(engine: FillMask) -> None:
+    # An MlmkitError from the engine is about what the group shares (its targets): each of
+    # its requests gets the 400, and nothing is run again request by request.
+    poison = PoisonEngine(engine)
+    bodies = [{"inputs": t, "parameters": {"targets": ["nope"]} if i % 2 else {}}
+              for i, t in enumerate(TEXTS)]
+    app = create_app(poison, max_batch_size=len(TEXTS), max_wait_ms=60_000)
+
+    async def go(c: httpx.AsyncClient):
+        return await asyncio.gather(*[c.post("/", json=b) for b in bodies])
+
+    rs = run(app, go)
+    for b, r in zip(bodies, rs):
+        if b["parameters"]:
+            assert r.status_code == 400 and "none is in the model's vocabulary" in r.json()["error"]
+        else:
+            assert r.status_code == 200 and same(r.json(), engine(b["inputs"]))
+    assert poison.calls == 2  # one per group
+
+
+class BrokenEngine:
+    """An engine whose every call raises, with a message a client must never see."""
+
+    tokenizer = None
+
+    def stream(self, texts, top_k=5, targets=None):
+        raise ValueError("CUDA error at /home/alice/model/secret.bin")
+
+
+def test_a_500_says_only_its_request_id_and_logs_the_traceback_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(BrokenEngine())
+
+    async def go(c: httpx.AsyncClient):
+        return await c.post("/", json={"inputs": "a <mask>"})
+
+    with caplog.at_level(logging.DEBUG, logger="mlmkit.server"):
+        r = run(app, go)
+    rid = r.headers["x-request-id"]
+    assert r.status_code == 500 and r.json() == {"error": f"internal error (request id {rid})"}
+    assert "secret" not in r.text and "ValueError" not in r.text
+    records = [rec for rec in caplog.records if rec.name == "mlmkit.server"]
+    assert len(records) == 1 and records[0].exc_info and rid in records[0].getMessage()
+    assert "secret.bin" in "".join(caplog.text)  # the operator does get the whole story
 
 
 def test_made_up_methods_add_no_metric_series(engine: FillMask) -> None:
