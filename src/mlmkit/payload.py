@@ -1,17 +1,24 @@
-"""What a fill-mask request may say: the payload checked by a Pydantic model (which is also
-the OpenAPI schema) under the server's `Limits`, and every refusal an `ApiError` whose message
-names the field as the client wrote it.
+"""What a fill-mask request may say, and how the server reads it: the body streamed under a
+size limit and a timeout, the payload checked by a Pydantic model (which is also the OpenAPI
+schema) under the server's `Limits`, and every refusal an `ApiError` whose message names the
+field as the client wrote it.
 
-Pydantic is imported inside the functions, so `import mlmkit.payload` works without the
-`serve` extra installed.
+Pydantic and Starlette are imported inside the functions, so `import mlmkit.payload` works
+without the `serve` extra installed.
 """
 
+import asyncio
 import json
+import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from .fill import MASK_SPELLINGS, clip
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 _DEFAULT_TOP_K = 5  # the pipeline's and the HF API's default
 _MAX_DIGITS = 100  # longest integer read from a body: no field takes more
@@ -207,3 +214,31 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return f"a list of {len(value)}" if value else "an empty list"
     return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+async def read_body(request: "Request", limits: Limits, timeout_s: float) -> bytes:
+    """The request's body, read as it arrives: 413 as soon as it passes the limit (a chunked
+    body has no Content-Length to check first) and 408 if it is not all there within
+    `timeout_s` (a client trickling bytes would hold a connection and a buffer for ever)."""
+    from starlette.requests import ClientDisconnect
+
+    length = request.headers.get("content-length", "")
+    if re.fullmatch(r"[0-9]{1,18}", length) and int(length) > limits.max_body_bytes:
+        raise _too_large(int(length), limits)  # not read at all
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise _too_large(None, limits)
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"request body not complete after {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected before the body was complete") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
-from .payload import ApiError, Limits, parse_request, request_model
+from .payload import ApiError, Limits, parse_request, read_body, request_model
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -311,14 +311,16 @@ class Batcher:
 
 def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_ms: float = 5,
                max_queue: int = 256, max_inputs: int = 64, max_text_chars: int = 2000,
-               max_top_k: int = 100, batching: bool = True) -> "FastAPI":
+               max_top_k: int = 100, batching: bool = True,
+               body_timeout_s: float = 10.0) -> "FastAPI":
     """A FastAPI app serving fill-mask for a `FillMask` engine (or a model directory/Hub id,
     loaded with `FillMask(path, batch_size=max_batch_size)`).
 
     `POST /` and `POST /fill-mask` take the Hugging Face Inference API payload
     `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
     the pipeline's records, so `huggingface_hub.InferenceClient(base_url=...)` works as is.
-    Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound.
+    Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound;
+    a body not all received within `body_timeout_s` seconds gets 408.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -331,6 +333,8 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
             raise MlmkitError(f"{name} {value!r}: expected a positive integer")
     if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms < math.inf):
         raise MlmkitError(f"max_wait_ms {max_wait_ms!r}: expected a number of milliseconds >= 0")
+    if not (isinstance(body_timeout_s, (int, float)) and 0 < body_timeout_s < math.inf):
+        raise MlmkitError(f"body_timeout_s {body_timeout_s!r}: expected a number of seconds > 0")
 
     if isinstance(engine_or_model_path, (str, Path)):
         from .fill import FillMask
@@ -379,13 +383,9 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         return error(exc.status_code, str(exc.detail), exc.headers)
 
     async def fill_mask(request: Request) -> JSONResponse:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limits.max_body_bytes:  # do not read it at all
-            return error(413, f"request body of {length} bytes, more than the server's limit "
-                              f"of {limits.max_body_bytes}")
         try:
-            texts, single, top_k, targets = parse_request(await request.body(), limits,
-                                                          mask_token, vocab_size)
+            body = await read_body(request, limits, body_timeout_s)
+            texts, single, top_k, targets = parse_request(body, limits, mask_token, vocab_size)
             results = await batcher.submit(texts, top_k, targets)
         except ApiError as e:
             return error(e.status, e.message)
@@ -425,8 +425,8 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
 
 def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
     """OpenAPI of the fill-mask routes: (openapi_extra, responses, component schemas). The body
-    is read and checked by the route itself (under a size limit), so FastAPI is only told its
-    schema, taken from the model that does the checking."""
+    is read and checked by the route itself (streamed, under a size limit and a timeout), so
+    FastAPI is only told its schema, taken from the model that does the checking."""
     from pydantic import BaseModel
 
     class ErrorBody(BaseModel):
@@ -437,7 +437,7 @@ def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
     extra = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/FillRequest"}}}}}
     responses = {status: {"model": ErrorBody, "description": text} for status, text in [
-        (400, "bad request"), (413, "over a size limit"),
+        (400, "bad request"), (408, "body not received in time"), (413, "over a size limit"),
         (422, "a text the model cannot take (too many tokens)"),
         (500, "internal error; the message names the request id to look for in the log"),
         (503, "queue full; retry later")]}

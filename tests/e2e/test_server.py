@@ -410,6 +410,63 @@ def test_a_500_says_only_its_request_id_and_logs_the_traceback_once(
     assert "secret.bin" in "".join(caplog.text)  # the operator does get the whole story
 
 
+def drive(app, receive, headers=()) -> list[dict]:
+    """Call the ASGI app directly for one POST / with `receive`; the messages it sent."""
+    sent: list[dict] = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/", "raw_path": b"/",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/json"), *headers]}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 30)  # bounded even if it hangs
+
+    asyncio.run(main())
+    return sent
+
+
+def test_a_chunked_body_past_the_limit_stops_being_read(engine: FillMask) -> None:
+    app = create_app(engine, max_inputs=2, max_text_chars=10)
+    limit, chunk, offered = app.state.limits.max_body_bytes, 1000, 5000  # 5 MB on offer
+    taken = 0
+
+    async def receive() -> dict:  # a chunked body (no Content-Length) that goes on and on
+        nonlocal taken
+        taken += 1
+        return {"type": "http.request", "body": b" " * chunk, "more_body": taken < offered}
+
+    sent = drive(app, receive)
+    assert sent[0]["status"] == 413 and b"more than" in sent[1]["body"]
+    assert taken <= limit // chunk + 2, f"read {taken} chunks for a limit of {limit} bytes"
+
+    async def small() -> dict:
+        return {"type": "http.request", "body": b'{"inputs": "a <mask>"}', "more_body": False}
+
+    # A Content-Length no int() could read (uvicorn refuses it first; an ASGI app must not 500).
+    assert drive(app, small, [(b"content-length", b"9" * 5000)])[0]["status"] == 200
+
+
+def test_a_body_that_stops_arriving_gets_408(engine: FillMask) -> None:
+    app = create_app(engine, body_timeout_s=0.2)
+    calls = 0
+
+    async def receive() -> dict:  # half a body, then nothing more, ever
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b'{"inputs": "a <m', "more_body": True}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    sent = drive(app, receive, [(b"content-length", b"100")])
+    assert sent[0]["status"] == 408
+    assert "not complete after 0.2 s" in json.loads(sent[1]["body"])["error"]
+
+
 def test_made_up_methods_add_no_metric_series(engine: FillMask) -> None:
     app = create_app(engine)
 
@@ -425,7 +482,6 @@ def test_made_up_methods_add_no_metric_series(engine: FillMask) -> None:
                                       for r in made_up)
     assert set(series(after)) == set(series(before))  # not one series more for 50 new methods
     assert metric(after, "mlmkit_requests_total", method="other", path="/", status="405") == 51
-
 
 
 def test_inference_client_against_a_live_server(engine: FillMask,

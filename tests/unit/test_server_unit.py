@@ -127,7 +127,8 @@ def test_metrics_count_with_bounded_labels() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
-                                {"max_wait_ms": -1}])
+                                {"max_wait_ms": -1}, {"body_timeout_s": 0},
+                                {"body_timeout_s": float("inf")}])
 def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
     from mlmkit.server import create_app
@@ -153,9 +154,11 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlmkit.server, "serve", lambda engine, **kw: served.update(kw))
     assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
                  "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
-                 "--device", "cpu", "--dtype", "float32"]) == 0
+                 "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32"]) == 0
     assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
-                      "max_wait_ms": 2.5, "max_queue": 99, "batching": False}
+                      "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
+                      "body_timeout_s": 3.0}
     ns = build_parser().parse_args(["serve", "m"])
-    assert (ns.host, ns.port, ns.no_batching) == ("127.0.0.1", 8000, False)
+    assert (ns.host, ns.port, ns.no_batching, ns.body_timeout_s) == ("127.0.0.1", 8000, False,
+                                                                     10.0)
