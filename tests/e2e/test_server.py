@@ -5,11 +5,15 @@ import gzip
 import json
 import logging
 import socket
+import string
 import threading
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -527,3 +531,99 @@ def test_inference_client_against_a_live_server(engine: FillMask,
         thread.join(timeout=30)
         sock.close()
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+
+class BigInt:
+    """A JSON number of any length: Python's json.dumps refuses ints past 4,300 digits."""
+
+    def __init__(self, digits: int) -> None:
+        self.text = "9" * digits
+
+
+def to_json(value) -> str:
+    if isinstance(value, BigInt):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(to_json, value)) + "]"
+    return json.dumps(value)  # ASCII: a lone surrogate is written as its \\udXXX escape
+
+
+def mostly(common: st.SearchStrategy, rare: st.SearchStrategy) -> st.SearchStrategy:
+    """`common` nine times in ten: most fuzzed requests should reach the fill-mask route."""
+    return st.integers(0, 9).flatmap(lambda n: rare if n == 0 else common)
+
+
+_surrogate = st.integers(0xD800, 0xDFFF).map(chr)  # st.characters() leaves them out
+_text = st.text(st.one_of(st.characters(), _surrogate), max_size=30)
+_masked = st.builds("{}{}{}".format, _text, st.sampled_from(["<mask>", " [MASK] ", ""]), _text)
+_number = st.one_of(st.integers(-5, 120), st.integers(), st.builds(BigInt, st.integers(1, 6000)),
+                    st.floats())
+_junk = st.recursive(st.one_of(st.none(), st.booleans(), _number, _text, _masked),
+                     lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                            st.dictionaries(_text, kids, max_size=3)),
+                     max_leaves=10)
+_parameters = st.one_of(st.none(), _junk, st.fixed_dictionaries({}, optional={
+    "top_k": st.one_of(_number, _junk),
+    "targets": st.one_of(_text, st.lists(_text, max_size=4), _junk)}))
+_words = st.text(string.ascii_lowercase + " ", max_size=40)
+_valid = st.fixed_dictionaries(  # well-formed, so that bad requests share batches with good ones
+    {"inputs": st.one_of(st.builds("{} <mask> {}".format, _words, _words),
+                         st.lists(st.builds("{} <mask>.".format, _words), min_size=1,
+                                  max_size=8))},
+    optional={"parameters": st.fixed_dictionaries({}, optional={
+        "top_k": st.integers(1, 20), "targets": st.lists(st.sampled_from(["the", "a", "game"]),
+                                                         min_size=1, max_size=3)})})
+_payload = st.one_of(
+    st.fixed_dictionaries(
+        {"inputs": st.one_of(_masked, st.lists(_masked, max_size=10), _junk)},
+        optional={"parameters": _parameters, "options": _junk, "extra": _junk}),
+    _valid, _junk)
+_body = st.one_of(
+    _payload.map(lambda p: to_json(p).encode()),
+    _payload.map(lambda p: to_json(p).encode()),
+    st.integers(1, 100_000).map(lambda n: b"[" * n),
+    st.integers(1, 3000).map(lambda n: b'{"inputs": ' + b"[" * n + b'"a <mask>"' + b"]" * n
+                             + b"}"),
+    st.binary(max_size=300),
+    _text.map(lambda t: t.encode("utf-8", "surrogatepass")))
+_request = st.tuples(
+    mostly(st.just("POST"), st.one_of(
+        st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
+        st.text(string.ascii_uppercase, min_size=1, max_size=8))),
+    mostly(st.sampled_from(["/", "/fill-mask"]), st.one_of(
+        st.sampled_from(["/health", "/metrics", "/openapi.json", "/docs"]),
+        st.text(string.ascii_letters + string.digits + "-._~%/", max_size=20)
+        .map(lambda p: "/" + p))),
+    _body)
+
+def test_fuzzed_requests_never_get_a_5xx(engine: FillMask,
+                                         record_property) -> None:
+    """Random methods, paths and bodies (nested, mistyped, lone surrogates, huge numbers, bytes
+    that are not JSON) sent a few at a time: never a 5xx, every 4xx a JSON {"error": ...}."""
+    app = create_app(engine, max_inputs=8, max_text_chars=200, max_top_k=20, max_wait_ms=2)
+    statuses: Counter = Counter()
+
+    @settings(max_examples=500, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(_request, min_size=2, max_size=16))
+    def check(requests: list) -> None:
+        async def go(c: httpx.AsyncClient):
+            return await asyncio.gather(*[c.request(m, p, content=b) for m, p, b in requests])
+
+        for (method, path, body), r in zip(requests, run(app, go)):
+            statuses[r.status_code] += 1
+            assert r.status_code < 500, (method, path, body[:200], r.text)
+            if r.status_code >= 400 and method != "HEAD":
+                assert isinstance(r.json().get("error"), str), (method, path, r.text)
+
+    check()
+    total, errors = sum(statuses.values()), sum(n for s, n in statuses.items() if s >= 500)
+    record_property("fuzz_requests", total)
+    record_property("fuzz_5xx", errors)
+    print(f"fuzz: {total} requests, {errors} 5xx, statuses {dict(sorted(statuses.items()))}")
+    assert total >= 1000 and errors == 0
