@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a batch waits for more requests, in ms (default: 5)")
     s.add_argument("--max-queue", type=int, default=256, help="texts waiting past which "
                    "requests are refused with 503 (default: 256)")
+    s.add_argument("--body-timeout-s", type=float, default=10.0, help="seconds a request's "
+                   "body may take to arrive whole before it is answered 408 (default: 10)")
     s.add_argument("--no-batching", action="store_true",
                    help="run every request on its own (for comparison)")
     return p
@@ -252,6 +254,7 @@ def _write_fills(ns: argparse.Namespace, fm: Any, out: Any) -> tuple[int, int]:
 def _cmd_serve(ns: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401  (checked here for a one-line error instead of a traceback)
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
         from .server import serve
@@ -261,7 +264,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     engine = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.max_batch_size)
     serve(engine, host=ns.host, port=ns.port, max_batch_size=ns.max_batch_size,
-          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, batching=not ns.no_batching)
+          max_wait_ms=ns.max_wait_ms, max_queue=ns.max_queue, batching=not ns.no_batching,
+          body_timeout_s=ns.body_timeout_s)
     return 0
 
 

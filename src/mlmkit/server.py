@@ -1,15 +1,16 @@
 """HTTP serving of a fill-mask model: `create_app(...)` builds a FastAPI app that speaks the
-Hugging Face Inference API's fill-mask protocol, gathers concurrent requests into batches for
-one `FillMask` call, bounds its queue and exports Prometheus metrics; `serve(...)` runs it.
+Hugging Face Inference API's fill-mask protocol, checks each request on its own (`payload`),
+gathers the valid ones into batches for one `FillMask` call, bounds its queue, gives every
+response a request id and exports Prometheus metrics; `serve(...)` runs it.
 
-FastAPI and uvicorn are imported inside the functions, so `import mlmkit.server` works without
-the `serve` extra installed.
+FastAPI, prometheus_client and uvicorn are imported inside the functions, so
+`import mlmkit.server` works without the `serve` extra installed.
 """
 
 import asyncio
-import json
 import logging
 import math
+import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -20,105 +21,74 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
-from .fill import MASK_SPELLINGS, clip
+from .payload import ApiError, Limits, parse_request, read_body, request_model
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger("mlmkit.server")
 
-_FIELDS = ("inputs", "parameters", "options")  # "options" (use_cache, ...) is the HF API's; ignored
-_PARAMETERS = ("top_k", "targets")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-_PATHS = ("/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json")
-
-
-class ApiError(Exception):
-    """A request the server refuses, answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_PATHS = frozenset({"/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+                      "CONNECT"})
 
 
 # ---------------------------------------------------------------------------- metrics
 
 
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.sum += value
-        self.count += 1
-        for i, b in enumerate(self.buckets):
-            if value <= b:
-                self.counts[i] += 1
-                break
-
-    def render(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        lines, cumulative = [], 0
-        for b, c in zip(self.buckets, self.counts):
-            cumulative += c
-            lines.append(f'{name}_bucket{{{labels}{sep}le="{_num(b)}"}} {cumulative}')
-        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
-        suffix = f"{{{labels}}}" if labels else ""
-        lines += [f"{name}_sum{suffix} {_num(self.sum)}", f"{name}_count{suffix} {self.count}"]
-        return lines
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-class Metrics:
-    """The server's counters, written in the Prometheus text format by `render` (no
-    prometheus_client dependency: four metric families do not need one)."""
+class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own rather than prometheus_client's
+    global one, so that each app (a process may hold several, as the tests do) counts its own.
+    """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.latency: dict[str, _Histogram] = {}
-        self.batch_size = _Histogram(_BATCH_BUCKETS)
-        self.queue_depth = 0  # texts accepted and not yet answered
-        self.engine_seconds = 0.0  # busy time of the engine: its rate is its utilisation
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mlmkit_requests", "HTTP requests answered, by method, path and "
+                                "status.", ["method", "path", "status"], registry=self.registry)
+        self.latency = Histogram("mlmkit_request_duration_seconds", "Time from request to "
+                                 "response, by path.", ["path"], buckets=_LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.batch_size = Histogram("mlmkit_batch_size", "Texts per FillMask engine call.",
+                                    buckets=_BATCH_BUCKETS, registry=self.registry)
+        # Busy time of the engine: its rate is the engine's utilisation.
+        self.engine_seconds = Counter("mlmkit_engine_seconds", "Time spent in FillMask engine "
+                                      "calls.", registry=self.registry)
+        self.queue_depth = 0  # texts accepted and not yet answered; read by /health too
+        Gauge("mlmkit_queue_depth", "Texts accepted and not yet answered.",
+              registry=self.registry).set_function(lambda: self.queue_depth)
 
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
-        path = path if path in _PATHS else "other"  # bounded label values, whatever is asked
-        self.requests[(method, path, status)] += 1
-        self.latency.setdefault(path, _Histogram(_LATENCY_BUCKETS)).observe(seconds)
+        # Label values bounded whatever is asked: a scanner's made-up methods and paths would
+        # otherwise each add series until the scrape (and the process) grows without end.
+        method = method if method in _METHODS else "other"
+        path = path if path in _PATHS else "other"
+        self.requests.labels(method, path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
 
-    def render(self) -> str:
-        out = ["# HELP mlmkit_requests_total HTTP requests answered, by method, path and status.",
-               "# TYPE mlmkit_requests_total counter"]
-        for (method, path, status), n in sorted(self.requests.items()):
-            out.append(f'mlmkit_requests_total{{method="{method}",path="{path}",'
-                       f'status="{status}"}} {n}')
-        out += ["# HELP mlmkit_request_duration_seconds Time from request to response, by path.",
-                "# TYPE mlmkit_request_duration_seconds histogram"]
-        for path, h in sorted(self.latency.items()):
-            out += h.render("mlmkit_request_duration_seconds", f'path="{path}"')
-        out += ["# HELP mlmkit_batch_size Texts per FillMask engine call.",
-                "# TYPE mlmkit_batch_size histogram"]
-        out += self.batch_size.render("mlmkit_batch_size")
-        out += ["# HELP mlmkit_engine_seconds_total Time spent in FillMask engine calls.",
-                "# TYPE mlmkit_engine_seconds_total counter",
-                f"mlmkit_engine_seconds_total {_num(self.engine_seconds)}"]
-        out += ["# HELP mlmkit_queue_depth Texts accepted and not yet answered.",
-                "# TYPE mlmkit_queue_depth gauge", f"mlmkit_queue_depth {self.queue_depth}"]
-        return "\n".join(out) + "\n"
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition as (body, content type), in the format the `Accept` header asks for
+        (Prometheus' text format unless a scraper asks for OpenMetrics)."""
+        from prometheus_client.exposition import choose_encoder
+
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
 
-class _MetricsMiddleware:
-    """Counts every response by status and times it; a pure ASGI middleware, because
-    BaseHTTPMiddleware would add a task and a stream copy to every request."""
+_INTERNAL_ERROR_BODY = '{{"error": "internal error (request id {})"}}'
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+
+class _RequestMiddleware:
+    """Gives every request an id (the `X-Request-ID` response header), counts and times every
+    response, and turns any exception into a fixed 500 naming that id, with the traceback
+    logged once: the client learns nothing of the server's insides, the operator finds the
+    failure by the id. A pure ASGI middleware, because BaseHTTPMiddleware would add a task and
+    a stream copy to every request."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -127,18 +97,31 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = 500
+        request_id = secrets.token_hex(8)
+        status = None
 
-        async def send_status(message: dict) -> None:
+        async def send_with_id(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Not re-raised: Starlette's and uvicorn's handlers would log the traceback again.
+            log.exception("%s %r failed (request id %s)", scope["method"], scope["path"],
+                          request_id)
+            if status is None:  # else the response is cut short; nothing more can be said
+                body = _INTERNAL_ERROR_BODY.format(request_id).encode()
+                await send_with_id({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send_with_id({"type": "http.response.body", "body": body})
         finally:
-            self.metrics.observe_request(scope["method"], scope["path"], status,
+            self.metrics.observe_request(scope["method"], scope["path"], status or 500,
                                          time.perf_counter() - t0)
 
 
@@ -160,8 +143,8 @@ class Batcher:
     `batching=False` every request is its own engine call, which is what the benchmark
     compares against."""
 
-    def __init__(self, engine: Any, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, batching: bool) -> None:
+    def __init__(self, engine: Any, metrics: ServerMetrics, max_batch_size: int,
+                 max_wait_ms: float, max_queue: int, batching: bool) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -248,12 +231,9 @@ class Batcher:
                 batch = []
                 await self._next_batch(batch)
                 try:
-                    outcomes, sizes = await loop.run_in_executor(self._executor, self._fill,
-                                                                 batch)
+                    outcomes = await loop.run_in_executor(self._executor, self._fill, batch)
                 except Exception as e:  # e.g. the executor shut down: fail this batch only
-                    outcomes, sizes = [e] * len(batch), []
-                for n in sizes:
-                    self.metrics.batch_size.observe(n)
+                    outcomes = [e] * len(batch)
                 for job, outcome in zip(batch, outcomes):
                     self._finish(job, outcome)
                 batch = []
@@ -273,142 +253,57 @@ class Batcher:
         else:
             job.future.set_result(outcome)
 
-    def _fill(self, batch: list[_Job]) -> tuple[list, list[int]]:
+    def _fill(self, batch: list[_Job]) -> list:
         """Runs on the worker thread: one engine call per distinct (top_k, targets) in the
         batch (one call in the usual case, where clients send the same parameters)."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, job in enumerate(batch):
             groups[(job.top_k, job.targets)].append(i)
         outcomes: list[Any] = [None] * len(batch)
-        sizes = []
         for (top_k, targets), members in groups.items():
-            texts = [t for i in members for t in batch[i].texts]
-            sizes.append(len(texts))
-            t0 = time.perf_counter()
-            try:
-                results = list(self.engine.stream(texts, top_k=top_k,
-                                                  targets=list(targets) if targets else None))
-            except Exception as e:
-                for i in members:
-                    outcomes[i] = e
-                continue
-            finally:
-                # Only this thread writes it; the event loop only reads it for /metrics.
-                self.metrics.engine_seconds += time.perf_counter() - t0
-            start = 0
-            for i in members:
-                n = len(batch[i].texts)
-                outcomes[i] = results[start:start + n]
-                start += n
-        return outcomes, sizes
+            jobs = [batch[i] for i in members]
+            for i, outcome in zip(members, self._fill_group(jobs, top_k, targets)):
+                outcomes[i] = outcome
+        return outcomes
 
+    def _fill_group(self, jobs: list[_Job], top_k: int,
+                    targets: tuple[str, ...] | None) -> list:
+        """The outcome of each of `jobs`, which share their parameters, from one engine call.
+        If the call raises (other than an `MlmkitError`, which is about the shared parameters
+        and so everyone's answer), each job runs again on its own: one request the engine
+        chokes on gets the error, the others their answers."""
+        try:
+            results = self._call([t for job in jobs for t in job.texts], top_k, targets)
+        except MlmkitError as e:
+            return [e] * len(jobs)
+        except Exception as e:
+            if len(jobs) == 1:
+                return [e]
+            # No traceback here: the request that fails alone logs it, once.
+            log.warning("an engine call for %d requests failed (%s); running each alone",
+                        len(jobs), type(e).__name__)
+            return [self._call_or_error(job.texts, top_k, targets) for job in jobs]
+        outcomes, start = [], 0
+        for job in jobs:
+            outcomes.append(results[start:start + len(job.texts)])
+            start += len(job.texts)
+        return outcomes
 
-# ---------------------------------------------------------------------------- requests
+    def _call_or_error(self, texts: list[str], top_k: int,
+                       targets: tuple[str, ...] | None) -> Any:
+        try:
+            return self._call(texts, top_k, targets)
+        except Exception as e:
+            return e
 
-
-@dataclass
-class Limits:
-    """What one request may ask for; past these the server answers 4xx instead of working."""
-
-    max_inputs: int = 64
-    max_text_chars: int = 2000
-    max_top_k: int = 100
-
-    @property
-    def max_body_bytes(self) -> int:
-        # Worst case of JSON-escaped text (\uXXXX: 6 bytes a character) plus room for the rest.
-        return self.max_inputs * (6 * self.max_text_chars + 8) + 65536
-
-
-def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
-                  vocab_size: int | None = None) -> tuple[list[str], bool, int,
-                                                          tuple[str, ...] | None]:
-    """Check a fill-mask payload -> (texts, single, top_k, targets); an `ApiError` names what
-    is wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
-    if len(body) > limits.max_body_bytes:
-        raise ApiError(413, f"request body of {len(body)} bytes, more than the server's limit of "
-                            f"{limits.max_body_bytes}")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"malformed JSON body: {e}") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, 'expected a JSON object like {"inputs": "Paris is the <mask> of '
-                            f'France."}}, got {type(payload).__name__}')
-    unknown = sorted(set(payload) - set(_FIELDS))
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}: expected "
-                            "'inputs' and optionally 'parameters'")
-    if "inputs" not in payload:
-        raise ApiError(400, "missing 'inputs': expected a text with <mask>, or a list of them")
-    inputs = payload["inputs"]
-    single = isinstance(inputs, str)
-    if single:
-        texts = [inputs]
-    elif isinstance(inputs, list) and inputs:
-        texts = inputs
-    else:
-        raise ApiError(400, "'inputs': expected a string or a non-empty list of strings, got "
-                            + ("an empty list" if inputs == [] else type(inputs).__name__))
-    if len(texts) > limits.max_inputs:
-        raise ApiError(413, f"'inputs': {len(texts)} texts, more than the server's limit of "
-                            f"{limits.max_inputs} per request")
-    for i, t in enumerate(texts):
-        where = "'inputs'" if single else f"'inputs'[{i}]"
-        if not isinstance(t, str):
-            raise ApiError(400, f"{where}: expected a string, got {type(t).__name__}")
-        if len(t) > limits.max_text_chars:
-            raise ApiError(413, f"{where}: {len(t)} characters, more than the server's limit "
-                                f"of {limits.max_text_chars}")
-        if not (MASK_SPELLINGS.search(t) or (mask_token and mask_token in t)):
-            raise ApiError(400, f"{where}: no mask in {clip(t)!r}: expected <mask> or [MASK]")
-
-    params = payload.get("parameters")
-    params = {} if params is None else params
-    if not isinstance(params, dict):
-        raise ApiError(400, f"'parameters': expected an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(_PARAMETERS))
-    if unknown:
-        raise ApiError(400, f"unknown parameter(s) {', '.join(map(repr, unknown))}: expected "
-                            f"{' and '.join(_PARAMETERS)}")
-    top_k = params.get("top_k")
-    top_k = 5 if top_k is None else top_k  # the pipeline's and the HF API's default
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise ApiError(400, f"'parameters.top_k': expected an integer, got {top_k!r}")
-    if not 1 <= top_k <= limits.max_top_k:
-        raise ApiError(400, f"'parameters.top_k' {top_k}: expected 1 to {limits.max_top_k}")
-    if vocab_size:
-        top_k = min(top_k, vocab_size)  # a tiny vocabulary has fewer candidates than asked
-    targets = params.get("targets")
-    if targets is not None:
-        if isinstance(targets, str):
-            targets = [targets]
-        if (not isinstance(targets, list) or not targets
-                or not all(isinstance(t, str) and t for t in targets)):
-            raise ApiError(400, "'parameters.targets': expected a string or a non-empty list "
-                                f"of non-empty strings, got {clip(json.dumps(targets))}")
-        if len(targets) > limits.max_inputs * limits.max_top_k:
-            raise ApiError(413, f"'parameters.targets': {len(targets)} words, more than the "
-                                f"server's limit of {limits.max_inputs * limits.max_top_k}")
-        targets = tuple(targets)
-    return texts, single, top_k, targets
-
-
-_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                   "description": "a text with <mask> (or [MASK]), or a list of them"},
-        "parameters": {"type": "object", "properties": {
-            "top_k": {"type": "integer", "minimum": 1, "default": 5,
-                      "description": "candidates per mask"},
-            "targets": {"type": "array", "items": {"type": "string"},
-                        "description": "only score these words"}}},
-    },
-    "example": {"inputs": "The goal of life is <mask>.", "parameters": {"top_k": 3}},
-}
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}}
+    def _call(self, texts: list[str], top_k: int, targets: tuple[str, ...] | None) -> list:
+        self.metrics.batch_size.observe(len(texts))
+        t0 = time.perf_counter()
+        try:
+            return list(self.engine.stream(texts, top_k=top_k,
+                                           targets=list(targets) if targets else None))
+        finally:
+            self.metrics.engine_seconds.inc(time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -416,17 +311,19 @@ _ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}}
 
 def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_ms: float = 5,
                max_queue: int = 256, max_inputs: int = 64, max_text_chars: int = 2000,
-               max_top_k: int = 100, batching: bool = True) -> "FastAPI":
+               max_top_k: int = 100, batching: bool = True,
+               body_timeout_s: float = 10.0) -> "FastAPI":
     """A FastAPI app serving fill-mask for a `FillMask` engine (or a model directory/Hub id,
     loaded with `FillMask(path, batch_size=max_batch_size)`).
 
     `POST /` and `POST /fill-mask` take the Hugging Face Inference API payload
     `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
     the pipeline's records, so `huggingface_hub.InferenceClient(base_url=...)` works as is.
-    Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound.
+    Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound;
+    a body not all received within `body_timeout_s` seconds gets 408.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     for name, value in [("max_batch_size", max_batch_size), ("max_queue", max_queue),
@@ -436,6 +333,8 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
             raise MlmkitError(f"{name} {value!r}: expected a positive integer")
     if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms < math.inf):
         raise MlmkitError(f"max_wait_ms {max_wait_ms!r}: expected a number of milliseconds >= 0")
+    if not (isinstance(body_timeout_s, (int, float)) and 0 < body_timeout_s < math.inf):
+        raise MlmkitError(f"body_timeout_s {body_timeout_s!r}: expected a number of seconds > 0")
 
     if isinstance(engine_or_model_path, (str, Path)):
         from .fill import FillMask
@@ -446,11 +345,14 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         engine = engine_or_model_path
         model_name = str(getattr(getattr(getattr(engine, "model", None), "config", None),
                                  "_name_or_path", "") or type(engine).__name__)
+    # Its last part only: /health is for anyone who can reach the port, the directory layout
+    # of the machine is not.
+    model_name = Path(model_name).name
     tokenizer = getattr(engine, "tokenizer", None)
     mask_token = getattr(tokenizer, "mask_token", None)
     vocab_size = len(tokenizer) if tokenizer is not None else None
     limits = Limits(max_inputs, max_text_chars, max_top_k)
-    metrics = Metrics()
+    metrics = ServerMetrics()
     batcher = Batcher(engine, metrics, max_batch_size, max_wait_ms, max_queue, batching)
 
     @asynccontextmanager
@@ -460,67 +362,86 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
 
     app = FastAPI(title="mlmkit fill-mask server", version=_version(), lifespan=lifespan,
                   description="Hugging Face Inference API compatible fill-mask, with dynamic "
-                              "batching. Errors are `{\"error\": \"...\"}`.")
+                              "batching. Errors are `{\"error\": \"...\"}`; every response "
+                              "carries an `X-Request-ID`, which a 500 names.")
     app.state.engine = engine
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.limits = limits
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_RequestMiddleware, metrics=metrics)
 
-    def error(status: int, message: str) -> JSONResponse:
-        headers = {"Retry-After": "1"} if status == 503 else None
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        if status == 503:
+            headers = {**(headers or {}), "Retry-After": "1"}
+        # Escaped: a message may quote a client's lone surrogate, which UTF-8 cannot encode.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 404/405 in the same {"error": ...} shape as every other refusal.
-        return error(exc.status_code, str(exc.detail))
-
-    responses = {400: {"description": "bad request", "content": {"application/json": {
-                          "schema": _ERROR_SCHEMA}}},
-                 413: {"description": "over a size limit"},
-                 422: {"description": "a text the model cannot take (too many tokens)"},
-                 503: {"description": "queue full; retry later"}}
+        return error(exc.status_code, str(exc.detail), exc.headers)
 
     async def fill_mask(request: Request) -> JSONResponse:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limits.max_body_bytes:  # do not read it at all
-            return error(413, f"request body of {length} bytes, more than the server's limit "
-                              f"of {limits.max_body_bytes}")
         try:
-            texts, single, top_k, targets = parse_request(await request.body(), limits,
-                                                          mask_token, vocab_size)
+            body = await read_body(request, limits, body_timeout_s)
+            texts, single, top_k, targets = parse_request(body, limits, mask_token, vocab_size)
             results = await batcher.submit(texts, top_k, targets)
         except ApiError as e:
             return error(e.status, e.message)
         except MlmkitError as e:  # raised by the engine for the whole request (e.g. targets)
             return error(400, str(e))
-        except Exception as e:
-            log.exception("fill-mask failed")
-            return error(500, f"internal error: {type(e).__name__}: {e}")
         for i, r in enumerate(results):
             if isinstance(r, MlmkitError):
                 return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
         return JSONResponse(results[0] if single else results)
 
-    extra = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _REQUEST_SCHEMA}}}}
+    extra, responses, schemas = _fill_mask_docs(limits)
     for path in ("/", "/fill-mask"):
         app.add_api_route(path, fill_mask, methods=["POST"], openapi_extra=extra,
                           responses=responses, summary="Fill <mask> in one text or a list",
                           name=f"fill_mask{path.replace('/', '_').rstrip('_')}")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)  # builds and caches app.openapi_schema
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/health", summary="Liveness and queue state")
     async def health() -> dict:
         return {"status": "ok", "model": model_name, "queue_depth": metrics.queue_depth,
                 "max_queue": max_queue, "batching": batching}
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     return app
+
+
+def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
+    """OpenAPI of the fill-mask routes: (openapi_extra, responses, component schemas). The body
+    is read and checked by the route itself (streamed, under a size limit and a timeout), so
+    FastAPI is only told its schema, taken from the model that does the checking."""
+    from pydantic import BaseModel
+
+    class ErrorBody(BaseModel):
+        error: str
+
+    body = request_model(limits).model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**body.pop("$defs", {}), "FillRequest": body}
+    extra = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/FillRequest"}}}}}
+    responses = {status: {"model": ErrorBody, "description": text} for status, text in [
+        (400, "bad request"), (408, "body not received in time"), (413, "over a size limit"),
+        (422, "a text the model cannot take (too many tokens)"),
+        (500, "internal error; the message names the request id to look for in the log"),
+        (503, "queue full; retry later")]}
+    return extra, responses, schemas
 
 
 def _version() -> str:

@@ -1,4 +1,4 @@
-"""Request checking, metrics text, limits and `mlmkit serve` wiring of the server, no model."""
+"""Request checking (payload), metrics, limits and `mlmkit serve` wiring of the server, no model."""
 
 import json
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from mlmkit.config import MlmkitError
-from mlmkit.server import ApiError, Limits, Metrics, parse_request
+from mlmkit.payload import ApiError, Limits, parse_request, request_model
+from mlmkit.server import ServerMetrics
 
 LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
 
@@ -31,11 +32,26 @@ def test_parse_accepts_the_hf_payloads() -> None:
 
 @pytest.mark.parametrize("payload, status, message", [
     (b"{", 400, "malformed JSON"),
-    ({"inputs": None}, 400, "got NoneType"),
-    ({"inputs": {"text": "a <mask>"}}, 400, "got dict"),
-    ({"inputs": "a <mask>", "parameters": {"top_k": 2.5}}, 400, "expected an integer"),
+    ({"inputs": None}, 400, "'inputs': expected a string or a non-empty list of strings, got null"),
+    ({"inputs": {"text": "a <mask>"}}, 400, "got an object"),
+    ({"inputs": "a <mask>", "parameters": {"top_k": 2.5}}, 400, "expected an integer, got 2.5"),
     ({"inputs": "a <mask>", "parameters": {"targets": []}}, 400, "non-empty list"),
-    ({"inputs": "a <mask>", "parameters": {"targets": ["ok", ""]}}, 400, "non-empty strings"),
+    ({"inputs": "a <mask>", "parameters": {"targets": ["ok", ""]}}, 400,
+     "'parameters.targets'[1]: expected a non-empty string, got ''"),
+    ({"inputs": "a <mask>", "parameters": {"targets": ["w"] * 31}}, 413, "31 words"),
+    ({"inputs": "a <mask>", "parameters": {"top_k": 10**80}}, 400,  # quoted, cut short
+     "'parameters.top_k' 1" + "0" * 56 + "...: expected 1 to 10"),
+    ({"inputs": "a <mask>", "parameters": {"topk": 3, "k": 1}}, 400,
+     "unknown parameter(s) 'k', 'topk'"),
+    ({"input": "a <mask>"}, 400, "unknown field(s) 'input'"),
+    (b'{"inputs": "a \\udc00 <mask>"}', 400,
+     "'inputs': a lone surrogate \\udc00 at character 2"),
+    (b'{"inputs": ["a <mask>", "b \\ud800"]}', 400, "'inputs'[1]: a lone surrogate \\ud800"),
+    (b'{"inputs": "a <mask>", "parameters": {"targets": "\\ud800x"}}', 400,
+     "'parameters.targets': a lone surrogate"),
+    (b'{"inputs": ' + b"[" * 10_000, 400, "nested too deeply"),
+    (b'{"inputs": "a <mask>", "parameters": {"top_k": ' + b"7" * 5000 + b"}}", 400,
+     "a number of 5000 digits"),
     ({"inputs": ["a <mask>"] * 4}, 413, "4 texts"),
     ({"inputs": ["a <mask>", "x" * 51]}, 413, "'inputs'[1]: 51 characters"),
     ({"inputs": ["a <mask>", "none"]}, 400, "'inputs'[1]: no mask in 'none'"),
@@ -47,27 +63,72 @@ def test_parse_refuses_with_a_clear_message(payload, status, message) -> None:
     assert e.value.status == status and message in e.value.message
 
 
-def test_metrics_render_prometheus_text() -> None:
-    m = Metrics()
+def test_refusal_messages_stay_short_and_encodable() -> None:
+    # Whatever a client sends, the message quotes little of it and is valid UTF-8 to send back.
+    deep = json.loads("[" * 500 + "]" * 500)
+    for payload in ({"inputs": "a <mask>", "parameters": {"top_k": deep}}, {"inputs": deep},
+                    {"inputs": "x" * 10_000}, {"\ud800" * 1000: 1, "y" * 5000: 2},
+                    {"inputs": "a <mask>", "parameters": {"k" * 5000: 1}}):
+        with pytest.raises(ApiError) as e:
+            parse(payload)
+        assert len(e.value.message) < 300, e.value.message
+        e.value.message.encode("utf-8")
+
+
+def test_request_model_schema_shows_the_limits() -> None:
+    schema = request_model(LIMITS).model_json_schema()
+    many = next(b for b in schema["properties"]["inputs"]["oneOf"] if b["type"] == "array")
+    assert (many["minItems"], many["maxItems"], many["items"]["maxLength"]) == (1, 3, 50)
+    top_k = schema["$defs"]["FillParameters"]["properties"]["top_k"]
+    assert top_k["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 10}
+    assert top_k["default"] == 5
+    assert request_model(Limits(3, 50, 10)) is request_model(LIMITS)  # built once per limits
+
+
+def samples(m: ServerMetrics) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, content_type = m.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_metrics_count_with_bounded_labels() -> None:
+    pytest.importorskip("prometheus_client")
+    m = ServerMetrics()
     m.observe_request("POST", "/", 200, 0.02)
     m.observe_request("POST", "/", 200, 3.0)
     m.observe_request("GET", "/wp-admin", 404, 0.001)  # any unknown path is one label value
+    for method in ("BREW", "PROPFIND", "X" * 1000):  # any unknown method too
+        m.observe_request(method, "/", 405, 0.001)
     m.batch_size.observe(3)
+    m.engine_seconds.inc(0.5)
     m.queue_depth = 7
-    text = m.render()
-    assert 'mlmkit_requests_total{method="POST",path="/",status="200"} 2' in text
-    assert 'mlmkit_requests_total{method="GET",path="other",status="404"} 1' in text
-    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="0.025"} 1' in text
-    assert 'mlmkit_request_duration_seconds_bucket{path="/",le="+Inf"} 2' in text
-    assert 'mlmkit_request_duration_seconds_count{path="/"} 2' in text
-    assert 'mlmkit_batch_size_bucket{le="2"} 0' in text
-    assert 'mlmkit_batch_size_bucket{le="4"} 1' in text
-    assert "mlmkit_batch_size_sum 3" in text and "mlmkit_queue_depth 7" in text
-    assert text.endswith("\n")
+    got = samples(m)
+
+    def answered(method: str, path: str, status: str) -> float:
+        return got[("mlmkit_requests_total", (("method", method), ("path", path),
+                                              ("status", status)))]
+
+    assert answered("POST", "/", "200") == 2 and answered("GET", "other", "404") == 1
+    assert answered("other", "/", "405") == 3
+    assert {dict(k[1]).get("method") for k in got if k[0] == "mlmkit_requests_total"} == {
+        "POST", "GET", "other"}
+    assert got[("mlmkit_request_duration_seconds_bucket", (("le", "0.025"), ("path", "/")))] == 4
+    assert got[("mlmkit_request_duration_seconds_bucket", (("le", "+Inf"), ("path", "/")))] == 5
+    assert got[("mlmkit_batch_size_bucket", (("le", "2.0"),))] == 0
+    assert got[("mlmkit_batch_size_bucket", (("le", "4.0"),))] == 1
+    assert got[("mlmkit_batch_size_sum", ())] == 3 and got[("mlmkit_queue_depth", ())] == 7
+    assert got[("mlmkit_engine_seconds_total", ())] == 0.5
+    # Each app its own registry: a second one starts from nothing, and nothing clashes.
+    assert ("mlmkit_batch_size_sum", ()) in samples(ServerMetrics())
+    assert samples(ServerMetrics())[("mlmkit_batch_size_sum", ())] == 0
 
 
 @pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
-                                {"max_wait_ms": -1}])
+                                {"max_wait_ms": -1}, {"body_timeout_s": 0},
+                                {"body_timeout_s": float("inf")}])
 def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
     from mlmkit.server import create_app
@@ -77,8 +138,9 @@ def test_create_app_refuses_bad_limits(kw) -> None:
 
 
 def test_module_imports_without_fastapi() -> None:
-    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None; "
-            "import mlmkit.server")
+    blocked = ("fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client")
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            "import mlmkit.server, mlmkit.payload")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -92,9 +154,11 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlmkit.server, "serve", lambda engine, **kw: served.update(kw))
     assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
                  "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
-                 "--device", "cpu", "--dtype", "float32"]) == 0
+                 "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32"]) == 0
     assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
-                      "max_wait_ms": 2.5, "max_queue": 99, "batching": False}
+                      "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
+                      "body_timeout_s": 3.0}
     ns = build_parser().parse_args(["serve", "m"])
-    assert (ns.host, ns.port, ns.no_batching) == ("127.0.0.1", 8000, False)
+    assert (ns.host, ns.port, ns.no_batching, ns.body_timeout_s) == ("127.0.0.1", 8000, False,
+                                                                     10.0)
