@@ -136,11 +136,13 @@ def _top(fm: Any, text: str, k: int = 3) -> list[tuple[str, float]]:
 
 
 def _side_by_side(before: list, after: list) -> list[str]:
-    lines = [f"{'':38}{'before':<34}after"]
-    for text, b, a in zip(SENTENCES, before, after):
-        show = lambda top: ", ".join(f"{w} {s:.2f}" for w, s in top)  # noqa: E731
-        lines.append(f"{text:38}{show(b):<34}{show(a)}")
-    return lines
+    def show(top: list) -> str:
+        return ", ".join(f"{w} {s:.2f}" for w, s in top)
+
+    rows = [(t, show(b), show(a)) for t, b, a in zip(SENTENCES, before, after)]
+    w1 = max(len(r[0]) for r in rows) + 2
+    w2 = max(len(r[1]) for r in rows) + 2
+    return [f"{'':{w1}}{'before':{w2}}after"] + [f"{t:{w1}}{b:{w2}}{a}" for t, b, a in rows]
 
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # in a clone of the repository
