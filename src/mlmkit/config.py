@@ -38,6 +38,11 @@ class DataConfig:
                                "strings are joined with a space, and so are several fields "
                                "(default: 'text', or the only string field)")
     limit: int | None = _f(None, "take only the first N records")
+    eval_data: str | None = _f(None, "a separate evaluation corpus (same forms as --data): train "
+                               "on every record of --data, evaluate on every record of this one")
+    line_by_line: bool = _f(False, "each non-blank line its own example (truncated to "
+                            "--block-size, padded), as run_mlm.py's --line_by_line; default: "
+                            "texts concatenated and cut into full blocks, as the guide")
     block_size: int = _f(128, "tokens per training block")
     eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1)")
     pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it")
@@ -105,8 +110,16 @@ class TrainConfig(DataConfig, MaskConfig):
                                     "max-autotune-no-cudagraphs"])
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
-    save_total_limit: int = _f(2, "keep only the newest N checkpoints")
-    resume: str | None = _f(None, "continue from a checkpoint directory, or 'latest'")
+    save_total_limit: int = _f(1, "keep only the newest N checkpoints (the final state is always "
+                               "one, so a finished run can be trained further)")
+    load_best: bool = _f(False, "export the checkpoint with the lowest fixed-mask perplexity "
+                         "instead of the last (needs evaluation at every checkpoint)")
+    resume: str | None = _f(None, "continue a run: its directory, one of its checkpoint "
+                            "directories, or 'latest' with --output; the run's saved settings "
+                            "are used, and flags given again must match them")
+    report_to: str = _f("none", "also send metrics to these trackers, comma-separated: "
+                        "tensorboard, mlflow, wandb, trackio (metrics.jsonl and curves.png "
+                        "are always written)")
     overwrite: bool = _f(False, "replace an existing, non-empty output directory")
     from_scratch: bool = _f(False, "train a randomly initialised model of the named model's shape")
     config_overrides: str | None = _f(None, "with --from-scratch: change the model's shape, e.g. "
