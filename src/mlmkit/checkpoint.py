@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .blocks import cache_root
 from .config import MlmkitError, TrainConfig
-from .data import cache_root, resolve_files
+from .data import resolve_files
 from .files import (
     RUN_MARKER,
     atomic_open,
