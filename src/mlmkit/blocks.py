@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
-from .data import TextStats, is_eval_record, iter_records, record_texts
+from .data import Source, TextStats, is_eval_record, iter_records, record_texts
 from .files import cache_dir, check_entries, file_entries, read_sealed_json, write_sealed_json
 
 log = logging.getLogger("mlmkit")
@@ -126,15 +126,21 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpus:
     """Tokenize the corpus once into train/eval blocks, or reuse the cached blocks when their
     meta.json, sizes and sha256 digests check out; a damaged entry is rebuilt, with a warning."""
-    records, total, source_id = iter_records(cfg)
-    key_src = json.dumps([CACHE_VERSION, source_id, tokenizer_fingerprint(tokenizer),
+    source = iter_records(cfg)
+    corpus = _load_entry(cfg, source, tokenizer, progress)
+    corpus.stats["source"] = source.description
+    return corpus
+
+
+def _load_entry(cfg: DataConfig, source: Source, tokenizer: Any, progress: bool) -> Corpus:
+    key_src = json.dumps([CACHE_VERSION, source.ident, tokenizer_fingerprint(tokenizer),
                           cfg.text_field, cfg.limit, cfg.block_size, cfg.eval_fraction,
                           cfg.pad_last_block, cfg.seed])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     if cfg.no_cache:
         tmp = tempfile.TemporaryDirectory(prefix="mlmkit-blocks-")
         try:
-            meta = _tokenize_into(Path(tmp.name), records, total, cfg, tokenizer, progress)
+            meta = _tokenize_into(Path(tmp.name), source, cfg, tokenizer, progress)
         except BaseException:
             tmp.cleanup()
             raise
@@ -151,23 +157,23 @@ def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpu
         log.warning("block cache %s: %s; rebuilding", final, "; ".join(problems))
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as work:
-        meta = _tokenize_into(Path(work), records, total, cfg, tokenizer, progress)
+        meta = _tokenize_into(Path(work), source, cfg, tokenizer, progress)
         _install(Path(work), final)
     return _open_corpus(final, meta)
 
 
-def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataConfig,
-                   tokenizer: Any, progress: bool) -> dict[str, Any]:
+def _tokenize_into(work: Path, source: Source, cfg: DataConfig, tokenizer: Any,
+                   progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     backend = _backend(tokenizer)
     dtype = np.dtype(np.uint16 if backend.get_vocab_size() <= 65535 else np.int32)
     writers = {s: _BlockWriter(work / f"{s}.bin", cfg.block_size, dtype) for s in ("train", "eval")}
     stats = TextStats()
-    bar = tqdm(total=total, desc="tokenizing", unit=" records", disable=not progress)
+    bar = tqdm(total=source.total, desc="tokenizing", unit=" records", disable=not progress)
 
     try:
-        for batch in _batched(record_texts(records, cfg.text_field, stats), _TOKENIZE_BATCH):
+        for batch in _batched(record_texts(source.records, cfg.text_field, stats), _TOKENIZE_BATCH):
             idx = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
             held = is_eval_record(idx, cfg.seed, cfg.eval_fraction)
             encs = backend.encode_batch_fast([t for _, t in batch], add_special_tokens=True)
@@ -187,16 +193,16 @@ def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataCo
     dropped = sum(w.close(pad_id) for w in writers.values())
 
     if stats.records == 0:
-        raise MlmkitError(f"{cfg.data}: the corpus holds no records")
+        raise MlmkitError(f"{source.label}: the corpus holds no records")
     if stats.records == stats.empty:
-        raise MlmkitError(f"{cfg.data}: all {stats.records:,} records have empty text in "
+        raise MlmkitError(f"{source.label}: all {stats.records:,} records have empty text in "
                           f"field(s) {', '.join(stats.fields)}")
     if writers["train"].blocks == 0:
-        raise MlmkitError(f"{cfg.data}: the training part holds {writers['train'].tokens:,} "
+        raise MlmkitError(f"{source.label}: the training part holds {writers['train'].tokens:,} "
                           f"tokens, less than one block of {cfg.block_size}; add text, lower "
                           "--block-size or pass --pad-last-block")
     if cfg.eval_fraction > 0 and writers["eval"].blocks == 0:
-        raise MlmkitError(f"{cfg.data}: the held-out part ({cfg.eval_fraction:.0%} of records) "
+        raise MlmkitError(f"{source.label}: the held-out part ({cfg.eval_fraction:.0%} of records) "
                           f"holds {writers['eval'].tokens:,} tokens, less than one block of "
                           f"{cfg.block_size}; add text, raise --eval-fraction or lower "
                           "--block-size")

@@ -2,7 +2,8 @@
 
 Local files are read by our own streaming readers rather than `datasets.load_dataset`: they
 start in milliseconds instead of building an Arrow cache, keep memory flat on corpora larger
-than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`.
+than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`. In the
+Python API a corpus may also be in memory: a list of texts or records, or a `datasets.Dataset`.
 Turning the texts into blocks of token ids is blocks.py's business.
 """
 
@@ -11,11 +12,13 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
+import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +65,12 @@ def _looks_local(source: str) -> bool:
     )
 
 
-def resolve_files(source: str) -> list[Path] | None:
-    """Local files named by a path, directory or glob; None when `source` is a Hub id."""
+def resolve_files(source: Any) -> list[Path] | None:
+    """Local files named by a path, directory or glob; None when `source` is a Hub id, in-memory
+    data or None."""
+    if source is None or is_in_memory(source):
+        return None
+    source = os.fspath(source)
     expanded = os.path.expanduser(source)
     p = Path(expanded)
     if p.is_file():
@@ -118,7 +125,8 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
     return f"{path}: cannot read: {e}; expected UTF-8 text"
 
 
-# A record comes with its place: (file, line or element number, kind of number).
+# A record comes with its place: (file, line or element number, kind of number), or for
+# in-memory data (its name, index, "index"), shown as data[12].
 Where = tuple[str, int, str]
 
 
@@ -256,28 +264,45 @@ def _load_hub(cfg: DataConfig) -> Any:
                           ) from None
 
 
-def iter_records(cfg: DataConfig) -> tuple[Iterator[tuple[Where, dict[str, Any]]], int | None, str]:
-    """All records of the corpus in order, the count when known, and a fingerprint of the source."""
-    if not cfg.data:
-        raise MlmkitError("--data: no corpus given; expected a Hub dataset id or local files")
-    files = resolve_files(cfg.data)
+@dataclass
+class Source:
+    """A corpus opened for reading: its records in order, and what names and identifies it."""
+
+    records: Iterator[tuple[Where, dict[str, Any]]]
+    total: int | None  # how many records `records` will give, when known
+    ident: str  # changes whenever the records may have: the cache key is built on it
+    label: str  # how messages name it: the path or Hub id, or 'data' for in-memory data
+    description: str  # printable and JSON-safe, as describe_source gives it
+
+
+def iter_records(cfg: DataConfig, name: str = "data") -> Source:
+    """The first `cfg.limit` records of `cfg.data` in order; `name` is the setting it came from,
+    which messages about in-memory data use ('data[12]: ...')."""
+    data = cfg.data
+    if data is None or (isinstance(data, str) and not data):
+        raise MlmkitError(f"--{name.replace('_', '-')}: no corpus given; expected a Hub dataset "
+                          "id or local files")
+    if is_in_memory(data):
+        return _memory_source(data, name, cfg.limit)
+    files = resolve_files(data)
     if files is not None:
         ident = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         gen = (r for f in files for r in _read_file(f))
-        return _take(gen, cfg.limit), None, json.dumps(ident)
+        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), str(data))
     ds = _load_hub(cfg)
     n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+    where = f"{data}[{cfg.split}]"
+    rows = (((where, i, "record"), rec) for i, rec in enumerate(_dataset_rows(ds), 1))
+    ident = json.dumps([data, cfg.data_config, cfg.split, getattr(ds, "_fingerprint", None)])
+    return Source(_take(rows, cfg.limit), n, ident, data, data)
 
-    def rows() -> Iterator[tuple[Where, dict[str, Any]]]:
-        i = 0
-        for batch in ds.iter(batch_size=1000):
-            keys = list(batch)
-            for values in zip(*(batch[k] for k in keys)):
-                i += 1
-                yield (f"{cfg.data}[{cfg.split}]", i, "record"), dict(zip(keys, values))
 
-    return _take(rows(), cfg.limit), n, json.dumps([cfg.data, cfg.data_config, cfg.split,
-                                                    getattr(ds, "_fingerprint", None)])
+def _dataset_rows(ds: Any) -> Iterator[dict[str, Any]]:
+    # Python objects whatever format the caller set on the dataset (torch, numpy, ...).
+    for batch in ds.with_format(None).iter(batch_size=1000):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))
 
 
 def _take(it: Iterator, limit: int | None) -> Iterator:
@@ -301,11 +326,16 @@ def _paths(rec: Any, prefix: str = "") -> list[str]:
 
 
 def _where(w: Where) -> str:
-    return f"{w[0]}: {w[2]} {w[1]}"
+    return f"{w[0]}[{w[1]}]" if w[2] == "index" else f"{w[0]}: {w[2]} {w[1]}"
 
 
 def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
     """The text at a dotted path; lists of strings are joined with a space, as the guide does."""
+    return " ".join(_field_strings(rec, path, where))
+
+
+def _field_strings(rec: dict[str, Any], path: str, where: Where) -> list[str]:
+    """The strings at a dotted path: one, a list's, or none for a missing or null value."""
     value: Any = rec
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
@@ -319,11 +349,11 @@ def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
             fields_ = ", ".join(_paths(rec)) or "(none: the record is not an object)"
             raise MlmkitError(f"{_where(where)}: no field {path!r}; fields here: {fields_}")
     if isinstance(value, str):
-        return value
+        return [value]
     if value is None:
-        return ""
+        return []
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value)
+        return value
     kind = type(value).__name__
     if isinstance(value, list):
         kind = "list of " + ", ".join(sorted({type(v).__name__ for v in value if
@@ -354,11 +384,27 @@ class TextStats:
 
 def iter_texts(cfg: DataConfig, stats: TextStats | None = None) -> Iterator[tuple[int, str]]:
     """(record number, text) for every non-empty record; empty ones are counted in `stats`."""
-    return record_texts(iter_records(cfg)[0], cfg.text_field, stats or TextStats())
+    return record_texts(iter_records(cfg).records, cfg.text_field, stats or TextStats())
 
 
-def record_texts(records: Iterator[tuple[Where, Any]], text_fields: list[str],
-           stats: TextStats) -> Iterator[tuple[int, str]]:
+def record_texts(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                 stats: TextStats) -> Iterator[tuple[int, str]]:
+    """(record number, text) for every non-empty record: its fields' strings joined with a
+    space, a list's strings too; empty records are counted in `stats`."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, " ".join(t for t in (" ".join(f) for f in strings) if t)
+
+
+def record_pieces(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                  stats: TextStats) -> Iterator[tuple[int, list[str]]]:
+    """(record number, its strings one by one: each field's, each of a list's) for every
+    non-empty record, for what must not run on across them, such as lines."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, [t for f in strings for t in f]
+
+
+def _record_strings(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                    stats: TextStats) -> Iterator[tuple[int, list[list[str]]]]:
     stats.fields = list(text_fields)
     for i, (where, rec) in enumerate(records):
         if not isinstance(rec, dict):
@@ -366,11 +412,93 @@ def record_texts(records: Iterator[tuple[Where, Any]], text_fields: list[str],
         if not stats.fields:
             stats.fields = [default_text_field(rec, where)]
         stats.records += 1
-        text = " ".join(t for t in (get_field(rec, f, where) for f in stats.fields) if t)
-        if text.strip():
-            yield i, text
+        strings = [_field_strings(rec, f, where) for f in stats.fields]
+        if any(t.strip() for f in strings for t in f):
+            yield i, strings
         else:
             stats.empty += 1
+
+
+# --------------------------------------------------------------------------- in-memory data
+
+
+def is_in_memory(data: Any) -> bool:
+    """Whether `data` is a corpus itself (a list of texts or records, a Dataset), not its name."""
+    return data is not None and not isinstance(data, (str, os.PathLike))
+
+
+def describe_source(data: Any) -> str | None:
+    """How a corpus is named in train_config.json and logs: a path or Hub id as given; in-memory
+    data as '<in-memory: 1,000 texts, sha256 0123456789abcdef…>', printable and JSON-safe."""
+    if data is None or not is_in_memory(data):
+        return None if data is None else os.fspath(data)
+    return _describe_memory(data, *_digest_rows(_memory_rows(data, "data")))
+
+
+def _memory_source(data: Any, name: str, limit: int | None) -> Source:
+    # Cached like a file, keyed by a sha256 of the records used: one extra pass over the data,
+    # a small cost beside tokenizing it, and the cache then works (and is verified) as for
+    # files. A digest of the records rather than of the texts they give: the same one that
+    # names the data, and no text field needs resolving first.
+    n, digest, texts_only = _digest_rows(_take(_memory_rows(data, name), limit))
+    rows = _take(_memory_rows(data, name), limit)
+    records = (((name, i, "index"), _as_record(rec, name, i)) for i, rec in enumerate(rows))
+    return Source(records, n, json.dumps(["in-memory", n, digest]), name,
+                  _describe_memory(data, n, digest, texts_only))
+
+
+def _memory_rows(data: Any, name: str) -> Iterator[Any]:
+    datasets = sys.modules.get("datasets")  # data cannot be a Dataset if it was never imported
+    if datasets is not None and isinstance(data, datasets.IterableDataset):
+        raise MlmkitError(f"{name}: a streaming datasets.IterableDataset cannot be read twice "
+                          "(once to identify it, once to tokenize); pass a datasets.Dataset or "
+                          "files")
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        return _dataset_rows(data)
+    if isinstance(data, (list, tuple)):
+        return iter(data)
+    raise MlmkitError(f"{name}: expected a Hub dataset id, a path, a list of texts or records, "
+                      f"or a datasets.Dataset; got a {type(data).__name__}")
+
+
+def _as_record(rec: Any, name: str, i: int) -> dict[str, Any]:
+    if isinstance(rec, str):
+        return {"text": rec}
+    if isinstance(rec, dict):
+        return rec
+    raise MlmkitError(f"{name}[{i}]: expected a text (str) or a record (dict), got "
+                      f"{type(rec).__name__}")
+
+
+def _digest_rows(rows: Iterable[Any]) -> tuple[int, str, bool]:
+    """(count, sha256 of the rows as canonical JSON, one a line; whether all are texts). A value
+    JSON cannot write counts by its repr: an unstable repr costs a cache miss at most, since
+    strings, the only values blocks are made of, are always written exactly."""
+    h, n, texts_only = hashlib.sha256(), 0, True
+    for rec in rows:
+        try:
+            line = json.dumps(rec, sort_keys=True, default=_plain)
+        except TypeError:  # keys of mixed types cannot be sorted
+            line = repr(rec)
+        h.update(line.encode())
+        h.update(b"\n")
+        n += 1
+        texts_only = texts_only and isinstance(rec, str)
+    return n, h.hexdigest(), texts_only and n > 0
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    return f"<{type(value).__qualname__}: {value!r}>"
+
+
+def _describe_memory(data: Any, n: int, digest: str, texts_only: bool) -> str:
+    what = "texts" if texts_only else "records"
+    kind = "in-memory Dataset" if not isinstance(data, (list, tuple)) else "in-memory"
+    return f"<{kind}: {n:,} {what}, sha256 {digest[:16]}…>"
 
 
 # --------------------------------------------------------------------------- held-out split

@@ -283,3 +283,45 @@ def test_rebuild_racing_another_process(cache_cfg, roberta_tokenizer, fresh, mon
     assert_blocks(load_blocks(cache_cfg, roberta_tokenizer, progress=False), fresh)
     assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
     assert_hits_cache(cache_cfg, roberta_tokenizer, monkeypatch, caplog, fresh)
+
+
+# --------------------------------------------------------------------------- in-memory data
+
+
+def test_in_memory_data_gives_the_blocks_of_the_same_file(tmp_path, sample_texts,
+                                                          roberta_tokenizer, monkeypatch):
+    import datasets
+
+    texts = sample_texts[:60]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    kw = dict(block_size=32, seed=3, cache_dir=str(tmp_path / "c"))
+    want = load_blocks(DataConfig(data=str(path), **kw), roberta_tokenizer, progress=False)
+    assert len(want.train) > 0 and len(want.eval) > 0
+    ds = datasets.Dataset.from_list([{"text": t, "n": i} for i, t in enumerate(texts)])
+    for data in (list(texts), [{"text": t} for t in texts], ds):
+        got = load_blocks(DataConfig(data=data, **kw), roberta_tokenizer, progress=False)
+        assert np.array_equal(got.train, want.train) and np.array_equal(got.eval, want.eval)
+        assert got.stats["source"].startswith("<in-memory") and got.cache_path is not None
+    assert want.stats["source"] == str(path)
+
+    # Cached by content: the same texts again are not tokenized again, a changed one is.
+    def must_not_run(*a, **kw):
+        raise AssertionError("re-tokenized although the blocks are cached")
+
+    real = mlmkit.blocks._tokenize_into
+    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    again = load_blocks(DataConfig(data=list(texts), **kw), roberta_tokenizer, progress=False)
+    assert np.array_equal(again.train, want.train)
+    calls = []
+    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", lambda *a: calls.append(1) or real(*a))
+    changed = load_blocks(DataConfig(data=[*texts[:-1], texts[-1] + " more"], **kw),
+                          roberta_tokenizer, progress=False)
+    assert calls and changed.cache_path != again.cache_path
+
+
+def test_in_memory_error_names_the_record_index(roberta_tokenizer):
+    data = ["some text"] * 5 + [None]
+    with pytest.raises(MlmkitError, match=r"^data\[5\]: expected a text \(str\) or a record"):
+        load_blocks(DataConfig(data=data, block_size=8), roberta_tokenizer, progress=False)
+    with pytest.raises(MlmkitError, match=r"^data: the corpus holds no records"):
+        load_blocks(DataConfig(data=[], block_size=8), roberta_tokenizer, progress=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlmkit.config import DataConfig, MlmkitError
-from mlmkit.data import TextStats, is_eval_record, iter_texts, resolve_files
+from mlmkit.data import TextStats, describe_source, is_eval_record, iter_texts, resolve_files
 
 N = 40
 
@@ -206,3 +206,62 @@ def test_broken_json_array_names_file_and_element(tmp_path, text, expected):
     with pytest.raises(MlmkitError) as e:
         list(iter_texts(DataConfig(data=str(path), text_field=["a"])))
     assert str(e.value).startswith(str(path)) and expected in str(e.value)
+
+
+# --------------------------------------------------------------------------- in-memory data
+
+
+def test_in_memory_texts_records_and_dataset_read_as_a_file(tmp_path, records, joined):
+    import datasets
+
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in joined])
+    want = texts_of(DataConfig(data=str(path)))
+    assert want == joined
+    assert texts_of(DataConfig(data=list(joined))) == want
+    assert texts_of(DataConfig(data=[{"text": t, "n": i} for i, t in enumerate(joined)])) == want
+    ds = datasets.Dataset.from_list(records)
+    assert texts_of(DataConfig(data=ds, text_field=["answers.text"])) == want
+    assert texts_of(DataConfig(data=ds.with_format("numpy"), text_field=["answers.text"])) == want
+    assert texts_of(DataConfig(data=ds, text_field=["answers.text"], limit=3)) == want[:3]
+    # The only string field is the text, as in files.
+    assert texts_of(DataConfig(data=[{"n": 1, "body": "hi there"}])) == ["hi there"]
+
+
+@pytest.mark.parametrize("data,expected", [
+    ([{"text": "a"}] * 12 + [{"body": "b", "title": "c"}],
+     "data[12]: no field 'text'; fields here: body, title"),
+    ([{"body": "a", "title": "b"}], "data[0]: no 'text' field and no single text field"),
+    (["a", "b", 3], "data[2]: expected a text (str) or a record (dict), got int"),
+    ([{"text": "a"}, {"text": 5}], "data[1]: field 'text' holds a int; expected text"),
+    ({"text": ["a"]}, "data: expected a Hub dataset id, a path, a list of texts or records"),
+])
+def test_in_memory_errors_name_the_record_index(data, expected):
+    with pytest.raises(MlmkitError) as e:
+        texts_of(DataConfig(data=data))
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_describe_source_is_printable_json_safe_and_follows_the_content(sample_path):
+    import datasets
+
+    assert describe_source(str(sample_path)) == str(sample_path)
+    assert describe_source(sample_path) == str(sample_path)
+    assert describe_source("eli5_category") == "eli5_category"
+    assert describe_source(None) is None
+    texts = [f"text number {i}" for i in range(1000)]
+    d = describe_source(texts)
+    assert d.startswith("<in-memory: 1,000 texts, sha256 ") and d.endswith("…>")
+    assert json.loads(json.dumps(d)) == d and d == describe_source(list(texts))
+    assert describe_source(texts[:-1] + ["text number 999 "]) != d
+    ds = datasets.Dataset.from_list([{"text": t} for t in texts])
+    assert describe_source(ds).startswith("<in-memory Dataset: 1,000 records, sha256 ")
+    assert describe_source([{"text": t} for t in texts]).split("sha256")[1] == \
+        describe_source(ds).split("sha256")[1]  # the same records, the same digest
+
+
+def test_resolve_files_leaves_in_memory_data_alone():
+    import datasets
+
+    assert resolve_files(["a", "b"]) is None
+    assert resolve_files(datasets.Dataset.from_list([{"text": "a"}])) is None
+    assert resolve_files(None) is None
