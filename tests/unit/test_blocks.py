@@ -325,3 +325,189 @@ def test_in_memory_error_names_the_record_index(roberta_tokenizer):
         load_blocks(DataConfig(data=data, block_size=8), roberta_tokenizer, progress=False)
     with pytest.raises(MlmkitError, match=r"^data: the corpus holds no records"):
         load_blocks(DataConfig(data=[], block_size=8), roberta_tokenizer, progress=False)
+
+
+# --------------------------------------------------------------------------- --eval-data
+
+
+def token_stream(texts, tokenizer, block_size):
+    """The texts' ids concatenated and cut into full blocks, none held out."""
+    return reference_blocks(texts, tokenizer, block_size, 0, 0.0)["train"]
+
+
+def test_eval_data_trains_on_all_of_data_and_evaluates_on_all_of_eval_data(
+        tmp_path, sample_records, sample_texts, roberta_tokenizer, monkeypatch):
+    tok = roberta_tokenizer
+    train_path = write_jsonl(tmp_path / "train.jsonl", sample_records[:50])
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", sample_records[100:130])
+    # limit applies to --data only; eval_fraction is ignored.
+    cfg = DataConfig(data=str(train_path), eval_data=str(eval_path), text_field=["answers.text"],
+                     limit=40, eval_fraction=0.5, block_size=32, cache_dir=str(tmp_path / "c"))
+    corpus = load_blocks(cfg, tok, progress=False)
+    assert np.array_equal(corpus.train, token_stream(sample_texts[:40], tok, 32))
+    assert np.array_equal(corpus.eval, token_stream(sample_texts[100:130], tok, 32))
+    s = corpus.stats
+    assert (s["source"], s["eval_source"], s["eval_held_out"]) == (str(train_path),
+                                                                   str(eval_path), False)
+    assert (s["train_records"], s["eval_records"], s["records"]) == (40, 30, 70)
+    assert (s["train_blocks"], s["eval_blocks"]) == (len(corpus.train), len(corpus.eval))
+    assert f"40 records of {train_path} for training, 30 of {eval_path} for evaluation" in \
+        corpus.describe()
+    # Two entries, both cached.
+    assert corpus.cache_path != corpus.eval_cache_path
+    assert corpus.cache_path.parent == corpus.eval_cache_path.parent == tmp_path / "c" / "blocks"
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("re-tokenized although the blocks are cached")
+
+    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    again = load_blocks(cfg, tok, progress=False)
+    assert np.array_equal(again.train, corpus.train) and np.array_equal(again.eval, corpus.eval)
+
+
+def test_eval_data_same_file_as_data_is_two_entries(tmp_path, sample_records, sample_texts,
+                                                    roberta_tokenizer):
+    path = write_jsonl(tmp_path / "c.jsonl", sample_records[:30])
+    cfg = DataConfig(data=str(path), eval_data=str(path), text_field=["answers.text"],
+                     block_size=32, cache_dir=str(tmp_path / "c"))
+    corpus = load_blocks(cfg, roberta_tokenizer, progress=False)
+    want = token_stream(sample_texts[:30], roberta_tokenizer, 32)
+    assert np.array_equal(corpus.train, want) and np.array_equal(corpus.eval, want)
+    assert corpus.cache_path != corpus.eval_cache_path  # the train side, the eval side
+    split = load_blocks(DataConfig(**{**cfg.__dict__, "eval_data": None}), roberta_tokenizer,
+                        progress=False)
+    assert split.cache_path not in (corpus.cache_path, corpus.eval_cache_path)
+    assert split.stats["eval_held_out"] and len(split.train) < len(want)
+
+
+def test_eval_data_errors_name_the_eval_corpus(tmp_path, sample_records, roberta_tokenizer):
+    path = str(write_jsonl(tmp_path / "c.jsonl", sample_records[:30]))
+    kw = dict(data=path, text_field=["answers.text"], block_size=32, no_cache=True)
+    with pytest.raises(MlmkitError, match=r"^eval_data\[1\]: expected a text \(str\) or a"):
+        load_blocks(DataConfig(eval_data=[{"answers": {"text": ["one"]}}, 2], **kw),
+                    roberta_tokenizer, progress=False)
+    with pytest.raises(MlmkitError, match=r"^eval_data\[0\]: no field 'answers.text'; fields "
+                       "here: text"):  # the same text fields as --data
+        load_blocks(DataConfig(eval_data=["one"], **kw), roberta_tokenizer, progress=False)
+    tiny = write_jsonl(tmp_path / "tiny.jsonl", [{"answers": {"text": ["a few words"]}}])
+    with pytest.raises(MlmkitError, match=rf"^{tiny}: the corpus holds \d+ tokens, less than one "
+                       "block of 32; add text, lower --block-size or pass --pad-last-block$"):
+        load_blocks(DataConfig(eval_data=str(tiny), **kw), roberta_tokenizer, progress=False)
+
+
+# --------------------------------------------------------------------------- --line-by-line
+
+
+def multiline_records(sample_records, n):
+    """ELI5 records whose answers run over several lines, with blank and whitespace-only lines
+    and lines longer than a block; record 5 is empty, record 6 only whitespace."""
+    recs = []
+    for i, r in enumerate(sample_records[:n]):
+        answers = [a.replace(". ", ".\n", 2) for a in r["answers"]["text"]]
+        answers[0] += "\n\n  \t\n" + ("end of answer\r\n" if i % 3 else "")
+        recs.append({"title": r["title"], "answers": {"text": [*answers, "   "]}})
+    recs[5] = {"title": "", "answers": {"text": []}}
+    recs[6] = {"title": " \n ", "answers": {"text": ["\n"]}}
+    return recs
+
+
+def run_mlm_line_by_line(recs, tokenizer, block_size, seed, fraction):
+    """run_mlm.py --line_by_line --pad_to_max_length on each line of each string of each
+    record, the records split as mlmkit splits them; also (truncated lines, blank lines)."""
+    held = is_eval_record(np.arange(len(recs)), seed, fraction)
+    out = {"train": [], "eval": []}
+    truncated = blank = 0
+    for i, r in enumerate(recs):
+        pieces = [r["title"], *r["answers"]["text"]]
+        if not " ".join(pieces).strip():
+            continue  # an empty record: counted as such, not as blank lines
+        for line in (ln for p in pieces for ln in p.splitlines()):
+            if not (len(line) > 0 and not line.isspace()):  # run_mlm.py's own filter
+                blank += 1
+                continue
+            enc = tokenizer(line, truncation=True, max_length=block_size, padding="max_length",
+                            return_special_tokens_mask=True)
+            out["eval" if held[i] else "train"].append(enc["input_ids"])
+            truncated += len(tokenizer(line)["input_ids"]) > block_size
+    return ({k: np.array(v, dtype=np.int64).reshape(-1, block_size) for k, v in out.items()},
+            truncated, blank)
+
+
+@pytest.mark.parametrize("kind", ["distilroberta", "bert_base"])
+def test_line_by_line_blocks_equal_run_mlm(tmp_path, sample_records, kind, request):
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    recs = multiline_records(sample_records, 60)
+    path = write_jsonl(tmp_path / "c.jsonl", recs)
+    cfg = DataConfig(data=str(path), text_field=["title", "answers.text"], block_size=48,
+                     line_by_line=True, seed=5, cache_dir=str(tmp_path / "c"))
+    corpus = load_blocks(cfg, tok, progress=False)
+    want, truncated, blank = run_mlm_line_by_line(recs, tok, 48, 5, 0.2)
+    assert np.array_equal(corpus.train, want["train"])
+    assert np.array_equal(corpus.eval, want["eval"])
+    s = corpus.stats
+    assert truncated > 20 and blank > 60  # the data exercises both
+    assert (s["truncated_lines"], s["blank_lines"], s["empty_records"]) == (truncated, blank, 2)
+    assert s["lines"] == len(want["train"]) + len(want["eval"]) == s["train_blocks"] + \
+        s["eval_blocks"]
+    assert s["train_tokens"] == int((want["train"] != tok.pad_token_id).sum())
+    assert s["dropped_tokens"] == 0 and s["line_by_line"] is True
+    assert (f"one block per line: {s['lines']:,} lines, {truncated} truncated to 48 tokens, "
+            f"{blank} blank lines skipped" in corpus.describe())
+    assert "2 empty records skipped" in corpus.describe()
+
+
+def test_line_by_line_with_eval_data(tmp_path, sample_records, distilroberta_tokenizer):
+    tok = distilroberta_tokenizer
+    train, held = multiline_records(sample_records, 30), multiline_records(sample_records[30:], 20)
+    cfg = DataConfig(data=str(write_jsonl(tmp_path / "a.jsonl", train)),
+                     eval_data=str(write_jsonl(tmp_path / "b.jsonl", held)),
+                     text_field=["title", "answers.text"], block_size=40, line_by_line=True,
+                     no_cache=True)
+    corpus = load_blocks(cfg, tok, progress=False)
+    want_train, t1, b1 = run_mlm_line_by_line(train, tok, 40, 0, 0.0)
+    want_eval, t2, b2 = run_mlm_line_by_line(held, tok, 40, 0, 1.0)
+    assert np.array_equal(corpus.train, want_train["train"])
+    assert np.array_equal(corpus.eval, want_eval["eval"])
+    assert (corpus.stats["truncated_lines"], corpus.stats["blank_lines"]) == (t1 + t2, b1 + b2)
+
+
+def test_line_by_line_needs_a_pad_token(tmp_path, distilroberta_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(distilroberta_tokenizer)
+    tok.pad_token = None
+    cfg = DataConfig(data=["a line", "another"], block_size=16, line_by_line=True, no_cache=True)
+    with pytest.raises(MlmkitError, match="--line-by-line: the tokenizer .* has no pad token"):
+        load_blocks(cfg, tok, progress=False)
+
+
+@pytest.mark.parametrize("served_for_line_by_line", [True, False])
+def test_line_by_line_and_concatenated_entries_never_collide(tmp_path, sample_records,
+                                                             roberta_tokenizer, caplog,
+                                                             served_for_line_by_line):
+    import shutil
+
+    path = write_jsonl(tmp_path / "c.jsonl", multiline_records(sample_records, 40))
+    base = dict(data=str(path), text_field=["title", "answers.text"], block_size=32,
+                cache_dir=str(tmp_path / "c"))
+    lines = load_blocks(DataConfig(**base, line_by_line=True), roberta_tokenizer, progress=False)
+    concat = load_blocks(DataConfig(**base), roberta_tokenizer, progress=False)
+    assert lines.cache_path != concat.cache_path
+    assert (lines.train == roberta_tokenizer.pad_token_id).any()
+    assert not (concat.train == roberta_tokenizer.pad_token_id).any()
+    want = {True: np.array(lines.train), False: np.array(concat.train)}
+    # An entry of the other kind under this one's name (as a key collision would put it) is
+    # caught by meta.json and rebuilt, never served.
+    target, other = ((lines, concat) if served_for_line_by_line else (concat, lines))
+    victim = target.cache_path
+    del lines, concat, target
+    shutil.rmtree(victim)
+    shutil.copytree(other.cache_path, victim)
+    caplog.set_level("WARNING", logger="mlmkit")
+    got = load_blocks(DataConfig(**base, line_by_line=served_for_line_by_line),
+                      roberta_tokenizer, progress=False)
+    assert np.array_equal(got.train, want[served_for_line_by_line])
+    kinds = ["concatenated", "line-by-line"]
+    asked, found = kinds[served_for_line_by_line], kinds[not served_for_line_by_line]
+    assert (f"meta.json describes {found} blocks of 32 tokens, not the {asked} blocks of 32 "
+            "asked for; rebuilding") in caplog.text
