@@ -88,7 +88,7 @@ class Corpus:
     `eval` holds the records held out of the corpus (stats['eval_held_out']), or with
     `eval_data` every record of that corpus; stats['source'] and stats['eval_source'] name
     them. With `eval_data` the two sides are separate cache entries, `cache_path` and
-    `eval_cache_path`; otherwise both name the one entry.
+    `eval_cache_path`; otherwise both name the one entry (None with no_cache).
     """
 
     train: np.ndarray
