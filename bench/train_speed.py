@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+    from mlmkit.blocks import load_blocks
     from mlmkit.config import TrainConfig
-    from mlmkit.data import load_blocks
     from mlmkit.evaluate import fixed_eval_dataset
 
     info, command = print_header("train_speed.py", argv)

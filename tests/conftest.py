@@ -71,6 +71,27 @@ def bert_tokenizer(sample_texts):
     return train_tokenizer(sample_texts[:500], "bert", VOCAB)
 
 
+def _shared_tokenizer(name: str):
+    path = REPO / ".." / "shared" / "models" / name
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip(f"real tokenizer files not found at {path.resolve()}")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path.resolve()))
+
+
+@pytest.fixture(scope="session")
+def distilroberta_tokenizer():
+    """The real DistilRoBERTa tokenizer (byte-level BPE, <pad> = 1), from ../shared."""
+    return _shared_tokenizer("distilroberta-base-shape")
+
+
+@pytest.fixture(scope="session")
+def bert_base_tokenizer():
+    """The real bert-base-uncased tokenizer (WordPiece, [PAD] = 0), from ../shared."""
+    return _shared_tokenizer("bert-base-uncased-shape")
+
+
 @pytest.fixture(scope="session")
 def sentencepiece_tokenizer(sample_texts):
     from mlmkit.testing import train_tokenizer

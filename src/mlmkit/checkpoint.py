@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .blocks import cache_root
 from .config import MlmkitError, TrainConfig
-from .data import cache_root, resolve_files
+from .data import resolve_files
 from .files import (
     RUN_MARKER,
     atomic_open,
@@ -52,10 +53,11 @@ def _inputs(cfg: TrainConfig) -> list[tuple[str, Path]]:
     read = []
     if Path(cfg.model).expanduser().exists():
         read.append(("--model", Path(cfg.model).expanduser()))
-    try:
-        read += [("--data", f) for f in resolve_files(cfg.data) or []]
-    except MlmkitError:
-        pass  # a missing corpus is reported by the data stage
+    for flag, data in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
+        try:  # None for a Hub id or in-memory data: nothing on disk to protect
+            read += [(flag, f) for f in resolve_files(data) or []]
+        except MlmkitError:
+            pass  # a missing corpus is reported by the data stage
     read.append(("--cache-dir", cache_root(cfg)))
     return read
 

@@ -1,16 +1,14 @@
-"""Load a corpus, pick and join its text fields, tokenize, group into blocks, cache on disk.
+"""Read a corpus record by record, pick and join its text fields, split off held-out records.
 
 Local files are read by our own streaming readers rather than `datasets.load_dataset`: they
 start in milliseconds instead of building an Arrow cache, keep memory flat on corpora larger
-than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`.
-Blocks are written to flat binary files and memory-mapped, so a second run with the same
-corpus, tokenizer and settings skips tokenization entirely; it checks the files' sizes and sha256
-digests first, and rebuilds an entry that fails.
+than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`. In the
+Python API a corpus may also be in memory: a list of texts or records, or a `datasets.Dataset`.
+Turning the texts into blocks of token ids is blocks.py's business.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import gzip
@@ -19,8 +17,7 @@ import io
 import json
 import logging
 import os
-import secrets
-import tempfile
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +26,22 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
-from .files import cache_dir, check_entries, file_entries, read_sealed_json, write_sealed_json
 
 log = logging.getLogger("mlmkit")
 
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-# Part of every cache key: 2 added the sizes and digests of the block files to meta.json, so
-# entries from 1, which have none, are rebuilt rather than trusted.
-CACHE_VERSION = "2"
-_TOKENIZE_BATCH = 1000
+
+
+def __getattr__(name: str) -> Any:
+    # Transitional: train.py and evaluate.py, rewritten in parallel, still import these two from
+    # here. Looked up lazily, so data.py never imports blocks.py, which imports data.py. Delete
+    # once nothing does `from .data import Corpus, load_blocks`.
+    if name in ("Corpus", "load_blocks"):
+        from . import blocks
+
+        return getattr(blocks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # --------------------------------------------------------------------------- reading records
 
@@ -61,8 +65,12 @@ def _looks_local(source: str) -> bool:
     )
 
 
-def resolve_files(source: str) -> list[Path] | None:
-    """Local files named by a path, directory or glob; None when `source` is a Hub id."""
+def resolve_files(source: Any) -> list[Path] | None:
+    """Local files named by a path, directory or glob; None when `source` is a Hub id, in-memory
+    data or None."""
+    if source is None or is_in_memory(source):
+        return None
+    source = os.fspath(source)
     expanded = os.path.expanduser(source)
     p = Path(expanded)
     if p.is_file():
@@ -117,7 +125,8 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
     return f"{path}: cannot read: {e}; expected UTF-8 text"
 
 
-# A record comes with its place: (file, line or element number, kind of number).
+# A record comes with its place: (file, line or element number, kind of number), or for
+# in-memory data (its name, index, "index"), shown as data[12].
 Where = tuple[str, int, str]
 
 
@@ -255,28 +264,45 @@ def _load_hub(cfg: DataConfig) -> Any:
                           ) from None
 
 
-def iter_records(cfg: DataConfig) -> tuple[Iterator[tuple[Where, dict[str, Any]]], int | None, str]:
-    """All records of the corpus in order, the count when known, and a fingerprint of the source."""
-    if not cfg.data:
-        raise MlmkitError("--data: no corpus given; expected a Hub dataset id or local files")
-    files = resolve_files(cfg.data)
+@dataclass
+class Source:
+    """A corpus opened for reading: its records in order, and what names and identifies it."""
+
+    records: Iterator[tuple[Where, dict[str, Any]]]
+    total: int | None  # how many records `records` will give, when known
+    ident: str  # changes whenever the records may have: the cache key is built on it
+    label: str  # how messages name it: the path or Hub id, or 'data' for in-memory data
+    description: str  # printable and JSON-safe, as describe_source gives it
+
+
+def iter_records(cfg: DataConfig, name: str = "data") -> Source:
+    """The first `cfg.limit` records of `cfg.data` in order; `name` is the setting it came from,
+    which messages about in-memory data use ('data[12]: ...')."""
+    data = cfg.data
+    if data is None or (isinstance(data, str) and not data):
+        raise MlmkitError(f"--{name.replace('_', '-')}: no corpus given; expected a Hub dataset "
+                          "id or local files")
+    if is_in_memory(data):
+        return _memory_source(data, name, cfg.limit)
+    files = resolve_files(data)
     if files is not None:
         ident = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         gen = (r for f in files for r in _read_file(f))
-        return _take(gen, cfg.limit), None, json.dumps(ident)
+        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), str(data))
     ds = _load_hub(cfg)
     n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+    where = f"{data}[{cfg.split}]"
+    rows = (((where, i, "record"), rec) for i, rec in enumerate(_dataset_rows(ds), 1))
+    ident = json.dumps([data, cfg.data_config, cfg.split, getattr(ds, "_fingerprint", None)])
+    return Source(_take(rows, cfg.limit), n, ident, data, data)
 
-    def rows() -> Iterator[tuple[Where, dict[str, Any]]]:
-        i = 0
-        for batch in ds.iter(batch_size=1000):
-            keys = list(batch)
-            for values in zip(*(batch[k] for k in keys)):
-                i += 1
-                yield (f"{cfg.data}[{cfg.split}]", i, "record"), dict(zip(keys, values))
 
-    return _take(rows(), cfg.limit), n, json.dumps([cfg.data, cfg.data_config, cfg.split,
-                                                    getattr(ds, "_fingerprint", None)])
+def _dataset_rows(ds: Any) -> Iterator[dict[str, Any]]:
+    # Python objects whatever format the caller set on the dataset (torch, numpy, ...).
+    for batch in ds.with_format(None).iter(batch_size=1000):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))
 
 
 def _take(it: Iterator, limit: int | None) -> Iterator:
@@ -300,11 +326,16 @@ def _paths(rec: Any, prefix: str = "") -> list[str]:
 
 
 def _where(w: Where) -> str:
-    return f"{w[0]}: {w[2]} {w[1]}"
+    return f"{w[0]}[{w[1]}]" if w[2] == "index" else f"{w[0]}: {w[2]} {w[1]}"
 
 
 def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
     """The text at a dotted path; lists of strings are joined with a space, as the guide does."""
+    return " ".join(_field_strings(rec, path, where))
+
+
+def _field_strings(rec: dict[str, Any], path: str, where: Where) -> list[str]:
+    """The strings at a dotted path: one, a list's, or none for a missing or null value."""
     value: Any = rec
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
@@ -318,11 +349,11 @@ def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
             fields_ = ", ".join(_paths(rec)) or "(none: the record is not an object)"
             raise MlmkitError(f"{_where(where)}: no field {path!r}; fields here: {fields_}")
     if isinstance(value, str):
-        return value
+        return [value]
     if value is None:
-        return ""
+        return []
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value)
+        return value
     kind = type(value).__name__
     if isinstance(value, list):
         kind = "list of " + ", ".join(sorted({type(v).__name__ for v in value if
@@ -353,11 +384,27 @@ class TextStats:
 
 def iter_texts(cfg: DataConfig, stats: TextStats | None = None) -> Iterator[tuple[int, str]]:
     """(record number, text) for every non-empty record; empty ones are counted in `stats`."""
-    return _texts(iter_records(cfg)[0], cfg.text_field, stats or TextStats())
+    return record_texts(iter_records(cfg).records, cfg.text_field, stats or TextStats())
 
 
-def _texts(records: Iterator[tuple[Where, Any]], text_fields: list[str],
-           stats: TextStats) -> Iterator[tuple[int, str]]:
+def record_texts(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                 stats: TextStats) -> Iterator[tuple[int, str]]:
+    """(record number, text) for every non-empty record: its fields' strings joined with a
+    space, a list's strings too; empty records are counted in `stats`."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, " ".join(t for t in (" ".join(f) for f in strings) if t)
+
+
+def record_pieces(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                  stats: TextStats) -> Iterator[tuple[int, list[str]]]:
+    """(record number, its strings one by one: each field's, each of a list's) for every
+    non-empty record, for what must not run on across them, such as lines."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, [t for f in strings for t in f]
+
+
+def _record_strings(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                    stats: TextStats) -> Iterator[tuple[int, list[list[str]]]]:
     stats.fields = list(text_fields)
     for i, (where, rec) in enumerate(records):
         if not isinstance(rec, dict):
@@ -365,11 +412,93 @@ def _texts(records: Iterator[tuple[Where, Any]], text_fields: list[str],
         if not stats.fields:
             stats.fields = [default_text_field(rec, where)]
         stats.records += 1
-        text = " ".join(t for t in (get_field(rec, f, where) for f in stats.fields) if t)
-        if text.strip():
-            yield i, text
+        strings = [_field_strings(rec, f, where) for f in stats.fields]
+        if any(t.strip() for f in strings for t in f):
+            yield i, strings
         else:
             stats.empty += 1
+
+
+# --------------------------------------------------------------------------- in-memory data
+
+
+def is_in_memory(data: Any) -> bool:
+    """Whether `data` is a corpus itself (a list of texts or records, a Dataset), not its name."""
+    return data is not None and not isinstance(data, (str, os.PathLike))
+
+
+def describe_source(data: Any) -> str | None:
+    """How a corpus is named in train_config.json and logs: a path or Hub id as given; in-memory
+    data as '<in-memory: 1,000 texts, sha256 0123456789abcdef…>', printable and JSON-safe."""
+    if data is None or not is_in_memory(data):
+        return None if data is None else os.fspath(data)
+    return _describe_memory(data, *_digest_rows(_memory_rows(data, "data")))
+
+
+def _memory_source(data: Any, name: str, limit: int | None) -> Source:
+    # Cached like a file, keyed by a sha256 of the records used: one extra pass over the data,
+    # a small cost beside tokenizing it, and the cache then works (and is verified) as for
+    # files. A digest of the records rather than of the texts they give: the same one that
+    # names the data, and no text field needs resolving first.
+    n, digest, texts_only = _digest_rows(_take(_memory_rows(data, name), limit))
+    rows = _take(_memory_rows(data, name), limit)
+    records = (((name, i, "index"), _as_record(rec, name, i)) for i, rec in enumerate(rows))
+    return Source(records, n, json.dumps(["in-memory", n, digest]), name,
+                  _describe_memory(data, n, digest, texts_only))
+
+
+def _memory_rows(data: Any, name: str) -> Iterator[Any]:
+    datasets = sys.modules.get("datasets")  # data cannot be a Dataset if it was never imported
+    if datasets is not None and isinstance(data, datasets.IterableDataset):
+        raise MlmkitError(f"{name}: a streaming datasets.IterableDataset cannot be read twice "
+                          "(once to identify it, once to tokenize); pass a datasets.Dataset or "
+                          "files")
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        return _dataset_rows(data)
+    if isinstance(data, (list, tuple)):
+        return iter(data)
+    raise MlmkitError(f"{name}: expected a Hub dataset id, a path, a list of texts or records, "
+                      f"or a datasets.Dataset; got a {type(data).__name__}")
+
+
+def _as_record(rec: Any, name: str, i: int) -> dict[str, Any]:
+    if isinstance(rec, str):
+        return {"text": rec}
+    if isinstance(rec, dict):
+        return rec
+    raise MlmkitError(f"{name}[{i}]: expected a text (str) or a record (dict), got "
+                      f"{type(rec).__name__}")
+
+
+def _digest_rows(rows: Iterable[Any]) -> tuple[int, str, bool]:
+    """(count, sha256 of the rows as canonical JSON, one a line; whether all are texts). A value
+    JSON cannot write counts by its repr: an unstable repr costs a cache miss at most, since
+    strings, the only values blocks are made of, are always written exactly."""
+    h, n, texts_only = hashlib.sha256(), 0, True
+    for rec in rows:
+        try:
+            line = json.dumps(rec, sort_keys=True, default=_plain)
+        except TypeError:  # keys of mixed types cannot be sorted
+            line = repr(rec)
+        h.update(line.encode())
+        h.update(b"\n")
+        n += 1
+        texts_only = texts_only and isinstance(rec, str)
+    return n, h.hexdigest(), texts_only and n > 0
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    return f"<{type(value).__qualname__}: {value!r}>"
+
+
+def _describe_memory(data: Any, n: int, digest: str, texts_only: bool) -> str:
+    what = "texts" if texts_only else "records"
+    kind = "in-memory Dataset" if not isinstance(data, (list, tuple)) else "in-memory"
+    return f"<{kind}: {n:,} {what}, sha256 {digest[:16]}…>"
 
 
 # --------------------------------------------------------------------------- held-out split
@@ -387,290 +516,3 @@ def is_eval_record(index: np.ndarray, seed: int, fraction: float) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53) < fraction
-
-
-# --------------------------------------------------------------------------- blocks
-
-
-class _BlockWriter:
-    """Appends token ids and writes every full block to a flat binary file."""
-
-    def __init__(self, path: Path, block_size: int, dtype: np.dtype) -> None:
-        self.fh = open(path, "wb")
-        self.block_size, self.dtype = block_size, dtype
-        self.pending: list[np.ndarray] = []
-        self.pending_len = 0
-        self.blocks = 0
-        self.tokens = 0
-
-    def add(self, ids: np.ndarray) -> None:
-        self.pending.append(ids)
-        self.pending_len += len(ids)
-        self.tokens += len(ids)
-        if self.pending_len >= self.block_size:
-            flat = np.concatenate(self.pending)
-            n = len(flat) // self.block_size * self.block_size
-            self.fh.write(flat[:n].astype(self.dtype, copy=False).tobytes())
-            self.blocks += n // self.block_size
-            self.pending, self.pending_len = [flat[n:]], len(flat) - n
-
-    def close(self, pad_id: int | None) -> int:
-        """Finish the file; returns the number of tokens dropped (the final partial block)."""
-        dropped = self.pending_len
-        if pad_id is not None and self.pending_len:
-            tail = np.full(self.block_size, pad_id, dtype=self.dtype)
-            tail[: self.pending_len] = np.concatenate(self.pending)
-            self.fh.write(tail.tobytes())
-            self.blocks += 1
-            dropped = 0
-        self.fh.flush()
-        os.fsync(self.fh.fileno())  # on disk before meta.json, written after it, vouches for it
-        self.fh.close()
-        return dropped
-
-
-@dataclass
-class Corpus:
-    """Tokenized blocks of the training and held-out records, memory-mapped from disk."""
-
-    train: np.ndarray
-    eval: np.ndarray
-    stats: dict[str, Any]
-    cache_path: Path | None = None
-    _tmp: Any = None  # keeps an uncached corpus's temporary directory alive
-
-    def describe(self) -> str:
-        s = self.stats
-        parts = [f"{s['records']:,} records", f"{s['train_blocks']:,} train / "
-                 f"{s['eval_blocks']:,} eval blocks of {s['block_size']} tokens"]
-        if s["empty_records"]:
-            parts.append(f"{s['empty_records']:,} empty records skipped")
-        if s["dropped_tokens"]:
-            parts.append(f"{s['dropped_tokens']:,} tokens of final partial blocks dropped "
-                         "(--pad-last-block keeps them)")
-        return ", ".join(parts)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def cache_root(cfg: DataConfig) -> Path:
-    return cache_dir(cfg.cache_dir) / "blocks"
-
-
-def _backend(tokenizer: Any) -> Any:
-    from tokenizers import Tokenizer
-
-    if not getattr(tokenizer, "is_fast", False):
-        raise MlmkitError(f"tokenizer of {getattr(tokenizer, 'name_or_path', '?')}: a fast "
-                          "(Rust) tokenizer is required; none could be built for this model")
-    # A private copy: a tokenizer.json may carry truncation or padding settings we must not use.
-    tok = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-def _batched(it: Iterable, n: int) -> Iterator[list]:
-    batch: list = []
-    for x in it:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpus:
-    """Tokenize the corpus once into train/eval blocks, or reuse the cached blocks when their
-    meta.json, sizes and sha256 digests check out; a damaged entry is rebuilt, with a warning."""
-    records, total, source_id = iter_records(cfg)
-    key_src = json.dumps([CACHE_VERSION, source_id, tokenizer_fingerprint(tokenizer),
-                          cfg.text_field, cfg.limit, cfg.block_size, cfg.eval_fraction,
-                          cfg.pad_last_block, cfg.seed])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    if cfg.no_cache:
-        tmp = tempfile.TemporaryDirectory(prefix="mlmkit-blocks-")
-        try:
-            meta = _tokenize_into(Path(tmp.name), records, total, cfg, tokenizer, progress)
-        except BaseException:
-            tmp.cleanup()
-            raise
-        corpus = _open_corpus(Path(tmp.name), meta)
-        corpus._tmp = tmp
-        return corpus
-
-    final = cache_root(cfg) / key
-    if os.path.lexists(final):
-        meta, problems = _entry_problems(final)
-        if meta is not None:
-            return _open_corpus(final, meta)
-        _refuse_foreign(final, problems)
-        log.warning("block cache %s: %s; rebuilding", final, "; ".join(problems))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as work:
-        meta = _tokenize_into(Path(work), records, total, cfg, tokenizer, progress)
-        _install(Path(work), final)
-    return _open_corpus(final, meta)
-
-
-def _tokenize_into(work: Path, records: Iterator, total: int | None, cfg: DataConfig,
-                   tokenizer: Any, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    backend = _backend(tokenizer)
-    dtype = np.dtype(np.uint16 if backend.get_vocab_size() <= 65535 else np.int32)
-    writers = {s: _BlockWriter(work / f"{s}.bin", cfg.block_size, dtype) for s in ("train", "eval")}
-    stats = TextStats()
-    bar = tqdm(total=total, desc="tokenizing", unit=" records", disable=not progress)
-
-    try:
-        for batch in _batched(_texts(records, cfg.text_field, stats), _TOKENIZE_BATCH):
-            idx = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
-            held = is_eval_record(idx, cfg.seed, cfg.eval_fraction)
-            encs = backend.encode_batch_fast([t for _, t in batch], add_special_tokens=True)
-            for split, sel in (("train", ~held), ("eval", held)):
-                chosen = [encs[j].ids for j in np.flatnonzero(sel)]
-                if chosen:
-                    writers[split].add(np.concatenate([np.asarray(ids, dtype=np.int64)
-                                                       for ids in chosen]))
-            bar.update(stats.records - bar.n)
-    except BaseException:
-        # Clear the bar, so the one-line error that follows starts its own line.
-        bar.leave = False
-        bar.close()
-        raise
-    bar.close()
-    pad_id = tokenizer.pad_token_id if cfg.pad_last_block else None
-    dropped = sum(w.close(pad_id) for w in writers.values())
-
-    if stats.records == 0:
-        raise MlmkitError(f"{cfg.data}: the corpus holds no records")
-    if stats.records == stats.empty:
-        raise MlmkitError(f"{cfg.data}: all {stats.records:,} records have empty text in "
-                          f"field(s) {', '.join(stats.fields)}")
-    if writers["train"].blocks == 0:
-        raise MlmkitError(f"{cfg.data}: the training part holds {writers['train'].tokens:,} "
-                          f"tokens, less than one block of {cfg.block_size}; add text, lower "
-                          "--block-size or pass --pad-last-block")
-    if cfg.eval_fraction > 0 and writers["eval"].blocks == 0:
-        raise MlmkitError(f"{cfg.data}: the held-out part ({cfg.eval_fraction:.0%} of records) "
-                          f"holds {writers['eval'].tokens:,} tokens, less than one block of "
-                          f"{cfg.block_size}; add text, raise --eval-fraction or lower "
-                          "--block-size")
-    meta = {
-        "records": stats.records, "empty_records": stats.empty, "text_field": stats.fields,
-        "block_size": cfg.block_size, "dtype": dtype.name,
-        "train_blocks": writers["train"].blocks, "eval_blocks": writers["eval"].blocks,
-        "train_tokens": writers["train"].tokens, "eval_tokens": writers["eval"].tokens,
-        "dropped_tokens": dropped, "files": file_entries(work, _BLOCK_FILES),
-    }
-    # Last, and atomically: a directory without a valid meta.json is never trusted.
-    write_sealed_json(work / "meta.json", meta)
-    return meta
-
-
-def _open_corpus(path: Path, meta: dict[str, Any]) -> Corpus:
-    arrays = {}
-    for split in ("train", "eval"):
-        n = meta[f"{split}_blocks"]
-        arrays[split] = (np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r",
-                                   shape=(n, meta["block_size"]))
-                         if n else np.zeros((0, meta["block_size"]), dtype=meta["dtype"]))
-    stats = {k: v for k, v in meta.items() if k != "files"}  # digests are the cache's business
-    return Corpus(train=arrays["train"], eval=arrays["eval"], stats=stats, cache_path=path)
-
-
-# --------------------------------------------------------------------------- cache integrity
-# An entry is <cache>/blocks/<key>/ holding exactly _ENTRY_FILES. It is built in a temporary
-# directory beside it and renamed into place whole, so readers never see half of one.
-
-_BLOCK_FILES = ("train.bin", "eval.bin")
-_ENTRY_FILES = (*_BLOCK_FILES, "meta.json")
-_META_COUNTS = ("records", "empty_records", "block_size", "train_blocks", "eval_blocks",
-                "train_tokens", "eval_tokens", "dropped_tokens")
-
-
-def _entry_problems(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The meta of the cache entry at `path`, or None and what is wrong with the entry, one
-    phrase per fault. The block files are hashed whole: about 1 s per GB, against minutes per
-    GB for tokenizing, buys never training on a flipped byte."""
-    meta, problem = read_sealed_json(path / "meta.json")
-    if meta is None:
-        return None, [problem]
-    problems = _meta_problems(meta) or check_entries(
-        path, {n: meta["files"][n] for n in _BLOCK_FILES})
-    return (None, problems) if problems else (meta, [])
-
-
-def _meta_problems(meta: dict[str, Any]) -> list[str]:
-    """Whether a meta.json that matches its own digest still describes blocks that fit the
-    sizes it records: the memory maps are shaped from it, so a wrong writer must not get by."""
-    bad = [k for k in _META_COUNTS if not (type(meta.get(k)) is int and meta[k] >= 0)]
-    if meta.get("block_size") == 0:
-        bad.append("block_size")
-    if meta.get("dtype") not in ("uint16", "int32"):
-        bad.append("dtype")
-    files = meta.get("files")
-    if not (isinstance(files, dict) and all(isinstance(files.get(n), dict) for n in _BLOCK_FILES)):
-        bad.append("files")
-    if bad:
-        return [f"meta.json has no valid {', '.join(bad)}"]
-    problems = []
-    for split in ("train", "eval"):
-        n, size = meta[f"{split}_blocks"], files[f"{split}.bin"].get("size")
-        want = n * meta["block_size"] * np.dtype(meta["dtype"]).itemsize
-        if size != want:
-            problems.append(f"meta.json records {size} bytes for {split}.bin, but {n:,} blocks "
-                            f"of {meta['block_size']} {meta['dtype']} take {want:,}")
-    return problems
-
-
-def _refuse_foreign(final: Path, problems: list[str]) -> None:
-    """Stop before rebuilding over a path that holds what mlmkit did not write there: such a
-    thing is never deleted."""
-    fix = "move it away or pass --no-cache"
-    if final.is_symlink() or not final.is_dir():
-        raise MlmkitError(f"block cache {final}: not a directory mlmkit made; {fix}")
-    try:
-        foreign = sorted(set(os.listdir(final)) - set(_ENTRY_FILES))
-    except OSError as e:
-        raise MlmkitError(f"block cache {final}: cannot list it: {e.strerror}; {fix}") from None
-    if foreign:
-        raise MlmkitError(f"block cache {final}: {'; '.join(problems)}, and it holds "
-                          f"{', '.join(foreign)}, which mlmkit did not write; {fix}")
-
-
-def _install(work: Path, final: Path) -> None:
-    """Move the finished entry `work` to `final`. A broken entry there is renamed aside first and
-    deleted only once the new one is in place, so `final` is always absent, the old entry or a
-    whole new one; processes racing here all end up with identical blocks at `final`."""
-    try:
-        os.rename(work, final)
-        return
-    except OSError:
-        pass  # `final` exists: the broken entry, or one another process has just installed
-    if _entry_problems(final)[0] is not None:
-        return  # another process won the race; its blocks are identical to ours
-    aside = final.with_name(f".broken-{final.name}-{secrets.token_hex(4)}")
-    with contextlib.suppress(OSError):  # a racing process may have moved it aside already
-        os.rename(final, aside)
-    try:
-        os.rename(work, final)
-    except OSError as e:
-        if _entry_problems(final)[0] is None:  # not another process's identical entry
-            raise MlmkitError(f"block cache {final}: cannot replace the damaged entry: "
-                              f"{e.strerror}") from None
-    finally:
-        _discard_entry(aside)
-
-
-def _discard_entry(path: Path) -> None:
-    # Only the files an entry is made of; anything else stays, and with it the directory.
-    for name in _ENTRY_FILES:
-        with contextlib.suppress(OSError):
-            (path / name).unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()

@@ -219,3 +219,22 @@ def test_overwrite_replaces_an_mlmkit_run_including_one_from_before_the_marker(
     (out / "stale.txt").write_text("old")
     train(quick(tiny_roberta, sample_path, out, overwrite=True))
     assert not (out / "stale.txt").exists() and (out / ".mlmkit-run").is_file()
+
+
+def test_overwrite_check_protects_the_eval_corpus_and_takes_in_memory_data(sample_path,
+                                                                           tmp_path):
+    import datasets
+
+    from mlmkit.checkpoint import check_output
+    from mlmkit.files import mark_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    mark_run_dir(out)
+    shutil.copy(sample_path, out / "held.jsonl.gz")
+    cfg = TrainConfig(model="m", data=str(sample_path), eval_data=str(out / "held.jsonl.gz"),
+                      output=str(out), overwrite=True, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(MlmkitError, match="holds --eval-data .*held.jsonl.gz"):
+        check_output(cfg)
+    for data in (["a text", "another"], datasets.Dataset.from_list([{"text": "a"}])):
+        assert check_output(replace(cfg, data=data, eval_data=data)) == out

@@ -149,3 +149,37 @@ def test_sparse_targets_list_every_label_once_padded_to_the_multiple(roberta_tok
     assert np.array_equal(targets[:n], labels.reshape(-1)[index[:n]])
     assert (index[n:] == 0).all()
     assert sparse_targets(np.full((2, 4), IGNORE_INDEX), 8)[0].shape == (8,)  # never empty
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_line_by_line_padding_is_never_predicted_and_never_attended(
+        distilroberta_tokenizer, sample_texts, whole_word):
+    from mlmkit.blocks import load_blocks
+    from mlmkit.config import DataConfig
+    from mlmkit.evaluate import fixed_eval_dataset
+
+    tok = distilroberta_tokenizer
+    lines = [s for t in sample_texts[:200] for s in t.split(". ")]  # many short lines
+    corpus = load_blocks(DataConfig(data=lines, block_size=64, line_by_line=True, no_cache=True),
+                         tok, progress=False)
+    blocks = np.array(corpus.train)
+    pad = blocks == tok.pad_token_id
+    assert pad.mean() > 0.3 and pad.all(axis=1).sum() == 0  # mostly padding, no empty block
+    cfg = MaskConfig(mlm_probability=0.5, whole_word_mask=whole_word)  # a leak would show
+    col = MaskingCollator(Masker(tok, cfg), seed=3, pad_id=tok.pad_token_id)
+    predicted = 0
+    for start in range(0, len(blocks), 64):
+        rows = range(start, min(start + 64, len(blocks)))
+        batch = col([(0, i, blocks[i]) for i in rows])
+        labels, sel_pad = batch["labels"].numpy(), pad[list(rows)]
+        assert (labels[sel_pad] == IGNORE_INDEX).all()
+        assert (batch["input_ids"].numpy()[sel_pad] == tok.pad_token_id).all()
+        assert np.array_equal(batch["attention_mask"].numpy(), (~sel_pad).astype(np.int64))
+        predicted += int((labels != IGNORE_INDEX).sum())
+    assert predicted > 0.3 * (~pad).sum()  # masking did happen, at about half the real tokens
+    # The fixed evaluation masks too: padding gets no label and no attention.
+    ds = fixed_eval_dataset(blocks[:200], tok, cfg)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert (item["labels"].numpy()[pad[i]] == IGNORE_INDEX).all()
+        assert np.array_equal(item["attention_mask"].numpy(), (~pad[i]).astype(np.int64))
