@@ -3,8 +3,8 @@
 from .config import EvalConfig, MlmkitError, TrainConfig
 from .evaluate import Metrics, evaluate, run_eval
 from .fill import FillMask
-from .train import TrainResult, train
+from .run import Run, TrainResult, TrainState, train
 
 __version__ = "0.1.0"
-__all__ = ["EvalConfig", "FillMask", "Metrics", "MlmkitError", "TrainConfig", "TrainResult",
-           "evaluate", "run_eval", "train", "__version__"]
+__all__ = ["EvalConfig", "FillMask", "Metrics", "MlmkitError", "Run", "TrainConfig",
+           "TrainResult", "TrainState", "evaluate", "run_eval", "train", "__version__"]

@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .blocks import cache_root
 from .config import MlmkitError, TrainConfig
-from .data import resolve_files
+from .data import describe_source, resolve_files
 from .files import (
     RUN_MARKER,
     atomic_open,
@@ -144,10 +145,11 @@ def find_checkpoint(out: Path, resume: str) -> Path:
 
 
 def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any],
-                    keep: int) -> Path:
+                    keep: int, protect: Path | None = None) -> Path:
     """Every process saves its part into a temporary directory; the main process adds the
     state and the manifest and renames it into place, so `step_N` is complete or absent.
-    Older checkpoints past `keep` are removed only after the new one is in place."""
+    Older checkpoints past `keep` are removed only after the new one is in place, except
+    `protect` (the best one, with --load-best)."""
     root = out / CHECKPOINTS
     final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
     main = accelerator.is_main_process
@@ -167,7 +169,8 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any
         _fsync_dir(root)
         steps = _step_dirs(out)
         for stale in steps[: max(0, len(steps) - keep)]:
-            shutil.rmtree(stale, ignore_errors=True)
+            if protect is None or stale.name != protect.name:
+                shutil.rmtree(stale, ignore_errors=True)
         for leftover in [*root.glob(".old-step_*"), *root.glob(".tmp-step_*")]:  # kills
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -204,5 +207,98 @@ def trim_metrics_log(out: Path, step: int) -> None:
         fh.writelines(kept)
 
 
-def write_config(out: Path, cfg_dict: dict[str, Any]) -> None:
-    write_json(out / CONFIG_FILE, cfg_dict)
+def settings_record(cfg: Any) -> dict[str, Any]:
+    """A config as train_config.json holds it: every field, the corpora by name (a path or Hub
+    id as given; in-memory data by size and digest, not whole)."""
+    record = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    for name in ("data", "eval_data"):
+        if name in record:
+            record[name] = describe_source(record[name])
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in record.items()}
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    write_json(out / CONFIG_FILE, settings_record(cfg))
+
+
+# Settings a resumed run may change: they decide how long it runs, how often it evaluates,
+# saves and logs, and where results go, never what one step computes. Everything else must
+# match the run's train_config.json, or the resumed half would be another experiment.
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "max_steps", "eval_every", "save_every", "save_total_limit", "log_every",
+    "eval_batch_size", "load_best", "report_to", "push_to_hub", "quiet", "num_workers",
+    "cache_dir", "no_cache", "compile", "compile_mode", "skip_base_eval", "resume",
+    "overwrite", "output",
+})
+
+
+def run_dir_of(resume: str, output: str | None) -> Path:
+    """The run directory that --resume names: the directory itself, one of its checkpoints,
+    or with 'latest' the --output directory."""
+    if resume == "latest":
+        if not output:
+            raise MlmkitError("--resume latest: needs --output, the run directory (or pass the "
+                              "run directory itself: --resume RUN_DIR)")
+        run = Path(output).expanduser()
+    else:
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise MlmkitError(f"--resume {path}: no such run or checkpoint directory")
+        run = path.parent.parent if path.parent.name == CHECKPOINTS else path
+    if not (run / CONFIG_FILE).is_file():
+        raise MlmkitError(f"--resume {resume}: {run} is not an mlmkit run directory (no "
+                          f"{CONFIG_FILE})")
+    if output and resume != "latest" and not _same_dir(Path(output).expanduser(), run):
+        raise MlmkitError(f"--output {output} and --resume {resume}: a resumed run writes into "
+                          f"its own directory, {run}; leave --output out")
+    return run
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    """A run's saved settings, as they were written (`train_config.json`)."""
+    path = run / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MlmkitError(f"{path}: cannot read the run's settings ({e})") from None
+    if not isinstance(saved, dict):
+        raise MlmkitError(f"{path}: expected a JSON object of settings")
+    return saved
+
+
+def check_resume_settings(cfg: TrainConfig, saved: dict[str, Any], run: Path) -> None:
+    """One error naming every setting that differs from the run's own, if any does."""
+    defaults, given = settings_record(TrainConfig()), settings_record(cfg)
+    differ = []
+    for name in sorted(given):
+        if name in RESUMABLE_CHANGES:
+            continue
+        mine, theirs = given[name], saved.get(name, defaults[name])
+        if mine != theirs:
+            differ.append(f"--{name.replace('_', '-')} {mine!r} (the run's: {theirs!r})")
+    if differ:
+        raise MlmkitError(f"--resume {run}: {', '.join(differ)} differ from the run's "
+                          f"{CONFIG_FILE}; a resumed run keeps its settings except "
+                          "--epochs, --max-steps, the eval/save/log intervals and outputs "
+                          "(start a new run to change the others)")
+
+
+# The settings that decide which blocks a run held out and how they were masked: `mlmkit eval
+# --model RUN` reuses them, so that it prints the run's own number.
+EVAL_SETTINGS = ("data", "data_config", "split", "text_field", "limit", "eval_data",
+                 "line_by_line", "block_size", "eval_fraction", "pad_last_block", "seed",
+                 "mlm_probability", "mask_replace_prob", "random_replace_prob",
+                 "whole_word_mask", "eval_seed")
+
+
+def run_eval_settings(model: str) -> dict[str, Any] | None:
+    """The data and mask settings of the run that wrote `model`, or None if no run did."""
+    run = Path(model).expanduser()
+    if not (run / CONFIG_FILE).is_file():
+        return None
+    saved = read_run_config(run)
+    return {k: saved[k] for k in EVAL_SETTINGS if k in saved}

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
@@ -22,11 +23,15 @@ from .files import atomic_open, probe_writable
 
 log = logging.getLogger("mlmkit")
 
+# The command line shows progress unless --quiet; the Python API is quiet unless asked.
+CLI_DEFAULTS = {"quiet": False}
+
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore
+        default = CLI_DEFAULTS.get(f.name, default)
         help_ = f.metadata.get("help", "")
         if default not in (None, [], False):
             help_ += f" (default: {default})"
@@ -117,18 +122,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(cls: type, ns: argparse.Namespace) -> Any:
+def _config(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """defaults < `base` (a run's saved settings) < config file < flags."""
     flags = {k: v for k, v in vars(ns).items() if k not in ("command", "config", "json")}
     file_values = read_config_file(ns.config) if getattr(ns, "config", None) else {}
-    return build_config(cls, file_values, flags)
+    known = {f.name for f in fields(cls)}
+    layered = {**CLI_DEFAULTS, **{k: v for k, v in (base or {}).items() if k in known},
+               **file_values}
+    return build_config(cls, layered, flags)
 
 
-def _cmd_train(ns: argparse.Namespace) -> int:
-    from .train import train
+def _cmd_train(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .checkpoint import read_run_config, run_dir_of
+    from .run import train
 
-    cfg = _config(TrainConfig, ns)
-    r = train(cfg)
+    # A resumed run starts from its own saved settings: flags repeat them or change the few
+    # that may change (the run checks which).
+    base = None
+    if getattr(ns, "resume", None):
+        run = run_dir_of(ns.resume, getattr(ns, "output", None))
+        base = {k: v for k, v in read_run_config(run).items()
+                if k not in ("output", "resume", "overwrite")}
+    cfg = _config(TrainConfig, ns, base)
+    r = train(cfg, command="mlmkit " + shlex.join(argv))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: print once
+        return 0
+    if r.finished_before:
+        print(f"{r.output_dir}: already trained ({r.steps} steps); pass a larger --epochs or "
+              "--max-steps to train further")
         return 0
     lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
     if r.base:
@@ -141,9 +162,13 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
+    from .checkpoint import run_eval_settings
     from .evaluate import run_eval
 
-    cfg = _config(EvalConfig, ns)
+    # A run's directory: by default its own data settings and held-out split, so the number
+    # printed is the run's own.
+    run = run_eval_settings(ns.model) if "data" not in ns and getattr(ns, "model", None) else None
+    cfg = _config(EvalConfig, ns, run)
     m, stats = run_eval(cfg)
     if ns.json:
         print(json.dumps({"model": cfg.model, **m.to_dict()}))
@@ -297,11 +322,12 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars are noise here
+    argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
                "serve": _cmd_serve, "demo": _cmd_demo}[ns.command]
     try:
-        return handler(ns)
+        return handler(ns, argv) if ns.command == "train" else handler(ns)
     except MlmkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -312,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"error: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 

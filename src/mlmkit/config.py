@@ -31,7 +31,8 @@ class DataConfig:
     """Where the text comes from and how it becomes blocks of token ids."""
 
     data: str = _f(None, "corpus: a Hub dataset id, a local file (.txt/.jsonl/.json/.csv/.parquet, "
-                   "optionally .gz), a directory or a glob")
+                   "optionally .gz), a directory or a glob; from Python also a list of texts or "
+                   "records, or a datasets.Dataset")
     data_config: str | None = _f(None, "Hub dataset configuration name")
     split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')")
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
@@ -44,7 +45,8 @@ class DataConfig:
                             "--block-size, padded), as run_mlm.py's --line_by_line; default: "
                             "texts concatenated and cut into full blocks, as the guide")
     block_size: int = _f(128, "tokens per training block")
-    eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1)")
+    eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1; "
+                              "ignored with --eval-data)")
     pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it")
     cache_dir: str | None = _f(None, "where tokenized blocks are cached "
                                "(default: $MLMKIT_CACHE or ~/.cache/mlmkit)")
@@ -130,12 +132,14 @@ class TrainConfig(DataConfig, MaskConfig):
     skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training")
     num_workers: int = _f(0, "data-loader worker processes")
     log_every: int = _f(50, "write a training log record every N optimizer steps")
-    quiet: bool = _f(False, "no progress bars")
+    quiet: bool = _f(True, "no progress (the command line shows a bar, or plain lines when "
+                     "stderr is not a terminal, unless --quiet)")
 
 
 @dataclass
 class EvalConfig(DataConfig, MaskConfig):
-    """What `mlmkit eval` needs: a model, a corpus and the fixed-mask settings."""
+    """What `mlmkit eval` needs: a model, a corpus and the fixed-mask settings. For a model
+    that mlmkit trained, no `data` means the run's own data settings and held-out split."""
 
     model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM")
     eval_batch_size: int = _f(64, "blocks per evaluation step")
@@ -143,7 +147,7 @@ class EvalConfig(DataConfig, MaskConfig):
                            "separate test corpus)")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto")
     sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions")
-    quiet: bool = _f(False, "no progress bars")
+    quiet: bool = _f(True, "no progress bars (the command line shows them unless --quiet)")
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:

@@ -32,17 +32,6 @@ log = logging.getLogger("mlmkit")
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 
-def __getattr__(name: str) -> Any:
-    # Transitional: train.py and evaluate.py, rewritten in parallel, still import these two from
-    # here. Looked up lazily, so data.py never imports blocks.py, which imports data.py. Delete
-    # once nothing does `from .data import Corpus, load_blocks`.
-    if name in ("Corpus", "load_blocks"):
-        from . import blocks
-
-        return getattr(blocks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --------------------------------------------------------------------------- reading records
 
 

@@ -152,7 +152,7 @@ def run_demo(data: str, output: str, settings: DemoSettings | None = None,
     from-scratch tiny RoBERTa of `assets/` when the model cannot be fetched."""
     from .config import TrainConfig
     from .fill import FillMask
-    from .train import train
+    from .run import train
 
     s = settings or DemoSettings()
     try:

@@ -96,21 +96,29 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     all records), on masks fixed by `cfg.eval_seed`; returns the metrics and the data stats."""
     from dataclasses import replace
 
-    from .data import load_blocks
+    from .blocks import load_blocks
+    from .checkpoint import run_eval_settings
+    from .data import describe_source
     from .model import load_model, load_model_config, load_tokenizer, max_block_size, pick_device
 
+    if cfg.data is None:
+        run = run_eval_settings(cfg.model)
+        if run is None:
+            raise MlmkitError(f"--data: no corpus given, and {cfg.model} is not a run directory "
+                              "of mlmkit whose own data settings could be reused")
+        cfg = replace(cfg, **run)
     tokenizer = load_tokenizer(cfg.model)
     config = load_model_config(cfg.model)
     limit = max_block_size(config, tokenizer)
     if cfg.block_size > limit:
         raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
                           f"{cfg.model} accepts")
-    data_cfg = replace(cfg, eval_fraction=0.0) if cfg.all_records else cfg
+    data_cfg = replace(cfg, eval_fraction=0.0, eval_data=None) if cfg.all_records else cfg
     corpus = load_blocks(data_cfg, tokenizer, progress=not cfg.quiet)
     blocks = corpus.train if cfg.all_records else corpus.eval
     if len(blocks) == 0:
-        raise MlmkitError(f"{cfg.data}: no held-out block to score; raise --eval-fraction or "
-                          "pass --all-records")
+        raise MlmkitError(f"{describe_source(cfg.data)}: no held-out block to score; raise "
+                          "--eval-fraction or pass --all-records")
     device = pick_device(cfg.device)
     model = load_model(cfg.model, config).to(device)
     loader = torch.utils.data.DataLoader(fixed_eval_dataset(blocks, tokenizer, cfg),

@@ -3,10 +3,11 @@ evaluation and inference (vocabulary projection only at the positions that need 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,11 +31,29 @@ def _hub_error(name: str, e: Exception) -> MlmkitError:
     return MlmkitError(f"model {name!r}: cannot load from the Hugging Face Hub: {msg}.{hint}")
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' own load report and weight-loading bar off for one load: mlmkit says
+    what matters itself (a missing head, below), and the Python API stays quiet."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:
         raise _hub_error(name, e) from None
     if not getattr(tok, "is_fast", False):
@@ -81,7 +100,7 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
                 config.vocab_size = vocab_size
             model = AutoModelForMaskedLM.from_config(config, dtype=torch.float32)
         else:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_loading():
                 warnings.simplefilter("ignore")
                 # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16
                 # checkpoint as bf16, and AdamW steps on bf16 weights round away to nothing.

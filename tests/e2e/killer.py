@@ -10,7 +10,7 @@ import torch
 
 from mlmkit.cli import main
 
-train_module = importlib.import_module("mlmkit.train")
+train_module = importlib.import_module("mlmkit.run")
 
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"loss": 0, "torch.save": 0, "os.replace": 0, "rmtree": 0}

@@ -18,13 +18,14 @@ from safetensors.torch import load_file
 from mlmkit import MlmkitError, TrainConfig, train
 from mlmkit.checkpoint import find_checkpoint, trim_metrics_log
 
-train_module = importlib.import_module("mlmkit.train")
+train_module = importlib.import_module("mlmkit.run")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
     base = dict(model=str(model), data=str(data), text_field=["answers.text"], limit=100,
                 block_size=64, output=str(out), max_steps=12, batch_size=8, eval_batch_size=32,
-                learning_rate=1e-3, log_every=1, eval_every=4, save_every=4, quiet=True)
+                learning_rate=1e-3, log_every=1, eval_every=4, save_every=4, quiet=True,
+                save_total_limit=2)
     return TrainConfig(**{**base, **kw})
 
 
@@ -159,20 +160,20 @@ def test_non_finite_loss_stops_with_the_checkpoint_to_resume(tiny_roberta, sampl
 def test_non_finite_weights_are_never_exported(tiny_roberta, sample_path, tmp_path,
                                                monkeypatch):
     # Weights poisoned without a non-finite loss being logged: the export check still stops it.
-    real_export = train_module._export
-    monkeypatch.setattr(train_module, "_export", lambda *a, **k: pytest.fail("exported"))
-    real_check = train_module.check_finite
+    Run = train_module.Run
+    monkeypatch.setattr(Run, "export", lambda *a, **k: pytest.fail("exported"))
+    real_check = Run.check_finite
 
-    def poison_then_check(model, *args):
+    def poison_then_check(self):
         with torch.no_grad():
-            next(model.parameters()).view(-1)[0] = float("inf")
-        return real_check(model, *args)
+            next(self.model.parameters()).view(-1)[0] = float("inf")
+        return real_check(self)
 
-    monkeypatch.setattr(train_module, "check_finite", poison_then_check)
+    monkeypatch.setattr(Run, "check_finite", poison_then_check)
     out = tmp_path / "run"
     with pytest.raises(MlmkitError, match="non-finite weights at step 4"):
         train(small_cfg(tiny_roberta, sample_path, out, max_steps=4, save_every=0))
-    assert real_export is not None and not (out / "model.safetensors").exists()
+    assert not (out / "model.safetensors").exists()
 
 
 # --------------------------------------------------------------------------- --overwrite

@@ -1,6 +1,6 @@
 """Training lowers perplexity and loss, saves a directory the HF pipeline loads, and a resumed
 run reproduces the uninterrupted one exactly; accumulation, whole-word masking and from-scratch
-training with a new tokenizer run."""
+training with a new tokenizer run. (The run's life: tests/unit/test_run_life.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from mlmkit import MlmkitError, TrainConfig, train
 
 # The module, not the function `mlmkit.train` that the package re-exports.
-train_module = importlib.import_module("mlmkit.train")
+train_module = importlib.import_module("mlmkit.run")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -162,7 +162,7 @@ def test_bad_settings_fail_before_anything_is_written(tiny_roberta, sample_path,
     with pytest.raises(MlmkitError, match="--overwrite"):
         train(small_cfg(tiny_roberta, sample_path, out))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    with pytest.raises(MlmkitError, match="no checkpoint"):
+    with pytest.raises(MlmkitError, match="not an mlmkit run directory"):
         train(small_cfg(tiny_roberta, sample_path, out, resume="latest"))
 
 
@@ -208,14 +208,15 @@ def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample
     assert calls["repo"] == ("me/my-model", True)
     repo, folder, ignore = calls["upload"]
     assert repo == "me/my-model" and Path(folder) == out and "checkpoints/*" in ignore
-    assert {"model.safetensors", "tokenizer.json", "metrics.json"} <= set(calls["files"])
+    assert {"model.safetensors", "tokenizer.json", "metrics.json", "README.md"} <= set(
+        calls["files"])
 
     class FailingApi(FakeApi):
         def upload_folder(self, **kw):
             raise RuntimeError("401 Unauthorized\nmore detail")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    from mlmkit.train import push_to_hub
+    from mlmkit.export import push_to_hub
 
     with pytest.raises(MlmkitError) as e:
         push_to_hub(out, "me/my-model")
