@@ -89,7 +89,7 @@ def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size
     )
 
     from mlmkit.evaluate import evaluate
-    from mlmkit.run import Stopwatch
+    from mlmkit.loop import Stopwatch
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)

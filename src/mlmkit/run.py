@@ -13,12 +13,10 @@ import math
 import os
 import signal
 import threading
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .blocks import Corpus, load_blocks
@@ -41,8 +39,17 @@ from .config import MlmkitError, TrainConfig, parse_overrides, validate
 from .data import iter_texts
 from .evaluate import Metrics, evaluate, fixed_eval_dataset
 from .files import write_json
+from .loop import (
+    BlockKeys,
+    EpochBatches,
+    LogWindow,
+    MaskedLMObjective,
+    Stopwatch,
+    adamw,
+    mixed_precision_of,
+)
 from .masking import Masker, MaskingCollator
-from .model import load_model, load_model_config, load_tokenizer, masked_lm_loss, max_block_size
+from .model import load_model, load_model_config, load_tokenizer, max_block_size
 
 log = logging.getLogger("mlmkit")
 
@@ -88,103 +95,6 @@ class TrainState:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C, after the checkpoint of the step in progress was saved; the message says how to
     go on."""
-
-
-class _Blocks(torch.utils.data.Dataset):
-    """Training blocks, looked up by the (epoch, index) keys that `EpochBatches` yields."""
-
-    def __init__(self, blocks: np.ndarray) -> None:
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, np.ndarray]:
-        epoch, i = key
-        return epoch, i, np.asarray(self.blocks[i])
-
-
-class Stopwatch:
-    """Training time without evaluation and checkpointing: `paused()` stops it (after waiting
-    for the device, so queued training work is counted as training)."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.total, self.since = seconds, time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return self.total + (time.perf_counter() - self.since if self.since is not None else 0.0)
-
-    @contextlib.contextmanager
-    def paused(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.total, self.since = self.seconds, None
-        try:
-            yield
-        finally:
-            self.since = time.perf_counter()
-
-
-class MaskedLMObjective(torch.nn.Module):
-    """The model and its loss as one module, so that the sparse head runs inside forward(): a
-    DDP/FSDP wrapper then sees the whole computation and synchronises gradients as usual, which
-    calling the encoder and head of the wrapped model directly would bypass."""
-
-    def __init__(self, model: Any, sparse: bool) -> None:
-        super().__init__()
-        self.model, self.sparse = model, sparse
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **optional: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        # optional: attention_mask, masked_index, masked_labels (see MaskingCollator)
-        return masked_lm_loss(self.model, {"input_ids": input_ids, "labels": labels, **optional},
-                              self.sparse)
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Shuffled batches of (epoch, index) keys, a fixed permutation per (seed, epoch); can start
-    mid-epoch, which is how --resume continues exactly where a run stopped. The epoch rides
-    along so the collator masks with that epoch's generator, in worker processes too."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.start = 0, 0
-
-    # Not named set_epoch: Accelerate calls set_epoch(n) on batch samplers at every iteration.
-    def seek(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size) - self.start
-
-    def __iter__(self):
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        for b in range(self.start, math.ceil(self.n / self.batch_size)):
-            yield [(self.epoch, i) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]
-                   .tolist()]
-
-
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def _optimizer(model: Any, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    # As the HF Trainer: no weight decay on biases and normalisation weights.
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_norm = "norm" in name.lower() or p.ndim < 2
-        (no_decay if is_norm else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             eps=cfg.adam_epsilon, **({"fused": True} if fused else {}))
 
 
 def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, Any, Corpus]:
@@ -299,7 +209,7 @@ class Run:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
         self.accelerator = Accelerator(
-            mixed_precision=_mixed_precision(cfg.mixed_precision),
+            mixed_precision=mixed_precision_of(cfg.mixed_precision),
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(non_blocking=True), cpu=cpu_only,
             **tracker_init_kwargs(self.report_to, self.out))
@@ -319,7 +229,7 @@ class Run:
         # Its own generator: starting an iterator draws a seed, which must not come from the
         # global RNG, or a resumed run (a new iterator mid-epoch) would see other dropout masks.
         self.loader = torch.utils.data.DataLoader(
-            _Blocks(corpus.train), batch_sampler=self.sampler, collate_fn=collator,
+            BlockKeys(corpus.train), batch_sampler=self.sampler, collate_fn=collator,
             num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(cfg.seed))
         # Each process scores every world-th eval block and the sums are reduced: unlike a
@@ -344,7 +254,7 @@ class Run:
         # Not fused under fp16: GradScaler then always calls the fused step (which skips
         # overflowed updates itself), so Accelerate cannot tell a skipped step and the schedule
         # would advance.
-        optimizer = _optimizer(self.model, cfg, fused=acc.device.type == "cuda"
+        optimizer = adamw(self.model, cfg, fused=acc.device.type == "cuda"
                                and acc.mixed_precision != "fp16")
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
         # The scheduler stays ours, stepped once per optimizer step: a prepared one steps once
@@ -387,7 +297,7 @@ class Run:
             else:
                 self.start()
             self.clock = Stopwatch(self.state.train_seconds)  # goes on from a checkpoint's time
-            self.window = _Window(self.clock.seconds, self.accelerator.device)
+            self.window = LogWindow(self.clock.seconds, self.accelerator.device)
             try:
                 with self._progress_bar(), self._ctrl_c():
                     while self.state.step < self.total_steps:
@@ -487,7 +397,7 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def _log_train(self, window: _Window) -> None:
+    def _log_train(self, window: LogWindow) -> None:
         s, now = self.state, self.clock.seconds
         loss = window.mean_loss()
         # Summed over processes, so that all of them stop together, not one alone while the
@@ -662,24 +572,3 @@ class Run:
         bad = torch.stack([~torch.isfinite(p).all() for p in self.model.parameters()]).any()
         if bool(bad):
             raise self._diverged(f"non-finite weights at step {self.state.step}")
-
-
-class _Window:
-    """Loss and tokens since the last training log record (loss kept on the device: reading it
-    every step would sync the GPU every step)."""
-
-    def __init__(self, t0: float, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.reset(t0)
-
-    def reset(self, t0: float) -> None:
-        self.loss_sum.zero_()
-        self.count, self.tokens, self.t0 = 0, 0, t0
-
-    def add(self, tokens: int, loss: torch.Tensor) -> None:
-        self.tokens += tokens
-        self.loss_sum += loss
-        self.count += 1
-
-    def mean_loss(self) -> float:
-        return float(self.loss_sum) / max(self.count, 1)

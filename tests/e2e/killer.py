@@ -10,7 +10,7 @@ import torch
 
 from mlmkit.cli import main
 
-train_module = importlib.import_module("mlmkit.run")
+loop_module = importlib.import_module("mlmkit.loop")
 
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"loss": 0, "torch.save": 0, "os.replace": 0, "rmtree": 0}
@@ -30,7 +30,7 @@ def counted(name, real, torn=False):
     return wrapped
 
 
-train_module.masked_lm_loss = counted("loss", train_module.masked_lm_loss)
+loop_module.masked_lm_loss = counted("loss", loop_module.masked_lm_loss)
 torch.save = counted("torch.save", torch.save, torn=True)
 os.replace = counted("os.replace", os.replace)
 shutil.rmtree = counted("rmtree", shutil.rmtree)

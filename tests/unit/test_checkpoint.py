@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from mlmkit import MlmkitError, TrainConfig, train
 from mlmkit.checkpoint import find_checkpoint, trim_metrics_log
+from mlmkit.files import verify_manifest
 
-train_module = importlib.import_module("mlmkit.run")
+loop_module = importlib.import_module("mlmkit.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -45,7 +46,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def fail_at_call(monkeypatch, n: int, exc: BaseException | None = None, value=None):
     """Make the n-th training step raise `exc` (a kill) or return loss `value`."""
-    real, calls = train_module.masked_lm_loss, []
+    real, calls = loop_module.masked_lm_loss, []
 
     def patched(*args, **kw):
         calls.append(1)
@@ -56,7 +57,7 @@ def fail_at_call(monkeypatch, n: int, exc: BaseException | None = None, value=No
             return total * value, count
         return real(*args, **kw)
 
-    monkeypatch.setattr(train_module, "masked_lm_loss", patched)
+    monkeypatch.setattr(loop_module, "masked_lm_loss", patched)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,11 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(reference, tmp_path,
     assert_same_weights(uninterrupted, out)
     # The replayed steps 5-11 are logged once, as in the uninterrupted run.
     assert log_records(out) == log_records(uninterrupted)
-    # Step 8 was written again, whole: the run directory is healthy for the next resume.
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_8"]
-    assert find_checkpoint(out, "latest").name == "step_8"
+    # Step 8 was written again, whole, then the final state: the run directory is healthy for
+    # the next resume.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_8"]
+    assert not verify_manifest(out / "checkpoints" / "step_8")
+    assert find_checkpoint(out, "latest").name == "step_12"
 
 
 def test_explicit_damaged_checkpoint_and_no_intact_one_are_errors(reference, tmp_path):
@@ -160,7 +163,8 @@ def test_non_finite_loss_stops_with_the_checkpoint_to_resume(tiny_roberta, sampl
 def test_non_finite_weights_are_never_exported(tiny_roberta, sample_path, tmp_path,
                                                monkeypatch):
     # Weights poisoned without a non-finite loss being logged: the export check still stops it.
-    Run = train_module.Run
+    from mlmkit.run import Run
+
     monkeypatch.setattr(Run, "export", lambda *a, **k: pytest.fail("exported"))
     real_check = Run.check_finite
 

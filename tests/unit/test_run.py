@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from mlmkit import MlmkitError, TrainConfig, train
 
-# The module, not the function `mlmkit.train` that the package re-exports.
-train_module = importlib.import_module("mlmkit.run")
+# The loop's pieces: the objective (its loss) and the training clock.
+loop_module = importlib.import_module("mlmkit.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -74,7 +74,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_roberta, sample_path, tmp_
     assert [h["step"] for h in a.history] == [4, 8, 12]
 
     # Run B: the same run killed during step 7 (after the checkpoint of step 4 was written).
-    real_loss, calls = train_module.masked_lm_loss, []
+    real_loss, calls = loop_module.masked_lm_loss, []
 
     def dies_at_step_7(*args, **kw):
         calls.append(1)
@@ -82,11 +82,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_roberta, sample_path, tmp_
             raise KeyboardInterrupt
         return real_loss(*args, **kw)
 
-    monkeypatch.setattr(train_module, "masked_lm_loss", dies_at_step_7)
+    monkeypatch.setattr(loop_module, "masked_lm_loss", dies_at_step_7)
     cfg_b = replace(cfg_a, output=str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b)
-    monkeypatch.setattr(train_module, "masked_lm_loss", real_loss)
+    monkeypatch.setattr(loop_module, "masked_lm_loss", real_loss)
     out_b = tmp_path / "b"
     assert not (out_b / "model.safetensors").exists()
     assert sorted(p.name for p in (out_b / "checkpoints").iterdir()) == ["step_4"]
@@ -232,8 +232,8 @@ def test_training_clock_leaves_out_paused_time(monkeypatch):
         def perf_counter(cls):
             return cls.now
 
-    monkeypatch.setattr(train_module, "time", FakeTime)
-    clock = train_module.Stopwatch()
+    monkeypatch.setattr(loop_module, "time", FakeTime)
+    clock = loop_module.Stopwatch()
     FakeTime.now += 5
     assert clock.seconds == 5
     with clock.paused():  # an evaluation or a checkpoint

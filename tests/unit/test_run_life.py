@@ -21,6 +21,7 @@ from mlmkit.cli import main
 from mlmkit.evaluate import Metrics
 
 run_module = importlib.import_module("mlmkit.run")
+loop_module = importlib.import_module("mlmkit.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -87,7 +88,7 @@ def test_ctrl_c_saves_a_checkpoint_and_its_resume_command_finishes_the_run(
     whole = tmp_path / "whole"
     assert main(cli_args(tiny_roberta, sample_path, whole, *steps)) == 0
 
-    real, calls = run_module.masked_lm_loss, []
+    real, calls = loop_module.masked_lm_loss, []
 
     def ctrl_c_in_step_6(*a, **kw):
         calls.append(1)
@@ -95,7 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_and_its_resume_command_finishes_the_run(
             signal.raise_signal(signal.SIGINT)
         return real(*a, **kw)
 
-    monkeypatch.setattr(run_module, "masked_lm_loss", ctrl_c_in_step_6)
+    monkeypatch.setattr(loop_module, "masked_lm_loss", ctrl_c_in_step_6)
     cut = tmp_path / "cut"
     capsys.readouterr()
     before = signal.getsignal(signal.SIGINT)
@@ -106,7 +107,7 @@ def test_ctrl_c_saves_a_checkpoint_and_its_resume_command_finishes_the_run(
     assert signal.getsignal(signal.SIGINT) is before  # the handler is the run's only
     command = err.split("continue with: ")[1].split()
     assert command[:2] == ["mlmkit", "train"]
-    monkeypatch.setattr(run_module, "masked_lm_loss", real)
+    monkeypatch.setattr(loop_module, "masked_lm_loss", real)
     assert main(command[1:]) == 0
     a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
     for k in a:
