@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,39 +43,6 @@ def make_model_dir(model_dir: Path, out: Path, small: bool) -> str:
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return (f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocabulary "
             f"{cfg.vocab_size:,}")
-
-
-class LiveServer:
-    """uvicorn serving `app` on a loopback socket bound before it starts (no port race)."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=1024))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        import httpx
-
-        self.thread.start()
-        for _ in range(20):  # bounded; a connection waits in the backlog until uvicorn accepts
-            try:
-                if httpx.get(f"{self.url}/health", timeout=10).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                if not self.thread.is_alive():
-                    break
-        raise SystemExit("the server did not come up")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 async def fire(url: str, sentences: list[str], concurrency: int, top_k: int) -> dict:
@@ -163,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlmkit import FillMask
     from mlmkit.server import create_app
+    from mlmkit.testing import LiveServer
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -193,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             app = create_app(engine, max_batch_size=args.max_batch_size,
                              max_wait_ms=args.max_wait_ms, max_queue=max(256, args.n),
                              batching=mode == "on")
-            with LiveServer(app) as server:
+            with LiveServer(app, backlog=1024) as server:
                 asyncio.run(fire(server.url, sentences[:16], 8, args.top_k))  # warm-up
                 runs[mode] = asyncio.run(fire(server.url, sentences, args.concurrency,
                                               args.top_k))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
+from .page import render_page
 from .payload import ApiError, Limits, parse_request, read_body, request_model
 
 if TYPE_CHECKING:
@@ -320,10 +321,11 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
     the pipeline's records, so `huggingface_hub.InferenceClient(base_url=...)` works as is.
     Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound;
-    a body not all received within `body_timeout_s` seconds gets 408.
+    a body not all received within `body_timeout_s` seconds gets 408. `GET /` is a page to
+    try the model in a browser.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     for name, value in [("max_batch_size", max_batch_size), ("max_queue", max_queue),
@@ -409,6 +411,12 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    page, page_headers = render_page(model_name, mask_token, max_top_k)
+
+    @app.get("/", response_class=HTMLResponse, summary="Fill-mask playground (HTML page)")
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page, headers=page_headers)
 
     @app.get("/health", summary="Liveness and queue state")
     async def health() -> dict:

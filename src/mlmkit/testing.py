@@ -1,9 +1,12 @@
 """Tiny tokenizers and models built locally in seconds, for tests, demos and benchmarks that
 must run offline (no Hub): a byte-level BPE tokenizer (RoBERTa's kind) or a WordPiece one
-(BERT's kind), trained on any texts, and a random-init masked LM config to go with it."""
+(BERT's kind), trained on any texts, and a random-init masked LM config to go with it; and
+`LiveServer`, an app served on a loopback port in a thread."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -109,3 +112,40 @@ def save_tiny_model(path: str | Path, texts: Iterable[str], kind: str = "roberta
     else:
         cfg.save_pretrained(path)
     return path
+
+
+class LiveServer:
+    """uvicorn serving `app` on a free 127.0.0.1 port in a daemon thread, for a real client (a
+    browser, `InferenceClient`, a load generator): `with LiveServer(app) as s: get(s.url)`.
+    The socket is bound and listening before uvicorn starts, so there is no port race and a
+    client that connects early waits in the backlog until the server accepts."""
+
+    def __init__(self, app: Any, backlog: int = 64) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=backlog))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        for _ in range(20):  # bounded: each try waits at most 10 s in the backlog
+            try:
+                if httpx.get(f"{self.url}/health", timeout=10).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                if not self.thread.is_alive():
+                    break
+        self.__exit__()
+        raise RuntimeError(f"the server at {self.url} did not come up")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
