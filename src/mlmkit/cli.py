@@ -313,8 +313,9 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
+def _quiet_libraries() -> None:
+    """Only once a command runs: importing transformers costs seconds that --help and a usage
+    error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     for noisy in ("transformers", "datasets", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -322,8 +323,13 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars are noise here
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)
+    _quiet_libraries()  # every command loads a model
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
                "serve": _cmd_serve, "demo": _cmd_demo}[ns.command]
     try:

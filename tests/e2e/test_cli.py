@@ -181,6 +181,27 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
     assert_records_equal(json.loads(proc.stdout), pipe(text, top_k=2))
 
 
+STARTUP_PROBE = """import json, sys
+from mlmkit.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps([code, [m for m in ("torch", "transformers", "numpy") if m in sys.modules]]))
+"""
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--help"], 0), (["train", "--help"], 0), (["eval", "--help"], 0), (["fill", "-h"], 0),
+    (["serve", "--help"], 0), (["demo", "--help"], 0), ([], 2), (["train", "--no-such"], 2),
+    (["fill"], 2), (["train", "--epochs", "many"], 2)])
+def test_help_and_usage_errors_load_no_heavy_library(argv, code):
+    # Not a timed test: what made `mlmkit --help` take seconds was importing these.
+    proc = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert json.loads(proc.stdout.splitlines()[-1]) == [code, []], proc.stderr
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
