@@ -6,13 +6,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from mlmkit.cli import main
+from mlmkit.cli import build_parser, main
+from mlmkit.config import GROUPS, TrainConfig
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -182,7 +186,8 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
 
 
 STARTUP_PROBE = """import json, sys
-from mlmkit.cli import main
+from mlmkit.cli import build_parser, main
+from mlmkit.config import GROUPS, TrainConfig
 try:
     code = main(sys.argv[1:])
 except SystemExit as e:
@@ -200,6 +205,53 @@ def test_help_and_usage_errors_load_no_heavy_library(argv, code):
     proc = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *argv], capture_output=True,
                           text=True, timeout=120)
     assert json.loads(proc.stdout.splitlines()[-1]) == [code, []], proc.stderr
+
+
+def help_of(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def sections_of(text: str) -> dict[str, str]:
+    """Help text by section heading ('data', 'examples', ...); the description is ''."""
+    out: dict[str, list[str]] = {"": []}
+    key = ""
+    for line in text.splitlines()[1:]:
+        if re.fullmatch(r"[a-z][\w &]*:", line):
+            key = line[:-1]
+            out[key] = []
+        else:
+            out[key].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "serve", "demo"])
+def test_help_has_a_description_and_examples_that_parse(capsys, command):
+    text = help_of(capsys, *command.split())
+    description = text.split("\n\n")[1]  # after the usage lines
+    assert len(description.split()) >= 12, text
+    examples = sections_of(text)["examples"].replace("\\\n", " ").splitlines()
+    runs = [shlex.split(line.split("| ")[-1], comments=True) for line in examples
+            if line.strip().startswith(("mlmkit ", "cat "))]
+    assert runs, text
+    for argv in runs:  # every example is a command line this version accepts
+        assert argv[0] == "mlmkit"
+        build_parser().parse_args(argv[1:])
+    commands = {argv[1] for argv in runs}
+    assert commands == ({"train", "eval", "fill", "serve", "demo"} if not command else {command})
+
+
+def test_train_help_lists_each_setting_in_its_section(capsys):
+    sections = sections_of(help_of(capsys, "train"))
+    assert [k for k in sections if k in GROUPS.values()] == list(GROUPS.values())
+    for f in fields(TrainConfig):
+        kebab = f.name.replace("_", "-")
+        section = sections[GROUPS[f.metadata["group"]]]
+        assert re.search(rf"^  --(no-)?{kebab}\b", section, re.M), (f.name, section)
+    eval_sections = sections_of(help_of(capsys, "eval"))
+    assert "--all-records" in eval_sections["data"] and "--device" in eval_sections["performance"]
 
 
 # --------------------------------------------------------------------------- bad inputs
