@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -144,13 +145,68 @@ def _flag(f: Any) -> tuple[str, dict[str, Any]]:
     return flag, kw
 
 
+# Names from transformers' run_mlm.py / TrainingArguments -> the field they set. Every flag is
+# also accepted in snake_case, which covers the names run_mlm.py shares with mlmkit
+# (--learning_rate, --max_steps, ...). Hidden from the lists, shown in one epilog section.
+RUN_MLM_NAMES = {
+    "model_name_or_path": "model",
+    "train_file": "data",
+    "dataset_name": "data",
+    "dataset_config_name": "data_config",
+    "validation_file": "eval_data",
+    "max_seq_length": "block_size",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "num_train_epochs": "epochs",
+    "output_dir": "output",
+    "overwrite_output_dir": "overwrite",
+    "resume_from_checkpoint": "resume",
+}
+RUN_MLM_SAME_NAMES = ("mlm_probability", "line_by_line", "seed", "learning_rate", "weight_decay",
+                      "gradient_accumulation_steps", "warmup_ratio", "max_steps",
+                      "save_total_limit", "report_to")
+
+
+class _Parser(argparse.ArgumentParser):
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # An abbreviation such as --learning matches both --learning-rate and its alias
+        # --learning_rate; that is one setting, not an ambiguity.
+        tuples = super()._get_option_tuples(option_string)
+        return tuples[:1] if len({t[0].dest for t in tuples}) == 1 else tuples
+
+
+def _aliases(flag: str, name: str) -> list[str]:
+    snake = "--" + flag[2:].replace("-", "_")
+    return ([snake] if snake != flag else []) + [
+        "--" + alias for alias, target in RUN_MLM_NAMES.items() if target == name]
+
+
+def _alias_help(cls: type) -> str:
+    names = [f.name for f in fields(cls)]
+    rows = [(", ".join("--" + a for a, n in RUN_MLM_NAMES.items() if n == name),
+             "--" + name.replace("_", "-"))
+            for name in dict.fromkeys(RUN_MLM_NAMES.values()) if name in names]
+    same = ", ".join("--" + n for n in RUN_MLM_SAME_NAMES if n in names)
+    return "\n".join([
+        "run_mlm.py names (accepted, not listed above; each sets the same setting):",
+        *(f"  {aliases:<30} = {flag}" for aliases, flag in rows),
+        "  and every flag spelled with _ for - (--block_size = --block-size), so also",
+        "  run_mlm.py's own names:",
+        *textwrap.wrap(same, 76, initial_indent="  ", subsequent_indent="  ")])
+
+
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """A flag per field, listed in the section its `group` names (config.GROUPS)."""
+    """A flag per field, listed in the section its `group` names (config.GROUPS), plus its
+    hidden aliases (snake_case, run_mlm.py's names), which set the same field."""
     used = {f.metadata["group"] for f in fields(cls)}
     sections = {k: parser.add_argument_group(title) for k, title in GROUPS.items() if k in used}
     for f in fields(cls):
         flag, kw = _flag(f)
-        sections[f.metadata["group"]].add_argument(flag, **kw)
+        section = sections[f.metadata["group"]]
+        section.add_argument(flag, **kw)
+        for alias in _aliases(flag, f.name):
+            section.add_argument(alias, **{**kw, "help": argparse.SUPPRESS})
+    parser.epilog = "\n\n".join(filter(None, [parser.epilog, _alias_help(cls)]))
 
 
 def _command(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
@@ -161,8 +217,8 @@ def _command(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     _, description, examples = COMMANDS["mlmkit"]
-    p = argparse.ArgumentParser(prog="mlmkit", description=description, epilog=examples,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="mlmkit", description=description, epilog=examples,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"mlmkit {__version__}")
