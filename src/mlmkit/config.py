@@ -20,10 +20,26 @@ class MlmkitError(Exception):
     """An error the user can cause and fix; the CLI prints it as one line and exits 2."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+# The sections of `mlmkit train --help` / `eval --help`, in the order shown: key -> title.
+GROUPS = {
+    "model": "model",
+    "data": "data",
+    "masking": "masking",
+    "optimisation": "optimisation",
+    "schedule": "schedule & length",
+    "checkpoints": "checkpoints & resume",
+    "outputs": "outputs & tracking",
+    "performance": "performance",
+}
+
+
+def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
+    if group not in GROUPS:
+        raise ValueError(f"group {group!r}: expected one of {', '.join(GROUPS)}")
+    meta = {"help": help, "group": group, **kw}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -32,46 +48,55 @@ class DataConfig:
 
     data: str = _f(None, "corpus: a Hub dataset id, a local file (.txt/.jsonl/.json/.csv/.parquet, "
                    "optionally .gz), a directory or a glob; from Python also a list of texts or "
-                   "records, or a datasets.Dataset")
-    data_config: str | None = _f(None, "Hub dataset configuration name")
-    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')")
+                   "records, or a datasets.Dataset", group="data")
+    data_config: str | None = _f(None, "Hub dataset configuration name", group="data")
+    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')",
+                    group="data")
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
                                "strings are joined with a space, and so are several fields "
-                               "(default: 'text', or the only string field)")
-    limit: int | None = _f(None, "take only the first N records")
+                               "(default: 'text', or the only string field)", group="data")
+    limit: int | None = _f(None, "take only the first N records", group="data")
     eval_data: str | None = _f(None, "a separate evaluation corpus (same forms as --data): train "
-                               "on every record of --data, evaluate on every record of this one")
+                               "on every record of --data, evaluate on every record of this one",
+                               group="data")
     line_by_line: bool = _f(False, "each non-blank line its own example (truncated to "
                             "--block-size, padded), as run_mlm.py's --line_by_line; default: "
-                            "texts concatenated and cut into full blocks, as the guide")
-    block_size: int = _f(128, "tokens per training block")
+                            "texts concatenated and cut into full blocks, as the guide",
+                            group="data")
+    block_size: int = _f(128, "tokens per training block", group="data")
     eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1; "
-                              "ignored with --eval-data)")
-    pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it")
+                              "ignored with --eval-data)", group="data")
+    pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it",
+                              group="data")
     cache_dir: str | None = _f(None, "where tokenized blocks are cached "
-                               "(default: $MLMKIT_CACHE or ~/.cache/mlmkit)")
-    no_cache: bool = _f(False, "always re-tokenize; do not read or write the block cache")
-    seed: int = _f(42, "seed for the held-out split, masking, shuffling and initialisation")
+                               "(default: $MLMKIT_CACHE or ~/.cache/mlmkit)", group="data")
+    no_cache: bool = _f(False, "always re-tokenize; do not read or write the block cache",
+                        group="data")
+    seed: int = _f(42, "seed for the held-out split, masking, shuffling and initialisation",
+                   group="data")
 
 
 @dataclass
 class MaskConfig:
     """Dynamic masking (BERT's 80/10/10 recipe) and the fixed evaluation masks."""
 
-    mlm_probability: float = _f(0.15, "fraction of tokens selected for prediction")
-    mask_replace_prob: float = _f(0.8, "of the selected tokens, fraction replaced by <mask>")
+    mlm_probability: float = _f(0.15, "fraction of tokens selected for prediction", group="masking")
+    mask_replace_prob: float = _f(0.8, "of the selected tokens, fraction replaced by <mask>",
+                                  group="masking")
     random_replace_prob: float = _f(0.1, "of the selected tokens, fraction replaced by a random "
-                                    "token (the rest stay unchanged)")
-    whole_word_mask: bool = _f(False, "select whole words instead of single tokens")
-    eval_seed: int = _f(1234, "seed of the fixed evaluation masks")
+                                    "token (the rest stay unchanged)", group="masking")
+    whole_word_mask: bool = _f(False, "select whole words instead of single tokens",
+                               group="masking")
+    eval_seed: int = _f(1234, "seed of the fixed evaluation masks", group="masking")
 
 
 @dataclass
 class TrainConfig(DataConfig, MaskConfig):
     """Everything `mlmkit train` needs; `mlmkit eval` uses the data and mask part."""
 
-    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM")
-    output: str | None = _f(None, "directory to write the fine-tuned model to")
+    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM",
+                    group="model")
+    output: str | None = _f(None, "directory to write the fine-tuned model to", group="outputs")
     # Batch 64 with lr 1e-4 instead of the guide's 8 with 2e-5 (its PyTorch recipe sets no batch
     # size, so Trainer's default of 8 applies; its TensorFlow recipe uses 16), changed together
     # by the rule that they change only on a benchmark showing equal or better fixed-mask
@@ -82,58 +107,72 @@ class TrainConfig(DataConfig, MaskConfig):
     # about the square-root scaling of DAPT's 5e-4 at batch 2,048 (Gururangan et al., 2020).
     # The guide's exact recipe stays one flag pair away: --batch-size 8 --learning-rate 2e-5.
     learning_rate: float = _f(1e-4, "peak learning rate of AdamW (the guide's: 2e-5 with batch "
-                              "8)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorms)")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.999, "AdamW beta2")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+                              "8)", group="optimisation")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorms)",
+                             group="optimisation")
+    adam_beta1: float = _f(0.9, "AdamW beta1", group="optimisation")
+    adam_beta2: float = _f(0.999, "AdamW beta2", group="optimisation")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon", group="optimisation")
     batch_size: int = _f(64, "blocks per device per optimizer micro-step (the guide's: 8, "
-                         "Trainer's default; its TensorFlow recipe: 16)")
-    eval_batch_size: int = _f(64, "blocks per device per evaluation step")
-    epochs: float = _f(3.0, "passes over the training blocks")
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    max_grad_norm: float = _f(1.0, "clip gradients to this L2 norm (0 disables)")
-    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup")
-    warmup_steps: int = _f(0, "steps of linear warmup (overrides warmup-ratio when > 0)")
+                         "Trainer's default; its TensorFlow recipe: 16)", group="optimisation")
+    eval_batch_size: int = _f(64, "blocks per device per evaluation step", group="performance")
+    epochs: float = _f(3.0, "passes over the training blocks", group="schedule")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)",
+                               group="schedule")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step",
+                                          group="optimisation")
+    max_grad_norm: float = _f(1.0, "clip gradients to this L2 norm (0 disables)",
+                              group="optimisation")
+    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup", group="schedule")
+    warmup_steps: int = _f(0, "steps of linear warmup (overrides warmup-ratio when > 0)",
+                           group="schedule")
     lr_scheduler: str = _f("linear", "learning-rate schedule after warmup",
-                           choices=["linear", "cosine", "constant"])
+                           choices=["linear", "cosine", "constant"], group="schedule")
     mixed_precision: str = _f("auto", "autocast precision: 'auto' is bf16 on GPUs that support "
                               "it, fp16 with loss scaling on older GPUs, fp32 ('no') on CPU",
-                              choices=["no", "auto", "bf16", "fp16"])
+                              choices=["no", "auto", "bf16", "fp16"], group="performance")
     sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions "
-                           "(same loss, less compute)")
+                           "(same loss, less compute)", group="performance")
     compile: bool = _f(False, "torch.compile the training step (encoder, sparse head and loss "
                        "as one graph; the masked-row count is dynamic, so it compiles once, "
-                       "plus once for an epoch's shorter last batch)")
+                       "plus once for an epoch's shorter last batch)", group="performance")
     compile_mode: str = _f("default", "torch.compile mode with --compile; 'reduce-overhead' adds "
                            "CUDA graphs (GPU only), 'max-autotune' also tunes kernels",
                            choices=["default", "reduce-overhead", "max-autotune",
-                                    "max-autotune-no-cudagraphs"])
-    eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)")
-    save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)")
+                                    "max-autotune-no-cudagraphs"], group="performance")
+    eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)",
+                         group="schedule")
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)",
+                         group="checkpoints")
     save_total_limit: int = _f(1, "keep only the newest N checkpoints (the final state is always "
-                               "one, so a finished run can be trained further)")
+                               "one, so a finished run can be trained further)",
+                               group="checkpoints")
     load_best: bool = _f(False, "export the checkpoint with the lowest fixed-mask perplexity "
-                         "instead of the last (needs evaluation at every checkpoint)")
+                         "instead of the last (needs evaluation at every checkpoint)",
+                         group="checkpoints")
     resume: str | None = _f(None, "continue a run: its directory, one of its checkpoint "
                             "directories, or 'latest' with --output; the run's saved settings "
-                            "are used, and flags given again must match them")
+                            "are used, and flags given again must match them", group="checkpoints")
     report_to: str = _f("none", "also send metrics to these trackers, comma-separated: "
                         "tensorboard, mlflow, wandb, trackio (metrics.jsonl and curves.png "
-                        "are always written)")
-    overwrite: bool = _f(False, "replace an existing, non-empty output directory")
-    from_scratch: bool = _f(False, "train a randomly initialised model of the named model's shape")
+                        "are always written)", group="outputs")
+    overwrite: bool = _f(False, "replace an existing, non-empty output directory",
+                         group="checkpoints")
+    from_scratch: bool = _f(False, "train a randomly initialised model of the named model's shape",
+                            group="model")
     config_overrides: str | None = _f(None, "with --from-scratch: change the model's shape, e.g. "
-                                      "'hidden_size=128,num_hidden_layers=2'")
+                                      "'hidden_size=128,num_hidden_layers=2'", group="model")
     train_tokenizer: int | None = _f(None, "first train a new tokenizer of the same kind with this "
-                                     "vocabulary size on the corpus (implies --from-scratch)")
-    push_to_hub: str | None = _f(None, "upload the result to this Hub repository id")
-    skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training")
-    num_workers: int = _f(0, "data-loader worker processes")
-    log_every: int = _f(50, "write a training log record every N optimizer steps")
+                                     "vocabulary size on the corpus (implies --from-scratch)",
+                                     group="model")
+    push_to_hub: str | None = _f(None, "upload the result to this Hub repository id",
+                                 group="outputs")
+    skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training",
+                              group="schedule")
+    num_workers: int = _f(0, "data-loader worker processes", group="performance")
+    log_every: int = _f(50, "write a training log record every N optimizer steps", group="outputs")
     quiet: bool = _f(True, "no progress (the command line shows a bar, or plain lines when "
-                     "stderr is not a terminal, unless --quiet)")
+                     "stderr is not a terminal, unless --quiet)", group="outputs")
 
 
 @dataclass
@@ -141,13 +180,16 @@ class EvalConfig(DataConfig, MaskConfig):
     """What `mlmkit eval` needs: a model, a corpus and the fixed-mask settings. For a model
     that mlmkit trained, no `data` means the run's own data settings and held-out split."""
 
-    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM")
-    eval_batch_size: int = _f(64, "blocks per evaluation step")
+    model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM",
+                    group="model")
+    eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance")
     all_records: bool = _f(False, "score every record, not only the held-out fraction (for a "
-                           "separate test corpus)")
-    device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto")
-    sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions")
-    quiet: bool = _f(True, "no progress bars (the command line shows them unless --quiet)")
+                           "separate test corpus)", group="data")
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="performance")
+    sparse_head: bool = _f(True, "compute the vocabulary projection only at masked positions",
+                           group="performance")
+    quiet: bool = _f(True, "no progress bars (the command line shows them unless --quiet)",
+                     group="outputs")
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:

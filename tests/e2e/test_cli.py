@@ -3,16 +3,22 @@ files with flags winning, and turns every bad input into one 'error:' line and e
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import types
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from mlmkit.cli import main
+from mlmkit.cli import _config, build_parser, main
+from mlmkit.config import GROUPS, EvalConfig, TrainConfig
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -179,6 +185,149 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert_records_equal(json.loads(proc.stdout), pipe(text, top_k=2))
+
+
+STARTUP_PROBE = """import json, sys
+from mlmkit.cli import _config, build_parser, main
+from mlmkit.config import GROUPS, EvalConfig, TrainConfig
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps([code, [m for m in ("torch", "transformers", "numpy") if m in sys.modules]]))
+"""
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--help"], 0), (["train", "--help"], 0), (["eval", "--help"], 0), (["fill", "-h"], 0),
+    (["serve", "--help"], 0), (["demo", "--help"], 0), ([], 2), (["train", "--no-such"], 2),
+    (["fill"], 2), (["train", "--epochs", "many"], 2)])
+def test_help_and_usage_errors_load_no_heavy_library(argv, code):
+    # Not a timed test: what made `mlmkit --help` take seconds was importing these.
+    proc = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert json.loads(proc.stdout.splitlines()[-1]) == [code, []], proc.stderr
+
+
+def help_of(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def sections_of(text: str) -> dict[str, str]:
+    """Help text by section heading ('data', 'examples', ...); the description is ''."""
+    out: dict[str, list[str]] = {"": []}
+    key = ""
+    for line in text.splitlines()[1:]:
+        if re.fullmatch(r"[a-z][^:]*:", line):
+            key = line[:-1]
+            out[key] = []
+        else:
+            out[key].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "serve", "demo"])
+def test_help_has_a_description_and_examples_that_parse(capsys, command):
+    text = help_of(capsys, *command.split())
+    description = text.split("\n\n")[1]  # after the usage lines
+    assert len(description.split()) >= 12, text
+    examples = sections_of(text)["examples"].replace("\\\n", " ").splitlines()
+    runs = [shlex.split(line.split("| ")[-1], comments=True) for line in examples
+            if line.strip().startswith(("mlmkit ", "cat "))]
+    assert runs, text
+    for argv in runs:  # every example is a command line this version accepts
+        assert argv[0] == "mlmkit"
+        build_parser().parse_args(argv[1:])
+    commands = {argv[1] for argv in runs}
+    assert commands == ({"train", "eval", "fill", "serve", "demo"} if not command else {command})
+
+
+def test_train_help_lists_each_setting_in_its_section(capsys):
+    sections = sections_of(help_of(capsys, "train"))
+    assert [k for k in sections if k in GROUPS.values()] == list(GROUPS.values())
+    for f in fields(TrainConfig):
+        kebab = f.name.replace("_", "-")
+        section = sections[GROUPS[f.metadata["group"]]]
+        assert re.search(rf"^  --(no-)?{kebab}\b", section, re.M), (f.name, section)
+    eval_sections = sections_of(help_of(capsys, "eval"))
+    assert "--all-records" in eval_sections["data"] and "--device" in eval_sections["performance"]
+
+
+RUN_MLM_ARGS = {  # run_mlm.py's name -> (mlmkit's flag, a value other than the default)
+    "--model_name_or_path": ("--model", "some/model"), "--train_file": ("--data", "a.jsonl"),
+    "--validation_file": ("--eval-data", "b.jsonl"), "--output_dir": ("--output", "out"),
+    "--per_device_train_batch_size": ("--batch-size", "4"),
+    "--per_device_eval_batch_size": ("--eval-batch-size", "16"),
+    "--num_train_epochs": ("--epochs", "1"), "--mlm_probability": ("--mlm-probability", "0.2"),
+    "--max_seq_length": ("--block-size", "64"), "--learning_rate": ("--learning-rate", "5e-5"),
+    "--weight_decay": ("--weight-decay", "0.1"), "--seed": ("--seed", "7"),
+    "--line_by_line": ("--line-by-line", None), "--overwrite_output_dir": ("--overwrite", None),
+    "--warmup_ratio": ("--warmup-ratio", "0.1"), "--max_steps": ("--max-steps", "10"),
+    "--gradient_accumulation_steps": ("--gradient-accumulation-steps", "2"),
+    "--save_total_limit": ("--save-total-limit", "2"), "--report_to": ("--report-to", "mlflow"),
+    "--dataset_config_name": ("--data-config", "plain"),
+    "--text_field": ("--text-field", "answers.text"),
+    "--no_sparse_head": ("--no-sparse-head", None),
+    "--eval_every": ("--eval-every", "5"),
+}
+
+
+def argv_of(pairs) -> list[str]:
+    return [x for flag, value in pairs for x in (flag, value) if x is not None]
+
+
+def test_run_mlm_names_build_the_same_config(capsys, monkeypatch, tmp_path):
+    captured = []
+
+    def fake_train(cfg, command=None):
+        captured.append(cfg)
+        return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0)
+
+    monkeypatch.setattr(importlib.import_module("mlmkit.run"), "train", fake_train)
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 5\nlimit: 50\n")  # flags, whichever spelling, win over the file
+    ours = argv_of(RUN_MLM_ARGS.values())
+    theirs = argv_of((alias, value) for alias, (_, value) in RUN_MLM_ARGS.items())
+    for argv in (ours, theirs):
+        assert main(["train", "--config", str(config), *argv]) == 0, capsys.readouterr().err
+    assert captured[0] == captured[1]
+    cfg = captured[1]
+    assert (cfg.model, cfg.data, cfg.eval_data, cfg.output, cfg.epochs, cfg.limit) == (
+        "some/model", "a.jsonl", "b.jsonl", "out", 1.0, 50)
+    assert (cfg.batch_size, cfg.block_size, cfg.line_by_line, cfg.sparse_head) == (
+        4, 64, True, False)
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--dataset_name", "eli5_category"]).data == "eli5_category"
+    assert parse(["train", "--resume_from_checkpoint", "my-model"]).resume == "my-model"
+    # an abbreviation of a flag and its alias alone is one setting, not an ambiguity
+    assert parse(["train", "--learning", "3e-4", "--block", "32"]).learning_rate == 3e-4
+    ns = parse(["eval", "--model_name_or_path", "m", "--per_device_eval_batch_size", "8",
+                "--max_seq_length", "32", "--all_records"])
+    cfg = _config(EvalConfig, ns)
+    assert (cfg.model, cfg.eval_batch_size, cfg.block_size, cfg.all_records) == ("m", 8, 32, True)
+    with pytest.raises(SystemExit):
+        parse(["train", "--num_train_epochs", "many"])
+    assert "argument --num_train_epochs: invalid float value" in capsys.readouterr().err
+
+
+def test_aliases_are_hidden_from_the_lists_and_shown_in_their_own_section(capsys):
+    for command in ("eval", "train"):
+        sections = sections_of(help_of(capsys, command))
+        title = next(k for k in sections if k.startswith("run_mlm.py names"))
+        shown = sections[title]
+        listed = "\n".join(v for k, v in sections.items() if k != title)
+        for alias in ("--model_name_or_path", "--train_file", "--max_seq_length",
+                      "--learning_rate", "--no_sparse_head", "--text_field"):
+            assert alias not in listed, (command, alias)
+        assert "--model_name_or_path" in shown and "--max_seq_length" in shown
+        assert ("--num_train_epochs" in shown) == (command == "train")
+    # `shown` is train's section now: every run_mlm.py name is in it
+    for alias in [*RUN_MLM_ARGS, "--dataset_name", "--resume_from_checkpoint"]:
+        assert alias in shown or alias in ("--text_field", "--no_sparse_head", "--eval_every")
 
 
 # --------------------------------------------------------------------------- bad inputs

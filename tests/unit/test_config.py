@@ -1,8 +1,11 @@
 """Settings resolve as defaults < config file < flags, and bad values fail with one clear error."""
 
+from dataclasses import fields
+
 import pytest
 
 from mlmkit.config import (
+    GROUPS,
     EvalConfig,
     MlmkitError,
     TrainConfig,
@@ -81,3 +84,16 @@ def test_parse_overrides():
     assert parse_overrides(None) == {}
     with pytest.raises(MlmkitError, match="key=value"):
         parse_overrides("hidden_size")
+
+
+def test_every_setting_has_a_help_section():
+    # `train --help` lists each field under its group's title, so none may lack one.
+    groups = {f.name: f.metadata.get("group") for f in fields(TrainConfig)}
+    assert set(groups.values()) == set(GROUPS)
+    assert all(f.metadata.get("group") in GROUPS for f in fields(EvalConfig))
+    assert (groups["learning_rate"], groups["mlm_probability"], groups["resume"]) == (
+        "optimisation", "masking", "checkpoints")
+    with pytest.raises(ValueError, match="group 'nope'"):
+        from mlmkit.config import _f
+
+        _f(1, "a setting", group="nope")
