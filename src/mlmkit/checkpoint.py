@@ -149,7 +149,12 @@ def save_checkpoint(accelerator: Any, out: Path, step: int, state: dict[str, Any
     """Every process saves its part into a temporary directory; the main process adds the
     state and the manifest and renames it into place, so `step_N` is complete or absent.
     Older checkpoints past `keep` are removed only after the new one is in place, except
-    `protect` (the best one, with --load-best)."""
+    `protect` (the best one, with --load-best).
+
+    The files inside are Accelerate's `save_state` (model, optimizer, scheduler, RNG states of
+    every process); its own naming and rotation (`ProjectConfiguration(automatic_checkpoint_
+    naming, total_limit)`) are not used: they write into the final directory in place and
+    delete old checkpoints before the new one is complete, so a kill could leave none whole."""
     root = out / CHECKPOINTS
     final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
     main = accelerator.is_main_process

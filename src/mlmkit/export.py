@@ -83,10 +83,18 @@ def base_license(model: str) -> str | None:
     readme = Path(model).expanduser() / CARD_FILE
     if is_hub_model(model) or not readme.is_file():
         return None
+    import logging
+
+    # A card without a metadata block is no error here: it just names no license.
+    hub_log = logging.getLogger("huggingface_hub.repocard")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         found = ModelCard.load(readme, ignore_metadata_errors=True).data.get("license")
     except Exception:  # a card that does not parse says nothing about the license
         return None
+    finally:
+        hub_log.setLevel(level)
     return found if isinstance(found, str) and found else None
 
 
@@ -226,7 +234,8 @@ def _data(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     if config.get("eval_data"):
         rows.append(["Evaluation source", f"`{config['eval_data']}`"])
     for key, value in (metrics.get("data") or {}).items():
-        if isinstance(value, dict):  # file digests and the like: in metrics.json
+        # File digests and the like stay in metrics.json; the sources are the rows above.
+        if isinstance(value, dict) or key in ("source", "eval_source", "dtype"):
             continue
         if isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value)) or "-"

@@ -206,3 +206,18 @@ def test_resume_from_a_named_checkpoint_of_the_run(tiny_roberta, sample_path, tm
     assert checkpoints(out) == ["step_2", "step_4", "step_6"]
     r = train(replace(cfg, resume=str(out / "checkpoints" / "step_4"), max_steps=8))
     assert r.steps == 8 and not r.finished_before
+
+
+def test_in_memory_texts_train_and_resume_by_their_digest(tiny_roberta, sample_texts, tmp_path):
+    texts = sample_texts[:40]
+    out = tmp_path / "mem"
+    settings = dict(model=str(tiny_roberta), block_size=64, output=str(out), max_steps=2,
+                    batch_size=8, save_every=1)
+    r = train(data=texts, **settings)
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["data"].startswith("<in-memory: 40 texts, sha256 ") and r.steps == 2
+    assert r.data["records"] == 40
+    # The same texts resume; other texts are another experiment.
+    assert train(data=texts, **{**settings, "max_steps": 3, "resume": str(out)}).steps == 3
+    with pytest.raises(MlmkitError, match="--data '<in-memory: 39 texts"):
+        train(data=texts[:39], **{**settings, "max_steps": 4, "resume": str(out)})
