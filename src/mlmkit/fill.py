@@ -41,11 +41,7 @@ class FillMask:
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
         GPU."""
-        if isinstance(model, str):
-            tokenizer = tokenizer or load_tokenizer(model)
-            model = load_model(model)
-        elif tokenizer is None:
-            raise MlmkitError("FillMask: pass a tokenizer along with a model object")
+        # Settings first: a wrong one is an error before the model loads, not after.
         self.device = pick_device(device)
         gpu = self.device.type == "cuda"
         if dtype == "auto":
@@ -55,6 +51,11 @@ class FillMask:
         for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
             if value is not None and value < 1:
                 raise MlmkitError(f"{name} {value}: expected a positive integer")
+        if isinstance(model, str):
+            tokenizer = tokenizer or load_tokenizer(model)
+            model = load_model(model)
+        elif tokenizer is None:
+            raise MlmkitError("FillMask: pass a tokenizer along with a model object")
         self.model = model.to(device=self.device, dtype=_DTYPES[dtype]).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (256 if gpu else 32)

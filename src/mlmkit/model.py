@@ -385,11 +385,37 @@ def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = Tr
     return loss, (targets != -100).sum()
 
 
+_DEVICES = "cpu, cuda, cuda:N, mps or auto"
+
+
 def pick_device(device: str) -> torch.device:
+    """`device` as a torch.device, checked against this machine; 'auto' is cuda, else mps,
+    else cpu."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MlmkitError(f"--device {device}: not a device; expected {_DEVICES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else (
+                "no CUDA device is visible")
+            raise MlmkitError(f"--device {device}: {why}; expected cpu, or auto (which picks "
+                              "a GPU when there is one)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise MlmkitError(f"--device {device}: this machine has {n} CUDA device"
+                              f"{'s' if n != 1 else ''} (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MlmkitError(f"--device {device}: MPS (Apple GPU) is not available here; "
+                              "expected cpu or auto")
+    elif dev.type != "cpu":
+        raise MlmkitError(f"--device {device}: {dev.type} devices are not supported; expected "
+                          f"{_DEVICES}")
+    return dev

@@ -382,3 +382,33 @@ def test_outputs_that_cannot_be_written_are_one_line(capsys, model_dir, tiny_rob
     assert_one_line_error(code, err, "--output", needle)
     code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", base / "o.jsonl")
     assert_one_line_error(code, err, f"--output {base / 'o.jsonl'}", needle)
+
+
+# --------------------------------------------------------------------------- wrong settings
+
+
+@pytest.mark.parametrize("device,needle", [("banana", "not a device; expected cpu, cuda"),
+                                           ("cuda", "--device cuda: ")])
+@pytest.mark.parametrize("command", ["fill", "eval", "serve"])
+def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
+        command, device, needle, capsys, monkeypatch, tmp_path, sample_path):
+    import importlib
+
+    import torch
+
+    if command == "serve":
+        pytest.importorskip("fastapi")
+        pytest.importorskip("uvicorn")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def never(*a, **k):
+        raise AssertionError("loaded before the device was checked")
+
+    for module in ("mlmkit.model", "mlmkit.fill"):
+        monkeypatch.setattr(importlib.import_module(module), "load_tokenizer", never)
+    argv = {"fill": ["fill", tmp_path, "a <mask> b"],
+            "serve": ["serve", tmp_path],
+            "eval": ["eval", "--model", tmp_path, "--data", sample_path]}[command]
+    code, _, err = run(capsys, *argv, "--device", device)
+    assert_one_line_error(code, err, f"--device {device}: ", needle)
+    assert not any(Path(os.environ["MLMKIT_CACHE"]).iterdir())  # no data was read either

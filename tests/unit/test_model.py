@@ -1,7 +1,7 @@
 """The sparse prediction head gives the dense loss exactly, and models load with clear messages:
-a checkpoint without a masked-LM head loads with a warning; a mistyped path, an unreachable Hub or
-a directory without tokenizer files is one line at once, with no network request or retry it
-does not need."""
+a checkpoint without a masked-LM head loads with a warning; a mistyped path, an unreachable Hub,
+a directory without tokenizer files or a device this machine lacks is one line at once, with
+no network request or retry it does not need."""
 
 from __future__ import annotations
 
@@ -280,3 +280,30 @@ def test_directory_without_weights_or_config_says_so(roberta_shape, tmp_path):
         load_model_config(str(tmp_path))
     with pytest.raises(MlmkitError, match="is a file; expected a model directory"):
         load_tokenizer(str(tmp_path / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("device,needle", [
+    ("banana", "--device banana: not a device; expected cpu, cuda, cuda:N, mps or auto"),
+    ("cuda", "--device cuda: "),
+    ("cuda:7", "--device cuda:7: "),
+    ("meta", "--device meta: meta devices are not supported"),
+])
+def test_pick_device_refuses_what_this_machine_lacks(device, needle, monkeypatch):
+    from mlmkit.model import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MlmkitError) as e:
+        pick_device(device)
+    assert str(e.value).startswith(needle)
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cpu", "mps")
+
+
+def test_pick_device_counts_the_gpus(monkeypatch):
+    from mlmkit.model import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(MlmkitError, match="has 2 CUDA devices"):
+        pick_device("cuda:2")
