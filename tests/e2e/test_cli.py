@@ -382,6 +382,39 @@ def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_
     assert not out.exists()
 
 
+def _argv(command, model, sample_path, out):
+    return {"train": train_args(model, sample_path, out),
+            "eval": ["eval", "--model", model, "--data", str(sample_path)],
+            "fill": ["fill", model, "a <mask> b"]}[command]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+def test_mistyped_model_path_is_one_line_at_once(command, capsys, monkeypatch, tmp_path,
+                                                 sample_path, tiny_roberta, fake_hub):
+    """The newcomer's `--model assets/tiny-robrta`: no Hub request, no retry, and the name
+    meant (it took 49 s and 48 lines of retry warnings)."""
+    import shutil
+
+    shutil.copytree(tiny_roberta, tmp_path / "assets" / "tiny-roberta")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *_argv(command, "assets/tiny-robrta", sample_path, "out"))
+    assert_one_line_error(code, err, "model assets/tiny-robrta: no such local directory (did "
+                          "you mean assets/tiny-roberta?)")
+    assert fake_hub.requests == [] and fake_hub.sleeps == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["assets"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+def test_unreachable_hub_is_one_request_and_one_line(command, capsys, tmp_path, sample_path,
+                                                     fake_hub):
+    code, _, err = run(capsys, *_argv(command, "no-such-org/no-such-model", sample_path,
+                                      tmp_path / "out"))
+    assert_one_line_error(code, err, "no-such-org/no-such-model", "cannot be reached",
+                          "local model directory")
+    assert len(fake_hub.requests) == 1 and fake_hub.sleeps == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_config_file_and_unknown_setting(capsys, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("block-size = 64\nlearning-rat = 1\n")
