@@ -34,7 +34,10 @@ class DataConfig:
                    "optionally .gz), a directory or a glob; from Python also a list of texts or "
                    "records, or a datasets.Dataset")
     data_config: str | None = _f(None, "Hub dataset configuration name")
-    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')")
+    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]'); local "
+                    "files are one split, 'train', as datasets reads them, sliced the same way "
+                    "('train[:1000]', 'train[10%:]', 'train[:5%]+train[-5%:]') before --limit; "
+                    "another name is refused for them (--eval-fraction holds records out)")
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
                                "strings are joined with a space, and so are several fields "
                                "(default: 'text', or the only string field)")

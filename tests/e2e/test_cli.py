@@ -415,6 +415,18 @@ def test_unreachable_hub_is_one_request_and_one_line(command, capsys, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_split_local_files_do_not_have_is_one_line(command, capsys, tmp_path, tiny_roberta,
+                                                     sample_path):
+    """It was ignored: `--split test` trained or scored the same records as `--split train`."""
+    out = tmp_path / "out"
+    argv = (train_args(tiny_roberta, sample_path, out) if command == "train" else
+            ["eval", "--model", tiny_roberta, "--data", sample_path])
+    code, _, err = run(capsys, *argv, "--split", "test")
+    assert_one_line_error(code, err, "--split test: local files are one split, 'train'")
+    assert not out.exists() and not any(Path(os.environ["MLMKIT_CACHE"]).iterdir())
+
+
 def test_bad_config_file_and_unknown_setting(capsys, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("block-size = 64\nlearning-rat = 1\n")
