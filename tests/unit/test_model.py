@@ -221,6 +221,48 @@ def _cache_copy(cache, repo_id, src):
     shutil.copytree(src, repo / "snapshots" / commit)
 
 
+def serve_repo(repo_id, src, commit):
+    """A fake Hub's answers for one repository holding the files of directory `src`."""
+    import hashlib
+
+    import httpx2
+
+    files = {p.name: p.read_bytes() for p in src.iterdir()}
+
+    def answer(request):
+        path, name = request.url.path, request.url.path.rsplit("/", 1)[-1]
+        if path == f"/api/models/{repo_id}":
+            return httpx2.Response(200, request=request, json={
+                "id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in files]})
+        if path == f"/api/models/{repo_id}/tree/main":
+            return httpx2.Response(200, request=request, json=[
+                {"type": "file", "path": f, "size": len(b), "oid": "0"} for f, b in files.items()])
+        if path.startswith(f"/{repo_id}/resolve/") and name in files:
+            body = files[name]
+            headers = {"X-Repo-Commit": commit, "Content-Length": str(len(body)),
+                       "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}
+            return httpx2.Response(200, headers=headers, request=request,
+                                   content=b"" if request.method == "HEAD" else body)
+        return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"}, request=request)
+
+    return answer
+
+
+def test_a_reachable_hub_still_downloads(fake_hub, tiny_roberta, tmp_path, monkeypatch):
+    """The Hub path for users with a network: the one check, then transformers' downloads."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    fake_hub.answer = serve_repo("some-org/tiny", tiny_roberta, "ab" * 20)
+    tok = load_tokenizer("some-org/tiny")
+    model = load_model("some-org/tiny")
+    assert tok.get_vocab() == load_tokenizer(str(tiny_roberta)).get_vocab()
+    torch.testing.assert_close(model.state_dict(), load_model(str(tiny_roberta)).state_dict())
+    heads = [r for r in fake_hub.requests if r.url.path.endswith("/resolve/main/config.json")]
+    assert len(heads) == 1 and fake_hub.sleeps == []  # checked once for the three loads
+    assert (tmp_path / "models--some-org--tiny" / "snapshots" / ("ab" * 20)).is_dir()
+
+
 def test_unreachable_hub_uses_a_cached_copy(fake_hub, tiny_roberta, tmp_path, monkeypatch,
                                             caplog):
     from huggingface_hub import constants
