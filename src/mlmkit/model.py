@@ -46,10 +46,9 @@ def _is_repo_id(name: str) -> bool:
 
 def _looks_like_path(name: str) -> bool:
     """Whether `name` is meant as a path: it starts like one, it cannot be a Hub id
-    ('namespace/name', one slash at most), or the directory it would sit in exists here."""
-    if name.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in name):
-        return True
-    if not _is_repo_id(name):
+    ('namespace/name': one slash at most, no backslash, no '..'), or the directory it would
+    sit in exists here."""
+    if name.startswith((".", "~", "/")) or not _is_repo_id(name):
         return True
     parent = Path(name).parent
     return parent != Path(".") and parent.is_dir()
