@@ -156,9 +156,10 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """huggingface_hub online (HF_HUB_OFFLINE off), but every HTTP request it makes answered
+    """huggingface_hub and datasets online (HF_HUB_OFFLINE off), but every HTTP request answered
     here, without a network: by default as a Hub that cannot be reached. Backoff sleeps are
     recorded, not slept, so a test of the retries that were there costs no time."""
+    import datasets
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
@@ -176,6 +177,7 @@ def fake_hub(monkeypatch):
         return hub.answer(request)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # its own copy of the flag
     monkeypatch.setattr(_http.time, "sleep", hub.sleeps.append)
     _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handle)))
     model.hub_cache_only.cache_clear()  # what an earlier test found out about a name
