@@ -9,7 +9,6 @@ Turning the texts into blocks of token ids is blocks.py's business.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import gzip
@@ -29,12 +28,11 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
+from .hub import OFFLINE, first_line, offline, reach
 
 log = logging.getLogger("mlmkit")
 
 FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-# Seconds the one reachability check of a Hub dataset may take.
-_HUB_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- reading records
@@ -232,9 +230,9 @@ def _load_hub(cfg: DataConfig) -> Any:
     def load(**kw: Any) -> Any:
         return datasets.load_dataset(cfg.data, cfg.data_config, split=cfg.split, **kw)
 
-    unreachable = _hub_unreachable(cfg.data)
+    unreachable = reach(cfg.data, "dataset")
     try:
-        with _hub_offline(unreachable is not None):
+        with offline(unreachable is not None):
             try:
                 ds = load()
             except Exception as e:
@@ -251,7 +249,7 @@ def _load_hub(cfg: DataConfig) -> Any:
     except Exception as e:
         what = f"dataset {cfg.data!r} (split {cfg.split!r})"
         if unreachable is not None and isinstance(e, ConnectionError):  # not in the cache
-            if unreachable == "HF_HUB_OFFLINE=1":
+            if unreachable == OFFLINE:
                 raise MlmkitError(f"{what}: not in the local cache, the only place "
                                   "HF_HUB_OFFLINE=1 lets datasets load from; pass a local "
                                   "file, directory or glob with --data, or unset "
@@ -260,66 +258,11 @@ def _load_hub(cfg: DataConfig) -> Any:
                               "and the dataset is not in the local cache; pass a local file, "
                               "directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
                               "datasets already in the local cache") from None
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MlmkitError(f"{what}: cannot load: {msg}") from None
-    if unreachable is not None and unreachable != "HF_HUB_OFFLINE=1":
+        raise MlmkitError(f"{what}: cannot load: {first_line(e)}") from None
+    if unreachable is not None and unreachable != OFFLINE:
         log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
                     "dataset %s", unreachable, cfg.data)
     return ds
-
-
-def _hub_unreachable(name: str) -> str | None:
-    """Why the Hub cannot serve dataset `name` now (offline mode, or one quick request that
-    fails), None when it can; a Hub that answers no is an error at once. One request and no
-    retry: datasets' own lookups retry each file with backoff (27 s when the Hub is
-    unreachable)."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-    from huggingface_hub.utils import httpx
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE=1"
-    try:
-        HfApi().dataset_info(name, timeout=_HUB_TIMEOUT_S)
-    except HFValidationError:
-        raise MlmkitError(f"{name}: no such file or directory, and not a Hub dataset id") from None
-    except GatedRepoError:
-        raise MlmkitError(f"dataset {name!r}: a gated dataset; request access at "
-                          f"https://huggingface.co/datasets/{name} and log in with `hf auth "
-                          "login`") from None
-    except RepositoryNotFoundError:
-        raise MlmkitError(f"dataset {name!r}: no such local file or directory, and no such "
-                          "dataset on the Hugging Face Hub (if it is private, log in with `hf "
-                          "auth login`)") from None
-    except (OfflineModeIsEnabled, httpx.TransportError, HfHubHTTPError) as e:
-        return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-    except Exception:  # an answer this check cannot judge (a redirect, odd JSON): datasets may
-        log.debug("Hub check of dataset %s inconclusive", name, exc_info=True)
-    return None
-
-
-@contextlib.contextmanager
-def _hub_offline(on: bool) -> Iterator[None]:
-    """huggingface_hub and datasets in offline mode for one load, when the Hub cannot be
-    reached: datasets then takes its cached copy, or says it has none, at once."""
-    if not on:
-        yield
-        return
-    import datasets
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 @dataclass

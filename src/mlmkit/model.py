@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .config import MlmkitError
+from .hub import OFFLINE, first_line, reach, refusal
 
 log = logging.getLogger("mlmkit")
 
@@ -25,9 +26,6 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "lo
                      "roberta-prelayernorm", "xmod", "mpnet", "ibert"}
 
 
-# Seconds the one reachability check of a Hub model may take; transformers' own lookups then
-# run only for a Hub that answered.
-HUB_TIMEOUT_S = 5.0
 # What a directory needs for a fast tokenizer to load: transformers 5 builds a tokenizer with
 # only its special tokens from a directory holding none of these, and the rest goes wrong later.
 _TOKENIZER_FILES = ("tokenizer.json, vocab.txt, vocab.json with merges.txt, or a sentencepiece "
@@ -91,72 +89,27 @@ def model_dir(name: str) -> Path | None:
 @functools.lru_cache(maxsize=32)
 def hub_cache_only(name: str) -> bool:
     """Whether Hub model `name` must load from the local cache alone (offline, or the Hub
-    cannot be reached and a copy is cached); raises when it can load from neither.
+    cannot be reached and a copy is cached); raises when it can load from neither. Asked once
+    per name (see hub.reach), not again for the tokenizer, the config and the weights."""
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    Checked once per name with a single HEAD of its config.json and no retries: transformers'
-    own lookups retry each file with backoff (about 23 s per file when the Hub is unreachable),
-    and the tokenizer, the config and the weights would each pay that again."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import httpx
-
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    if constants.HF_HUB_OFFLINE:
-        if cached:
-            return True
+    why = reach(name, "model")
+    if why is None:
+        return False
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if why != OFFLINE:
+            log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
+                        "%s", why, name)
+        return True
+    if why == OFFLINE:
         raise MlmkitError(f"model {name!r}: no such local directory, and not in the Hub cache "
                           f"({constants.HF_HUB_CACHE}), the only place HF_HUB_OFFLINE=1 lets "
                           "models load from; pass a local model directory, or unset "
                           "HF_HUB_OFFLINE to download it")
-    try:
-        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=HUB_TIMEOUT_S)
-    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError,
-            RemoteEntryNotFoundError) as e:
-        raise _hub_refusal(name, e) from None
-    except (OfflineModeIsEnabled, httpx.TransportError, HfHubHTTPError) as e:
-        reason = _first_line(e)
-        if cached:
-            log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of %s",
-                        reason, name)
-            return True
-        raise MlmkitError(f"model {name!r}: no such local directory, and the Hugging Face Hub "
-                          f"cannot be reached to download it ({reason}); pass a local model "
-                          "directory, or set HF_HUB_OFFLINE=1 to use models already in the "
-                          "local cache") from None
-    except Exception:  # an answer this check cannot judge: transformers' own lookups may
-        log.debug("Hub check of model %s inconclusive", name, exc_info=True)
-    return False
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _hub_refusal(name: str, e: Exception) -> MlmkitError:
-    """The Hub answered, and the answer is no: by the kind of answer, not its wording."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    if isinstance(e, GatedRepoError):
-        return MlmkitError(f"model {name!r}: a gated model; request access at "
-                           f"https://huggingface.co/{name} and log in with `hf auth login`")
-    if isinstance(e, RepositoryNotFoundError):
-        return MlmkitError(f"model {name!r}: no such local directory, and no such model on the "
-                           "Hugging Face Hub (if it is private, log in with `hf auth login`)")
-    if isinstance(e, RemoteEntryNotFoundError):
-        return MlmkitError(f"model {name!r}: the Hub repository has no config.json; expected a "
-                           "transformers model")
-    return MlmkitError(f"model {name!r}: {_first_line(e)}")
+    raise MlmkitError(f"model {name!r}: no such local directory, and the Hugging Face Hub "
+                      f"cannot be reached to download it ({why}); pass a local model "
+                      "directory, or set HF_HUB_OFFLINE=1 to use models already in the local "
+                      "cache")
 
 
 def _hub_error(name: str, e: Exception) -> MlmkitError:
@@ -176,14 +129,14 @@ def _hub_error(name: str, e: Exception) -> MlmkitError:
     while cause is not None:
         if isinstance(cause, (RepositoryNotFoundError, RevisionNotFoundError,
                               RemoteEntryNotFoundError)):
-            return _hub_refusal(name, cause)  # type: ignore[arg-type]
+            return refusal(name, "model", cause)
         if isinstance(cause, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.TransportError,
                               HfHubHTTPError)):
-            return MlmkitError(f"model {name!r}: the download stopped: {_first_line(cause)}; "
+            return MlmkitError(f"model {name!r}: the download stopped: {first_line(cause)}; "
                                "run it again, or set HF_HUB_OFFLINE=1 to use models already "
                                "in the local cache")
         cause = cause.__cause__ or cause.__context__
-    return MlmkitError(f"model {name}: cannot load: {_first_line(e)}")
+    return MlmkitError(f"model {name}: cannot load: {first_line(e)}")
 
 
 def _hub_kwargs(name: str) -> dict[str, Any]:
@@ -300,7 +253,7 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
         try:
             model = AutoModelForMaskedLM.from_config(config, dtype=torch.float32)
         except ValueError as e:  # a shape that does not add up, e.g. from --config-overrides
-            raise MlmkitError(f"model {name}: cannot build from its config: {_first_line(e)}"
+            raise MlmkitError(f"model {name}: cannot build from its config: {first_line(e)}"
                               ) from None
     else:
         path = model_dir(name)
