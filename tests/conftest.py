@@ -136,3 +136,51 @@ def trained_roberta(tmp_path_factory, tiny_roberta, sample_path):
                       max_steps=40, batch_size=8, eval_batch_size=16, learning_rate=1e-3,
                       log_every=5, quiet=True, cache_dir=str(tmp_path_factory.mktemp("tc")))
     return cfg, train(cfg)
+
+
+class FakeHub:
+    """What `fake_hub` gives a test: the requests huggingface_hub made, the backoff sleeps it
+    asked for, and `answer(request) -> httpx response` (raise for a network failure)."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.sleeps: list[float] = []
+        self.answer = self.unreachable
+
+    @staticmethod
+    def unreachable(request):
+        import httpx2
+
+        raise httpx2.ConnectError("[Errno -2] Name or service not known", request=request)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """huggingface_hub and datasets online (HF_HUB_OFFLINE off), but every HTTP request answered
+    here, without a network: by default as a Hub that cannot be reached. Backoff sleeps are
+    recorded, not slept, so a test of the retries that were there costs no time."""
+    import datasets
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    from mlmkit import model
+
+    hub = FakeHub()
+
+    def handle(request):
+        if request.url.path == "/api/agent-harnesses":
+            # huggingface_hub's detection of AI-agent shells (once a day, where their
+            # variables are set): not a request about a model.
+            return httpx2.Response(404, request=request)
+        hub.requests.append(request)
+        return hub.answer(request)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # its own copy of the flag
+    monkeypatch.setattr(_http.time, "sleep", hub.sleeps.append)
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handle)))
+    model.hub_cache_only.cache_clear()  # what an earlier test found out about a name
+    yield hub
+    _http.set_client_factory(_http.default_client_factory)
+    model.hub_cache_only.cache_clear()

@@ -178,8 +178,9 @@ def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpu
         corpus.stats = _public_stats(corpus.stats, source.description, held, True)
         return corpus
     train_cfg = dataclasses.replace(cfg, eval_fraction=0.0)
+    # Every record held out, and all of the file: --split and --limit choose training data.
     eval_cfg = dataclasses.replace(cfg, data=cfg.eval_data, eval_data=None, limit=None,
-                                   eval_fraction=1.0)  # every record held out
+                                   eval_fraction=1.0, split="train")
     train_source = iter_records(train_cfg)
     eval_source = iter_records(eval_cfg, "eval_data")
     train = _load_entry(train_cfg, train_source, tokenizer, progress)

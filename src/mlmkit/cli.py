@@ -14,7 +14,8 @@ import os
 import shlex
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("model", help="Hub id or local model directory")
     f.add_argument("texts", nargs="*", help="texts with a mask, written <mask> or [MASK] "
                    "whatever the model's own mask token; '-' or none reads stdin")
-    f.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field)")
+    f.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field); "
+                   "'-' or /dev/stdin reads stdin")
     f.add_argument("--output", help="write JSON lines here instead of stdout")
     f.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
     f.add_argument("--targets", nargs="+", help="restrict candidates to these words")
@@ -337,59 +339,108 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _read_input_file(path: Path, bad: dict[int, str]) -> Iterator[str | None]:
-    """The texts of a .txt (a line each) or .jsonl ('text' field) file. A line that cannot be
-    read yields None and its message goes into `bad`, so it becomes an error record in its
-    place and the other lines are still filled."""
-    jsonl = path.suffix == ".jsonl"
-    with open(path, "rb") as fh:  # bytes: a line that is not UTF-8 must not stop the rest
-        for n, raw in enumerate(fh, 1):
+class _FillTally:
+    """What `mlmkit fill` read: texts tried, texts that could not be filled, blank lines."""
+
+    def __init__(self) -> None:
+        self.lines = self.failed = self.blank = 0
+
+    def summary(self) -> str | None:
+        parts = []
+        if self.failed:
+            parts.append(f"{self.failed} of {_plural(self.lines, 'line')} could not be filled")
+        if self.blank:
+            parts.append(f"{_plural(self.blank, 'blank line')} skipped")
+        return "mlmkit: " + "; ".join(parts) if parts else None
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def _numbered_lines(lines: Iterable[bytes | str], jsonl: bool, tally: _FillTally
+                    ) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, problem) for each non-blank line of .txt (a text a line) or .jsonl
+    ('text' field) input; a line that cannot be read has no text but a problem, so that it
+    becomes an error in its place and the other lines are still filled. Blank lines are
+    counted in `tally` and skipped."""
+    for n, raw in enumerate(lines, 1):
+        if isinstance(raw, bytes):  # bytes: a line that is not UTF-8 must not stop the rest
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                raw = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                bad[n] = (f"{path}: line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
-                          f"column {e.start + 1}); expected UTF-8")
-                yield None
+                yield n, None, (f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); expected UTF-8")
                 continue
-            if jsonl:
-                try:
-                    rec = json.loads(line)
-                    line = rec["text"] if isinstance(rec, dict) else rec
-                except json.JSONDecodeError as e:
-                    bad[n] = f"{path}: line {n}: invalid JSON ({e.msg})"
-                    line = None
-                except KeyError:
-                    bad[n] = f"{path}: line {n}: no 'text' field"
-                    line = None
-            yield line
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            tally.blank += 1
+        elif not jsonl:
+            yield n, line, None
+        else:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, None, f"invalid JSON ({e.msg})"
+                continue
+            text = rec.get("text") if isinstance(rec, dict) else rec
+            if isinstance(text, str):
+                yield n, text, None
+            elif isinstance(rec, dict) and "text" not in rec:
+                yield n, None, "no 'text' field"
+            else:
+                yield n, None, f"the text is not a string but {type(text).__name__}"
 
 
-def _read_inputs(ns: argparse.Namespace, bad: dict[int, str]) -> Iterator[str | None]:
-    if ns.input:
-        yield from _read_input_file(Path(ns.input), bad)
-        return
+def _stdin_lines() -> Iterable[bytes | str]:
+    if sys.stdin.isatty():
+        print("mlmkit: reading texts from stdin, one a line; end with Ctrl-D", file=sys.stderr)
+    return getattr(sys.stdin, "buffer", sys.stdin)
+
+
+def _read_inputs(ns: argparse.Namespace, tally: _FillTally
+                 ) -> Iterator[tuple[int, str | None, str | None]]:
+    """(number, text, problem) of each text to fill: the command line's texts, or the lines of
+    --input or of stdin (without texts, with '-', or with --input -)."""
     texts = [t for t in ns.texts if t != "-"]
-    if texts:
-        yield from texts
+    if ns.input in (None, "-") and not texts:
+        yield from _numbered_lines(_stdin_lines(), False, tally)
+    elif ns.input is None:
+        yield from ((i, t, None) for i, t in enumerate(texts, 1))
     else:
-        for line in sys.stdin:
-            yield line.rstrip("\n")
+        with open(ns.input, "rb") as fh:
+            yield from _numbered_lines(fh, Path(ns.input).suffix == ".jsonl", tally)
+
+
+def _input_name(ns: argparse.Namespace) -> str:
+    return "stdin" if ns.input in (None, "-") else ns.input
 
 
 def _check_fill_paths(ns: argparse.Namespace) -> None:
     """Before the model loads: the input exists, and the output can be written and is not
     the input (compared as files, so another spelling or a link of the input counts too)."""
-    if ns.input and not Path(ns.input).is_file():
-        raise MlmkitError(f"--input {ns.input}: file not found")
+    if ns.input is not None and any(t != "-" for t in ns.texts):
+        raise MlmkitError("--input: given along with texts on the command line; expected one "
+                          "or the other")
+    reading = ns.input not in (None, "-")
+    if reading and Path(ns.input).is_dir():
+        raise MlmkitError(f"--input {ns.input}: is a directory; expected a .txt or .jsonl file, "
+                          "or - for stdin")
+    if reading and not Path(ns.input).exists():  # /dev/stdin and other pipes are welcome
+        raise MlmkitError(f"--input {ns.input}: file not found; expected a .txt or .jsonl file, "
+                          "or - for stdin")
     if not ns.output:
         return
     out = Path(ns.output)
     if out.is_dir():
         raise MlmkitError(f"--output {out}: is a directory; expected a file name")
-    if ns.input and out.exists() and os.path.samefile(ns.input, out):
+    if reading and out.exists() and os.path.samefile(ns.input, out):
         raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
                           "texts being read; choose another output file")
     probe_writable(out.parent, "--output", shown=out)
+    if not out.parent.is_dir():
+        raise MlmkitError(f"--output {out}: directory {out.parent} does not exist; expected a "
+                          "file in an existing directory")
 
 
 def _cmd_fill(ns: argparse.Namespace) -> int:
@@ -404,47 +455,62 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
         # The output appears under its name only once complete: a failed or killed run
         # leaves any earlier file of that name as it was.
         out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
-        errors, n = _write_fills(ns, fm, out)
-    if errors:
-        print(f"mlmkit: {errors} of {n} inputs could not be filled (see the error records)",
-              file=sys.stderr)
-        return 1
-    return 0
+        tally = _write_fills(ns, fm, out)
+    summary = tally.summary()
+    if summary:
+        print(summary, file=sys.stderr)
+    return 1 if tally.failed else 0
 
 
-def _write_fills(ns: argparse.Namespace, fm: Any, out: Any) -> tuple[int, int]:
+def _write_fills(ns: argparse.Namespace, fm: Any, out: Any) -> _FillTally:
+    """Fill every input and write its records (JSON lines with --json or --output, else a
+    line per candidate). Texts given on the command line must all be fillable: a bad one is an
+    error of the command. A bad line of --input or stdin is reported by its number, as an
+    error record in its place (JSON) or on stderr, and the rest go on."""
     as_json = ns.json or bool(ns.output)
+    typed = ns.input is None and any(t != "-" for t in ns.texts)
+    name = _input_name(ns)
     bar = None
     if ns.output and not ns.quiet:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="filling", unit=" texts")
-    errors = n = 0
-    bad: dict[int, str] = {}
-    inputs = list(_read_inputs(ns, bad)) if not ns.input else _read_inputs(ns, bad)
-    for n, res in enumerate(fm.stream(inputs, ns.top_k, ns.targets), 1):
-        if isinstance(res, MlmkitError):
-            if not ns.input:  # a text typed by hand: an error of the command, not a record
+    tally, shown = _FillTally(), 0
+    pending: deque[tuple[int, str | None]] = deque()  # read, and not written yet
+
+    def texts() -> Iterator[str | None]:
+        for n, text, problem in _read_inputs(ns, tally):
+            pending.append((n, problem))
+            yield text
+
+    for res in fm.stream(texts(), ns.top_k, ns.targets):
+        n, problem = pending.popleft()
+        tally.lines += 1
+        if problem is not None or isinstance(res, MlmkitError):
+            if typed:
                 raise res
-            errors += 1
-            message = bad.pop(n, None) or str(res)
-            out.write(json.dumps({"line": n, "error": message}) + "\n" if as_json
-                      else f"error: line {n}: {message}\n")
+            tally.failed += 1
+            message = f"{name}: line {n}: {problem or res}"
+            if as_json:
+                out.write(json.dumps({"line": n, "error": message}) + "\n")
+            else:
+                print(f"error: {message}", file=sys.stderr)
         elif as_json:
             out.write(json.dumps(res) + "\n")
         else:
+            if shown:
+                out.write("\n")  # a blank line between texts' candidates
+            shown += 1
             groups = res if res and isinstance(res[0], list) else [res]
             for g, recs in enumerate(groups):
                 head = f"[mask {g + 1}] " if len(groups) > 1 else ""
                 for r in recs:
                     out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
-            if len(inputs if isinstance(inputs, list) else []) > 1:
-                out.write("\n")
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return errors, n
+    return tally
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
@@ -476,7 +542,7 @@ def _quiet_libraries() -> None:
     """Only once a command runs: importing transformers costs seconds that --help and a usage
     error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    for noisy in ("transformers", "datasets", "accelerate", "httpx"):
+    for noisy in ("transformers", "datasets", "accelerate", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import transformers
 

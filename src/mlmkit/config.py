@@ -50,14 +50,18 @@ class DataConfig:
                    "optionally .gz), a directory or a glob; from Python also a list of texts or "
                    "records, or a datasets.Dataset", group="data")
     data_config: str | None = _f(None, "Hub dataset configuration name", group="data")
-    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]')",
+    split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]'); local "
+                    "files are one split, 'train', as datasets reads them, sliced the same way "
+                    "('train[:1000]', 'train[10%:]', 'train[:5%]+train[-5%:]') before --limit; "
+                    "another name is refused for them (--eval-fraction holds records out)",
                     group="data")
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
                                "strings are joined with a space, and so are several fields "
                                "(default: 'text', or the only string field)", group="data")
     limit: int | None = _f(None, "take only the first N records", group="data")
     eval_data: str | None = _f(None, "a separate evaluation corpus (same forms as --data): train "
-                               "on every record of --data, evaluate on every record of this one",
+                               "on --data, evaluate on every record of this one (for a Hub "
+                               "dataset: its train split; --split and --limit apply to --data)",
                                group="data")
     line_by_line: bool = _f(False, "each non-blank line its own example (truncated to "
                             "--block-size, padded), as run_mlm.py's --line_by_line; default: "

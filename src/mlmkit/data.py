@@ -14,11 +14,13 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig, MlmkitError
+from .hub import OFFLINE, first_line, offline, reach
 
 log = logging.getLogger("mlmkit")
 
@@ -227,30 +230,39 @@ def _load_hub(cfg: DataConfig) -> Any:
     def load(**kw: Any) -> Any:
         return datasets.load_dataset(cfg.data, cfg.data_config, split=cfg.split, **kw)
 
+    unreachable = reach(cfg.data, "dataset")
     try:
-        try:
-            return load()
-        except Exception as e:
-            if "scripts are no longer supported" not in str(e):
-                raise
-            # datasets >= 4 refuses loading scripts (eli5_category is one); the Hub keeps an
-            # automatic parquet conversion of such datasets on a special revision.
-            log.warning("%s is a script-based dataset, which datasets>=4 no longer runs; "
-                        "using the Hub's parquet conversion (revision refs/convert/parquet)",
-                        cfg.data)
-            return load(revision="refs/convert/parquet")
+        with offline(unreachable is not None):
+            try:
+                ds = load()
+            except Exception as e:
+                if "scripts are no longer supported" not in str(e):
+                    raise
+                # datasets >= 4 refuses loading scripts (eli5_category is one); the Hub keeps
+                # an automatic parquet conversion of such datasets on a special revision.
+                log.warning("%s is a script-based dataset, which datasets>=4 no longer runs; "
+                            "using the Hub's parquet conversion (revision refs/convert/parquet)",
+                            cfg.data)
+                ds = load(revision="refs/convert/parquet")
     except MlmkitError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        offline = isinstance(e, (ConnectionError, TimeoutError)) or any(
-            w in msg.lower() for w in ("connect", "offline", "resolve", "network", "reach",
-                                       "max retries", "timed out"))
-        hint = (" The Hub is unreachable: pass a local file, directory or glob with --data, "
-                "or set HF_HUB_OFFLINE=1 to use datasets already in the local cache."
-                if offline else "")
-        raise MlmkitError(f"dataset {cfg.data!r} (split {cfg.split!r}): cannot load: {msg}.{hint}"
-                          ) from None
+        what = f"dataset {cfg.data!r} (split {cfg.split!r})"
+        if unreachable is not None and isinstance(e, ConnectionError):  # not in the cache
+            if unreachable == OFFLINE:
+                raise MlmkitError(f"{what}: not in the local cache, the only place "
+                                  "HF_HUB_OFFLINE=1 lets datasets load from; pass a local "
+                                  "file, directory or glob with --data, or unset "
+                                  "HF_HUB_OFFLINE to download it") from None
+            raise MlmkitError(f"{what}: the Hugging Face Hub cannot be reached ({unreachable}) "
+                              "and the dataset is not in the local cache; pass a local file, "
+                              "directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
+                              "datasets already in the local cache") from None
+        raise MlmkitError(f"{what}: cannot load: {first_line(e)}") from None
+    if unreachable is not None and unreachable != OFFLINE:
+        log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
+                    "dataset %s", unreachable, cfg.data)
+    return ds
 
 
 @dataclass
@@ -272,18 +284,80 @@ def iter_records(cfg: DataConfig, name: str = "data") -> Source:
         raise MlmkitError(f"--{name.replace('_', '-')}: no corpus given; expected a Hub dataset "
                           "id or local files")
     if is_in_memory(data):
+        if cfg.split != "train":
+            raise MlmkitError(f"--split {cfg.split}: in-memory data is not split; slice it "
+                              "yourself (texts[:1000], dataset.select(range(1000)))")
         return _memory_source(data, name, cfg.limit)
     files = resolve_files(data)
     if files is not None:
-        ident = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        ident: Any = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        slices = local_slices(cfg.split)
         gen = (r for f in files for r in _read_file(f))
-        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), str(data))
+        description = str(data)
+        if slices is not None:
+            gen = _sliced(lambda: (r for f in files for r in _read_file(f)), slices)
+            ident, description = [ident, cfg.split], f"{data} (split {cfg.split})"
+        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), description)
     ds = _load_hub(cfg)
     n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
     where = f"{data}[{cfg.split}]"
     rows = (((where, i, "record"), rec) for i, rec in enumerate(_dataset_rows(ds), 1))
     ident = json.dumps([data, cfg.data_config, cfg.split, getattr(ds, "_fingerprint", None)])
     return Source(_take(rows, cfg.limit), n, ident, data, data)
+
+
+# A slice of a split as datasets writes one: train, train[:1000], train[10%:], train[-500:].
+_SLICE = re.compile(r"(?P<split>[\w.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+
+
+def local_slices(split: str) -> list[tuple[str | None, str | None]] | None:
+    """The (start, stop) bounds of `split` for local files, None for all their records.
+
+    datasets reads local files as one split named 'train'; so does mlmkit, and slices it the
+    way datasets does (absolute or percent bounds, negative from the end, parts joined with
+    '+'). Any other split name is refused: local files have no test split of their own, the
+    held-out records come from --eval-fraction."""
+    if split == "train":
+        return None
+    parts = []
+    for part in split.split("+"):
+        m = _SLICE.fullmatch(part.strip())
+        if m is None:
+            raise MlmkitError(f"--split {split}: expected 'train' or a slice of it, such as "
+                              "'train[:1000]', 'train[10%:]' or 'train[:5%]+train[-5%:]'")
+        if m["split"] != "train":
+            raise MlmkitError(f"--split {split}: local files are one split, 'train' (as "
+                              "datasets reads them), which can be sliced ('train[:90%]'); "
+                              "--eval-fraction holds records out for evaluation, and eval "
+                              "scores those by default")
+        parts.append((m["start"], m["stop"]))
+    return parts
+
+
+def _sliced(records: Callable[[], Iterator], slices: list[tuple[str | None, str | None]]
+            ) -> Iterator:
+    """The records of each slice in turn, read again for each; counted first only when a
+    bound needs the total (a percent or a negative bound)."""
+    total = None
+    if any(b is not None and (b.endswith("%") or b.startswith("-"))
+           for bounds in slices for b in bounds):
+        total = sum(1 for _ in records())
+    for start, stop in slices:
+        lo, hi = _bound(start, total), _bound(stop, total)
+        yield from itertools.islice(records(), lo or 0, hi)
+
+
+def _bound(b: str | None, total: int | None) -> int | None:
+    """A slice bound as a record index, rounded and clipped as datasets does."""
+    if b is None:
+        return None
+    if b.endswith("%"):
+        i = int(round(int(b[:-1]) * total / 100))  # type: ignore[operator]
+    else:
+        i = int(b)
+    if i < 0:
+        i = max(total + i, 0)  # type: ignore[operator]
+    return i if total is None else min(i, total)
 
 
 def _dataset_rows(ds: Any) -> Iterator[dict[str, Any]]:

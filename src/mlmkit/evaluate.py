@@ -107,6 +107,7 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
             raise MlmkitError(f"--data: no corpus given, and {cfg.model} is not a run directory "
                               "of mlmkit whose own data settings could be reused")
         cfg = replace(cfg, **run)
+    device = pick_device(cfg.device)  # a wrong --device fails before any data is read
     tokenizer = load_tokenizer(cfg.model)
     config = load_model_config(cfg.model)
     limit = max_block_size(config, tokenizer)
@@ -119,7 +120,6 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     if len(blocks) == 0:
         raise MlmkitError(f"{describe_source(cfg.data)}: no held-out block to score; raise "
                           "--eval-fraction or pass --all-records")
-    device = pick_device(cfg.device)
     model = load_model(cfg.model, config).to(device)
     loader = torch.utils.data.DataLoader(fixed_eval_dataset(blocks, tokenizer, cfg),
                                          batch_size=cfg.eval_batch_size)

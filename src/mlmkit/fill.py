@@ -10,6 +10,7 @@ builds the records of the previous one.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 
 from .config import MlmkitError
 from .model import load_model, load_tokenizer, masked_logits, max_block_size, pick_device
+
+log = logging.getLogger("mlmkit")
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -41,11 +44,7 @@ class FillMask:
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
         GPU."""
-        if isinstance(model, str):
-            tokenizer = tokenizer or load_tokenizer(model)
-            model = load_model(model)
-        elif tokenizer is None:
-            raise MlmkitError("FillMask: pass a tokenizer along with a model object")
+        # Settings first: a wrong one is an error before the model loads, not after.
         self.device = pick_device(device)
         gpu = self.device.type == "cuda"
         if dtype == "auto":
@@ -55,6 +54,11 @@ class FillMask:
         for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
             if value is not None and value < 1:
                 raise MlmkitError(f"{name} {value}: expected a positive integer")
+        if isinstance(model, str):
+            tokenizer = tokenizer or load_tokenizer(model)
+            model = load_model(model)
+        elif tokenizer is None:
+            raise MlmkitError("FillMask: pass a tokenizer along with a model object")
         self.model = model.to(device=self.device, dtype=_DTYPES[dtype]).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (256 if gpu else 32)
@@ -64,6 +68,7 @@ class FillMask:
         self.max_length = max_block_size(model.config, tokenizer)
         self._token_str = lru_cache(maxsize=200_000)(lambda i: tokenizer.decode([i]))
         self._decode_batch = batch_decoder(tokenizer)
+        self._warned_targets: set[str] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -93,8 +98,10 @@ class FillMask:
             yield from self._fill_chunk(buf, top_k, target_ids)
 
     def target_ids(self, targets: str | list[str]) -> np.ndarray:
-        """Vocabulary ids of `targets`, resolved as the pipeline does (first sub-token of a
-        word that is not itself in the vocabulary)."""
+        """Vocabulary ids of `targets`, resolved as the pipeline does: a target that is not
+        itself in the vocabulary counts as its first sub-token, with a warning naming that
+        token (one with no token at all is dropped, with a warning too); each target is warned
+        about once per engine, not once per request."""
         if isinstance(targets, str):
             targets = [targets]
         vocab = self.tokenizer.get_vocab()
@@ -103,10 +110,18 @@ class FillMask:
             i = vocab.get(t)
             if i is None:
                 enc = self.tokenizer(t, add_special_tokens=False)["input_ids"]
-                if not enc:
-                    continue
-                i = enc[0]
-            ids.append(i)
+                i = enc[0] if enc else None
+                if t not in self._warned_targets:
+                    self._warned_targets.add(t)
+                    if i is None:
+                        log.warning("target %r is not in the model's vocabulary and has no "
+                                    "token; ignoring it", t)
+                    else:
+                        log.warning("target %r is not in the model's vocabulary; using its "
+                                    "first token %r instead (as transformers' fill-mask "
+                                    "pipeline does)", t, self.tokenizer.convert_ids_to_tokens(i))
+            if i is not None:
+                ids.append(i)
         if not ids:
             raise MlmkitError(f"targets {targets!r}: none is in the model's vocabulary")
         return np.array(sorted(set(ids)))

@@ -4,15 +4,19 @@ evaluation and inference (vocabulary projection only at the positions that need 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import MlmkitError
+from .hub import OFFLINE, first_line, reach, refusal
 
 log = logging.getLogger("mlmkit")
 
@@ -22,38 +26,170 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "lo
                      "roberta-prelayernorm", "xmod", "mpnet", "ibert"}
 
 
+# What a directory needs for a fast tokenizer to load: transformers 5 builds a tokenizer with
+# only its special tokens from a directory holding none of these, and the rest goes wrong later.
+_TOKENIZER_FILES = ("tokenizer.json, vocab.txt, vocab.json with merges.txt, or a sentencepiece "
+                    "*.model")
+
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a path: it starts like one, it cannot be a Hub id
+    ('namespace/name': one slash at most, no backslash, no '..'), or the directory it would
+    sit in exists here."""
+    if name.startswith((".", "~", "/")) or not _is_repo_id(name):
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _no_such_dir(name: str) -> MlmkitError:
+    """'no such local directory', with the nearest sibling's name when one is close."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return MlmkitError(f"model {name}: no such local directory ({os.path.dirname(name)} does "
+                           "not exist either)")
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    hint = f" (did you mean {os.path.join(os.path.dirname(name), close[0])}?)" if close else ""
+    return MlmkitError(f"model {name}: no such local directory{hint}")
+
+
+def model_dir(name: str) -> Path | None:
+    """The local directory `name` names, or None for a Hub id. A name that can only be a path
+    and names no directory is an error at once, before any Hub lookup: a typo in a path must
+    not wait for the network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MlmkitError(f"model {name}: is a file; expected a model directory (config.json, "
+                          "weights and tokenizer files) or a Hub id")
+    if _looks_like_path(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        # A valid Hub id whose first part happens to be a directory here: the Hub copy in the
+        # cache wins, so that such a directory does not hide a model already downloaded.
+        if _is_repo_id(name) and isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+        raise _no_such_dir(name)
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def hub_cache_only(name: str) -> bool:
+    """Whether Hub model `name` must load from the local cache alone (offline, or the Hub
+    cannot be reached and a copy is cached); raises when it can load from neither. Asked once
+    per name (see hub.reach), not again for the tokenizer, the config and the weights."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    why = reach(name, "model")
+    if why is None:
+        return False
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if why != OFFLINE:
+            log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
+                        "%s", why, name)
+        return True
+    if why == OFFLINE:
+        raise MlmkitError(f"model {name!r}: no such local directory, and not in the Hub cache "
+                          f"({constants.HF_HUB_CACHE}), the only place HF_HUB_OFFLINE=1 lets "
+                          "models load from; pass a local model directory, or unset "
+                          "HF_HUB_OFFLINE to download it")
+    raise MlmkitError(f"model {name!r}: no such local directory, and the Hugging Face Hub "
+                      f"cannot be reached to download it ({why}); pass a local model "
+                      "directory, or set HF_HUB_OFFLINE=1 to use models already in the local "
+                      "cache")
+
+
 def _hub_error(name: str, e: Exception) -> MlmkitError:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if os.path.exists(name):
-        return MlmkitError(f"model {name}: cannot load: {msg}")
-    hint = (" If the Hub is unreachable, pass a local model directory, or set HF_HUB_OFFLINE=1 "
-            "to use models already in the local cache.")
-    return MlmkitError(f"model {name!r}: cannot load from the Hugging Face Hub: {msg}.{hint}")
+    """A failed load as one line. transformers wraps huggingface_hub's errors in OSError; the
+    wrapped error's type says what happened."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import httpx
+
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, (RepositoryNotFoundError, RevisionNotFoundError,
+                              RemoteEntryNotFoundError)):
+            return refusal(name, "model", cause)
+        if isinstance(cause, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.TransportError,
+                              HfHubHTTPError)):
+            return MlmkitError(f"model {name!r}: the download stopped: {first_line(cause)}; "
+                               "run it again, or set HF_HUB_OFFLINE=1 to use models already "
+                               "in the local cache")
+        cause = cause.__cause__ or cause.__context__
+    return MlmkitError(f"model {name}: cannot load: {first_line(e)}")
+
+
+def _hub_kwargs(name: str) -> dict[str, Any]:
+    """from_pretrained's keyword arguments for Hub model `name`, once it is known to load: from
+    the cache alone when the Hub cannot be used."""
+    return {"local_files_only": True} if hub_cache_only(name) else {}
 
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """transformers' own load report and weight-loading bar off for one load: mlmkit says
+    """transformers' own load report and weight-loading bar off for one load, and
+    huggingface_hub's retry warnings (each printed twice, by its handler and ours): mlmkit says
     what matters itself (a missing head, below), and the Python API stays quiet."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_level = hub_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        hub_logging.set_verbosity(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
 
 
+def _check_tokenizer_files(name: str, path: Path) -> None:
+    files = sorted(p.name for p in path.iterdir() if p.is_file())
+    if ("tokenizer.json" in files or "vocab.txt" in files
+            or {"vocab.json", "merges.txt"} <= set(files)
+            or any(f.endswith((".model", ".spm")) for f in files)):
+        return
+    partial = ("vocab.json without merges.txt; " if "vocab.json" in files
+               else "merges.txt without vocab.json; " if "merges.txt" in files else "")
+    raise MlmkitError(f"model {name}: no tokenizer files: {partial}expected {_TOKENIZER_FILES} "
+                      f"(found: {', '.join(files) or 'nothing'}); save the tokenizer there with "
+                      "tokenizer.save_pretrained, or copy the files of the model it came from")
+
+
 def load_tokenizer(name: str) -> Any:
+    path = model_dir(name)
+    if path is not None:
+        _check_tokenizer_files(name, path)
+    source = {} if path is not None else _hub_kwargs(name)
     from transformers import AutoTokenizer
 
     try:
         with quiet_loading():
-            tok = AutoTokenizer.from_pretrained(name)
+            tok = AutoTokenizer.from_pretrained(name, **source)
     except Exception as e:
         raise _hub_error(name, e) from None
     if not getattr(tok, "is_fast", False):
@@ -70,10 +206,16 @@ def load_tokenizer(name: str) -> Any:
 
 
 def load_model_config(name: str) -> Any:
+    path = model_dir(name)
+    if path is not None and not (path / "config.json").is_file():
+        raise MlmkitError(f"model {name}: no config.json; expected a model directory written by "
+                          "save_pretrained")
+    source = {} if path is not None else _hub_kwargs(name)
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name)
+        with quiet_loading():
+            return AutoConfig.from_pretrained(name, **source)
     except Exception as e:
         raise _hub_error(name, e) from None
 
@@ -87,38 +229,52 @@ def max_block_size(config: Any, tokenizer: Any) -> int:
     return limit
 
 
+def _check_weight_files(name: str, path: Path) -> None:
+    if any(p.suffix in (".safetensors", ".bin") for p in path.iterdir()):
+        return
+    raise MlmkitError(f"model {name}: no weights (model.safetensors or pytorch_model.bin); "
+                      "expected a trained model (a directory of config and tokenizer alone is "
+                      "a shape for `mlmkit train --from-scratch`)")
+
+
 def load_model(name: str, config: Any = None, from_scratch: bool = False,
                vocab_size: int | None = None) -> Any:
     """A masked LM in float32; with `from_scratch`, random weights of the named model's
     shape."""
-    from transformers import AutoModelForMaskedLM
-
     config = config if config is not None else load_model_config(name)
-    try:
-        if from_scratch:
-            if vocab_size is not None:
-                config.vocab_size = vocab_size
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoModelForMaskedLM
+
+    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+        raise MlmkitError(f"model {name}: transformers has no masked-LM class for model type "
+                          f"{config.model_type!r}")
+    if from_scratch:
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+        try:
             model = AutoModelForMaskedLM.from_config(config, dtype=torch.float32)
-        else:
+        except ValueError as e:  # a shape that does not add up, e.g. from --config-overrides
+            raise MlmkitError(f"model {name}: cannot build from its config: {first_line(e)}"
+                              ) from None
+    else:
+        path = model_dir(name)
+        if path is not None:
+            _check_weight_files(name, path)
+        source = {} if path is not None else _hub_kwargs(name)
+        try:
             with warnings.catch_warnings(), quiet_loading():
                 warnings.simplefilter("ignore")
                 # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16
                 # checkpoint as bf16, and AdamW steps on bf16 weights round away to nothing.
                 # Mixed precision comes from autocast; FillMask casts for inference.
                 model, info = AutoModelForMaskedLM.from_pretrained(
-                    name, config=config, output_loading_info=True, dtype=torch.float32)
-            missing = info.get("missing_keys") or []
-            if missing:
-                log.warning("%s has no trained masked-LM head (%d weights initialised fresh: "
-                            "%s); its base perplexity is meaningless until it is trained",
-                            name, len(missing), ", ".join(sorted(missing)[:4]))
-    except ValueError as e:
-        if "Unrecognized configuration class" in str(e):
-            raise MlmkitError(f"model {name}: transformers has no masked-LM class for model type "
-                              f"{config.model_type!r}") from None
-        raise _hub_error(name, e) from None
-    except OSError as e:
-        raise _hub_error(name, e) from None
+                    name, config=config, output_loading_info=True, dtype=torch.float32, **source)
+        except (OSError, ValueError) as e:
+            raise _hub_error(name, e) from None
+        missing = info.get("missing_keys") or []
+        if missing:
+            log.warning("%s has no trained masked-LM head (%d weights initialised fresh: "
+                        "%s); its base perplexity is meaningless until it is trained",
+                        name, len(missing), ", ".join(sorted(missing)[:4]))
     if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
@@ -183,11 +339,37 @@ def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = Tr
     return loss, (targets != -100).sum()
 
 
+_DEVICES = "cpu, cuda, cuda:N, mps or auto"
+
+
 def pick_device(device: str) -> torch.device:
+    """`device` as a torch.device, checked against this machine; 'auto' is cuda, else mps,
+    else cpu."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MlmkitError(f"--device {device}: not a device; expected {_DEVICES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else (
+                "no CUDA device is visible")
+            raise MlmkitError(f"--device {device}: {why}; expected cpu, or auto (which picks "
+                              "a GPU when there is one)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise MlmkitError(f"--device {device}: this machine has {n} CUDA device"
+                              f"{'s' if n != 1 else ''} (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MlmkitError(f"--device {device}: MPS (Apple GPU) is not available here; "
+                              "expected cpu or auto")
+    elif dev.type != "cpu":
+        raise MlmkitError(f"--device {device}: {dev.type} devices are not supported; expected "
+                          f"{_DEVICES}")
+    return dev

@@ -136,7 +136,7 @@ def test_fill_input_file_to_output_with_error_records(capsys, model_dir, pipe, t
     good = [r for r in recs if isinstance(r, list)]
     assert_records_equal(good[0], pipe(texts[0], top_k=2))
     assert_records_equal(good[1], pipe(texts[2], top_k=2))
-    assert f"{len(bad)} of {len(recs)} inputs could not be filled" in err
+    assert f"{len(bad)} of {len(recs)} lines could not be filled" in err
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
@@ -330,6 +330,97 @@ def test_aliases_are_hidden_from_the_lists_and_shown_in_their_own_section(capsys
         assert alias in shown or alias in ("--text_field", "--no_sparse_head", "--eval_every")
 
 
+# The same lines through every way in: two to fill, one without a mask, two blank ones.
+LINES = ["The sun is a <mask> star.", "", "nothing to fill", "   ", "Why is the <mask> blue?"]
+
+
+@pytest.mark.parametrize("way", ["stdin", "-", "--input -", "--input file"])
+def test_fill_reads_stdin_and_input_files_alike(way, capsys, monkeypatch, model_dir, pipe,
+                                                tmp_path):
+    """Blank lines skipped and counted, a bad line reported by its number in its place, the
+    rest filled, exit 1 with the counts."""
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(LINES) + "\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(src.read_text()))
+    args = {"stdin": [], "-": ["-"], "--input -": ["--input", "-"],
+            "--input file": ["--input", src]}[way]
+    code, stdout, err = run(capsys, "fill", model_dir, *args, "--json", "--top-k", "2")
+    name = src if way == "--input file" else "stdin"
+    recs = [json.loads(x) for x in stdout.splitlines()]
+    assert code == 1 and len(recs) == 3
+    assert_records_equal(recs[0], pipe(LINES[0], top_k=2))
+    assert recs[1]["line"] == 3 and recs[1]["error"].startswith(f"{name}: line 3: no mask token")
+    assert_records_equal(recs[2], pipe(LINES[4], top_k=2))
+    assert err.strip() == "mlmkit: 1 of 3 lines could not be filled; 2 blank lines skipped"
+
+
+def test_fill_plain_output_reports_bad_lines_on_stderr_and_goes_on(capsys, monkeypatch,
+                                                                   model_dir, pipe):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(LINES) + "\n"))
+    code, stdout, err = run(capsys, "fill", model_dir, "--top-k", "1")
+    best = [pipe(t, top_k=1)[0] for t in (LINES[0], LINES[4])]
+    assert code == 1
+    assert stdout.splitlines() == [f"{best[0]['score']:.4f}  {best[0]['sequence']}", "",
+                                   f"{best[1]['score']:.4f}  {best[1]['sequence']}"]
+    lines = err.splitlines()
+    assert lines[0].startswith("error: stdin: line 3: no mask token")
+    assert lines[1:] == ["mlmkit: 1 of 3 lines could not be filled; 2 blank lines skipped"]
+
+
+def test_fill_blank_lines_alone_are_no_failure(capsys, monkeypatch, model_dir):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\nThe sun is a <mask> star.\n\n"))
+    code, stdout, err = run(capsys, "fill", model_dir, "--json")
+    assert code == 0 and len(stdout.splitlines()) == 1
+    assert err.strip() == "mlmkit: 2 blank lines skipped"
+
+
+def test_fill_input_dev_stdin_in_a_real_process(model_dir, pipe):
+    exe = Path(sys.executable).with_name("mlmkit")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli"]
+    proc = subprocess.run([*cmd, "fill", str(model_dir), "--input", "/dev/stdin", "--json",
+                           "--top-k", "2"], input="\n".join(LINES) + "\n", capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    recs = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and len(recs) == 3, proc.stderr
+    assert recs[1]["error"].startswith("/dev/stdin: line 3: no mask token")
+    assert_records_equal(recs[2], pipe(LINES[4], top_k=2))
+    assert proc.stderr.strip().endswith("1 of 3 lines could not be filled; 2 blank lines skipped")
+
+
+def test_fill_jsonl_lines_that_hold_no_text_are_named():
+    from mlmkit.cli import _FillTally, _numbered_lines
+
+    lines = [b'{"text": 3}\n', b'"a <mask>"\n', b'{"title": "x"}\n', b"[1\n", b"\r\n"]
+    tally = _FillTally()
+    assert list(_numbered_lines(lines, True, tally)) == [
+        (1, None, "the text is not a string but int"), (2, "a <mask>", None),
+        (3, None, "no 'text' field"), (4, None, "invalid JSON (Expecting ',' delimiter)")]
+    assert tally.blank == 1
+
+
+def test_fill_paths_are_checked_before_the_model_loads(capsys, monkeypatch, model_dir,
+                                                       tmp_path):
+    from mlmkit import fill
+
+    def never(*a, **k):
+        raise AssertionError("the model loaded before the paths were checked")
+
+    monkeypatch.setattr(fill, "load_tokenizer", never)
+    src = tmp_path / "in.txt"
+    src.write_text("The sun is a <mask> star.\n")
+    missing = tmp_path / "no-such-dir" / "out.jsonl"
+    code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", missing)
+    assert_one_line_error(code, err, f"--output {missing}: directory {missing.parent} does not "
+                          "exist; expected a file in an existing directory")
+    assert not missing.parent.exists()
+    code, _, err = run(capsys, "fill", model_dir, "--input", tmp_path / "nope.txt")
+    assert_one_line_error(code, err, "--input", "nope.txt: file not found", "- for stdin")
+    code, _, err = run(capsys, "fill", model_dir, "--input", tmp_path)
+    assert_one_line_error(code, err, "is a directory")
+    code, _, err = run(capsys, "fill", model_dir, "a <mask>", "--input", src)
+    assert_one_line_error(code, err, "--input: given along with texts on the command line")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
@@ -440,6 +531,51 @@ def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_
     assert not out.exists()
 
 
+def _argv(command, model, sample_path, out):
+    return {"train": train_args(model, sample_path, out),
+            "eval": ["eval", "--model", model, "--data", str(sample_path)],
+            "fill": ["fill", model, "a <mask> b"]}[command]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+def test_mistyped_model_path_is_one_line_at_once(command, capsys, monkeypatch, tmp_path,
+                                                 sample_path, tiny_roberta, fake_hub):
+    """The newcomer's `--model assets/tiny-robrta`: no Hub request, no retry, and the name
+    meant (it took 49 s and 48 lines of retry warnings)."""
+    import shutil
+
+    shutil.copytree(tiny_roberta, tmp_path / "assets" / "tiny-roberta")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *_argv(command, "assets/tiny-robrta", sample_path, "out"))
+    assert_one_line_error(code, err, "model assets/tiny-robrta: no such local directory (did "
+                          "you mean assets/tiny-roberta?)")
+    assert fake_hub.requests == [] and fake_hub.sleeps == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["assets"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+def test_unreachable_hub_is_one_request_and_one_line(command, capsys, tmp_path, sample_path,
+                                                     fake_hub):
+    code, _, err = run(capsys, *_argv(command, "no-such-org/no-such-model", sample_path,
+                                      tmp_path / "out"))
+    assert_one_line_error(code, err, "no-such-org/no-such-model", "cannot be reached",
+                          "local model directory")
+    assert len(fake_hub.requests) == 1 and fake_hub.sleeps == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_split_local_files_do_not_have_is_one_line(command, capsys, tmp_path, tiny_roberta,
+                                                     sample_path):
+    """It was ignored: `--split test` trained or scored the same records as `--split train`."""
+    out = tmp_path / "out"
+    argv = (train_args(tiny_roberta, sample_path, out) if command == "train" else
+            ["eval", "--model", tiny_roberta, "--data", sample_path])
+    code, _, err = run(capsys, *argv, "--split", "test")
+    assert_one_line_error(code, err, "--split test: local files are one split, 'train'")
+    assert not out.exists() and not any(Path(os.environ["MLMKIT_CACHE"]).iterdir())
+
+
 def test_bad_config_file_and_unknown_setting(capsys, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("block-size = 64\nlearning-rat = 1\n")
@@ -490,7 +626,7 @@ def test_fill_input_that_is_not_utf8_gives_error_records_and_goes_on(capsys, mod
     code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", dst, "--quiet",
                        "--top-k", "2")
     recs = [json.loads(x) for x in dst.read_text().splitlines()]
-    assert code == 1 and "1 of 3 inputs could not be filled" in err
+    assert code == 1 and "1 of 3 lines could not be filled" in err
     assert recs[1] == {"line": 2, "error": f"{src}: line 2: not UTF-8 text (byte 0xe9 at "
                                            "column 4); expected UTF-8"}
     assert_records_equal(recs[2], pipe("Why is the <mask> blue?", top_k=2))
@@ -531,3 +667,33 @@ def test_outputs_that_cannot_be_written_are_one_line(capsys, model_dir, tiny_rob
     assert_one_line_error(code, err, "--output", needle)
     code, _, err = run(capsys, "fill", model_dir, "--input", src, "--output", base / "o.jsonl")
     assert_one_line_error(code, err, f"--output {base / 'o.jsonl'}", needle)
+
+
+# --------------------------------------------------------------------------- wrong settings
+
+
+@pytest.mark.parametrize("device,needle", [("banana", "not a device; expected cpu, cuda"),
+                                           ("cuda", "--device cuda: ")])
+@pytest.mark.parametrize("command", ["fill", "eval", "serve"])
+def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
+        command, device, needle, capsys, monkeypatch, tmp_path, sample_path):
+    import importlib
+
+    import torch
+
+    if command == "serve":
+        pytest.importorskip("fastapi")
+        pytest.importorskip("uvicorn")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def never(*a, **k):
+        raise AssertionError("loaded before the device was checked")
+
+    for module in ("mlmkit.model", "mlmkit.fill"):
+        monkeypatch.setattr(importlib.import_module(module), "load_tokenizer", never)
+    argv = {"fill": ["fill", tmp_path, "a <mask> b"],
+            "serve": ["serve", tmp_path],
+            "eval": ["eval", "--model", tmp_path, "--data", sample_path]}[command]
+    code, _, err = run(capsys, *argv, "--device", device)
+    assert_one_line_error(code, err, f"--device {device}: ", needle)
+    assert not any(Path(os.environ["MLMKIT_CACHE"]).iterdir())  # no data was read either

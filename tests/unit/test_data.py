@@ -265,3 +265,46 @@ def test_resolve_files_leaves_in_memory_data_alone():
     assert resolve_files(["a", "b"]) is None
     assert resolve_files(datasets.Dataset.from_list([{"text": "a"}])) is None
     assert resolve_files(None) is None
+
+
+# ----------------------------------------------------------------- --split on local files
+
+
+@pytest.mark.parametrize("split", ["train[:7]", "train[5:12]", "train[10%:]", "train[-6:]",
+                                   "train[:-35]", "train[33%:66%]", "train[:5%]+train[-5%:]",
+                                   "train[-10%:-5%]", "train[:100]"])
+def test_split_slices_local_files_as_datasets_does(split, records, tmp_path):
+    """The same records `datasets.load_dataset('json', data_files=..., split=...)` gives."""
+    import datasets
+
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    theirs = datasets.load_dataset("json", data_files=str(path), split=split,
+                                   cache_dir=str(tmp_path / "hf"))
+    ours = texts_of(DataConfig(data=str(path), split=split, text_field=["answers.text"]))
+    assert ours == [" ".join(r["answers"]["text"]) for r in theirs]
+
+
+def test_split_comes_before_limit_and_changes_the_cache_identity(records, tmp_path):
+    from mlmkit.data import iter_records
+
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    cfg = DataConfig(data=str(path), split="train[10:]", limit=3, text_field=["answers.text"])
+    assert texts_of(cfg) == [" ".join(r["answers"]["text"]) for r in records[10:13]]
+    whole = iter_records(DataConfig(data=str(path)))
+    part = iter_records(cfg)
+    assert whole.ident != part.ident and "split train[10:]" in part.description
+
+
+@pytest.mark.parametrize("split,needle", [
+    ("test", "local files are one split, 'train'"),
+    ("validation[:10]", "local files are one split, 'train'"),
+    ("train[1:2:3]", "expected 'train' or a slice of it"),
+    ("train[:10%](pct1_dropremainder)", "expected 'train' or a slice of it"),
+])
+def test_other_splits_of_local_files_are_refused_in_one_line(split, needle, records, tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    with pytest.raises(MlmkitError) as e:
+        texts_of(DataConfig(data=str(path), split=split))
+    assert str(e.value).startswith(f"--split {split}: ") and needle in str(e.value)
+    with pytest.raises(MlmkitError, match="in-memory data is not split"):
+        texts_of(DataConfig(data=["a text"], split=split))

@@ -1,4 +1,5 @@
-"""Hub datasets: the parquet-conversion fallback for script datasets, and offline errors."""
+"""Hub datasets: the parquet-conversion fallback for script datasets, and an unreachable or
+refusing Hub is one line at once (one request, no retry), or the cached copy."""
 
 import logging
 
@@ -39,3 +40,45 @@ def test_unreachable_hub_suggests_local_files(monkeypatch):
     msg = str(e.value)
     assert "x/y" in msg and "HF_HUB_OFFLINE=1" in msg and "local file" in msg
     assert "\n" not in msg
+
+
+def test_unreachable_hub_is_one_request_and_one_line(fake_hub):
+    """Without a network: one request, no retry and no backoff sleep (datasets' own lookups
+    took 27 s of retries, with each retry warning printed twice), then datasets' cache alone."""
+    with pytest.raises(MlmkitError) as e:
+        list(iter_texts(DataConfig(data="some-org/some-data")))
+    assert str(e.value) == (
+        "dataset 'some-org/some-data' (split 'train'): the Hugging Face Hub cannot be reached "
+        "([Errno -2] Name or service not known) and the dataset is not in the local cache; "
+        "pass a local file, directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
+        "datasets already in the local cache")
+    assert len(fake_hub.requests) == 1 and fake_hub.sleeps == []
+
+
+def test_unreachable_hub_loads_a_cached_copy_with_a_warning(fake_hub, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    def cached_load(*a, **kw):  # as datasets does: its cache alone in offline mode
+        assert constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
+        return datasets.Dataset.from_list([{"text": "a b"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", cached_load)
+    with caplog.at_level(logging.WARNING, logger="mlmkit"):
+        assert [t for _, t in iter_texts(DataConfig(data="some-org/some-data"))] == ["a b"]
+    assert "using the cached copy of dataset some-org/some-data" in caplog.text
+    assert not constants.HF_HUB_OFFLINE and not datasets.config.HF_HUB_OFFLINE  # restored
+
+
+@pytest.mark.parametrize("code,error,needle", [
+    (404, "RepoNotFound", "no such dataset on the Hugging Face Hub"),
+    (403, "GatedRepo", "a gated dataset"),
+])
+def test_hub_answers_no_in_one_line(code, error, needle, fake_hub, monkeypatch):
+    import httpx2
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("loaded anyway"))
+    fake_hub.answer = lambda request: httpx2.Response(
+        code, headers={"X-Error-Code": error, "X-Error-Message": "nope"}, request=request)
+    with pytest.raises(MlmkitError, match=needle):
+        list(iter_texts(DataConfig(data="some-org/some-data")))
+    assert len(fake_hub.requests) == 1

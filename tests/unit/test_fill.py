@@ -6,6 +6,7 @@ texts in place."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -262,3 +263,24 @@ def test_other_device_and_bfloat16_keep_the_records(real_tokenizer_engines, devi
                     assert (g["token_str"], g["sequence"]) == (r["token_str"], r["sequence"])
                     assert g["score"] == pytest.approx(r["score"], abs=0.05)
     assert 0.8 * total <= shared < total  # < total: bfloat16 really ran
+
+
+def test_unknown_targets_are_replaced_with_a_warning_naming_the_token(engines, caplog):
+    """As the pipeline: the first sub-token stands in for a target not in the vocabulary, and a
+    warning says which; known targets warn nothing, and each target warns once per engine."""
+    _, shared, pipe = engines
+    fm = FillMask(shared.model, shared.tokenizer, device="cpu")  # one that has warned nothing
+    text = own_spelling(pipe, TEXTS[1])
+    first = pipe.tokenizer.convert_ids_to_tokens(
+        pipe.tokenizer("zebra", add_special_tokens=False)["input_ids"][0])
+    known = pipe.tokenizer.convert_ids_to_tokens(10)
+    with caplog.at_level(logging.WARNING, logger="mlmkit"):
+        ours = fm(text, top_k=2, targets=[known, "zebra"])
+        fm(text, top_k=2, targets=[known, "zebra", ""])
+        fm(text, top_k=2, targets=["zebra", ""])
+    assert_same_records(ours, pipe(text, top_k=2, targets=[known, "zebra"]))
+    assert [r.getMessage() for r in caplog.records if r.name == "mlmkit"] == [
+        f"target 'zebra' is not in the model's vocabulary; using its first token {first!r} "
+        "instead (as transformers' fill-mask pipeline does)",
+        "target '' is not in the model's vocabulary and has no token; ignoring it"]
+    assert set(ours[0]) == {"score", "token", "token_str", "sequence"}
