@@ -127,7 +127,7 @@ def _flag(f: Any) -> tuple[str, dict[str, Any]]:
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not MISSING else f.default_factory()
     default = CLI_DEFAULTS.get(f.name, default)
-    help_ = f.metadata.get("help", "")
+    help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
     if default not in (None, [], False, True):
         help_ += f" (default: {default})"
     kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}

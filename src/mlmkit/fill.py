@@ -87,21 +87,28 @@ class FillMask:
         cannot be filled yields an `MlmkitError` in its place instead of stopping the rest."""
         if top_k < 1:
             raise MlmkitError(f"top_k {top_k}: expected a positive integer")
-        target_ids = self.target_ids(targets) if targets is not None else None
+        target_ids, stand_ins = (self._resolve_targets(targets) if targets is not None
+                                 else (None, {}))
         buf: list[str] = []
         for t in texts:
             buf.append(t)
             if len(buf) == chunk:
-                yield from self._fill_chunk(buf, top_k, target_ids)
+                yield from self._fill_chunk(buf, top_k, target_ids, stand_ins)
                 buf = []
         if buf:
-            yield from self._fill_chunk(buf, top_k, target_ids)
+            yield from self._fill_chunk(buf, top_k, target_ids, stand_ins)
 
     def target_ids(self, targets: str | list[str]) -> np.ndarray:
         """Vocabulary ids of `targets`, resolved as the pipeline does: a target that is not
         itself in the vocabulary counts as its first sub-token, with a warning naming that
         token (one with no token at all is dropped, with a warning too); each target is warned
         about once per engine, not once per request."""
+        return self._resolve_targets(targets)[0]
+
+    def _resolve_targets(self, targets: str | list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        """`target_ids`, and for each stand-in token the target word it replaced (the output
+        records say it: "target")."""
+        stand_ins: dict[int, str] = {}
         if isinstance(targets, str):
             targets = [targets]
         vocab = self.tokenizer.get_vocab()
@@ -122,14 +129,19 @@ class FillMask:
                                     "pipeline does)", t, self.tokenizer.convert_ids_to_tokens(i))
             if i is not None:
                 ids.append(i)
+                if vocab.get(t) is None and t not in vocab:
+                    stand_ins[i] = t
         if not ids:
             raise MlmkitError(f"targets {targets!r}: none is in the model's vocabulary")
-        return np.array(sorted(set(ids)))
+        # A token asked for by name is itself, even if it also stands in for another target.
+        stand_ins = {i: w for i, w in stand_ins.items() if self.tokenizer.convert_ids_to_tokens(i)
+                     not in targets}
+        return np.array(sorted(set(ids))), stand_ins
 
     # ------------------------------------------------------------------ engine
 
-    def _fill_chunk(self, texts: list[str], top_k: int,
-                    target_ids: np.ndarray | None) -> list[list | MlmkitError]:
+    def _fill_chunk(self, texts: list[str], top_k: int, target_ids: np.ndarray | None,
+                    stand_ins: dict[int, str]) -> list[list | MlmkitError]:
         results: list[list | MlmkitError] = [None] * len(texts)  # type: ignore[list-item]
         normalized = [MASK_SPELLINGS.sub(self.tokenizer.mask_token, t) if isinstance(t, str)
                       else t for t in texts]
@@ -161,10 +173,10 @@ class FillMask:
         for idx in self._batches(order, [len(ids_of[i]) for i in order]):
             batch = self._launch(idx, [ids_of[i] for i in idx], top_k, targets)
             if pending is not None:
-                self._collect(pending, results, target_ids)
+                self._collect(pending, results, target_ids, stand_ins)
             pending = batch
         if pending is not None:
-            self._collect(pending, results, target_ids)
+            self._collect(pending, results, target_ids, stand_ins)
         return results
 
     def _batches(self, order: list[int], lengths: list[int]) -> Iterator[list[int]]:
@@ -214,7 +226,8 @@ class FillMask:
             values, indices = values.cpu(), indices.cpu()
         return _Batch(idx, ids, rows, cols, values, indices, done)
 
-    def _collect(self, batch: _Batch, results: list, target_ids: np.ndarray | None) -> None:
+    def _collect(self, batch: _Batch, results: list, target_ids: np.ndarray | None,
+                 stand_ins: dict[int, str]) -> None:
         """Wait for a batch's top-k and turn it into the pipeline's records, decoding all its
         candidate sequences in one call."""
         if batch.done is not None:
@@ -238,6 +251,11 @@ class FillMask:
         tokens = cands.ravel().tolist()
         recs = [{"score": s, "token": t, "token_str": self._token_str(t), "sequence": q}
                 for s, t, q in zip(values.ravel().tolist(), tokens, sequences)]
+        if stand_ins:
+            # The pipeline's fields stay as they are; a stand-in says which target it replaced.
+            for r in recs:
+                if r["token"] in stand_ins:
+                    r["target"] = stand_ins[r["token"]]
         row = 0
         for i, m in zip(batch.idx, masks_in.tolist()):
             per_mask = [recs[(row + j) * k:(row + j + 1) * k] for j in range(m)]
