@@ -554,6 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser().parse_args(argv)
+    try:
+        # A mistyped model path is refused before the seconds of importing transformers.
+        model = getattr(ns, "model", None)
+        if isinstance(model, str):
+            from .hub import model_dir
+
+            model_dir(model)
+    except MlmkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _quiet_libraries()  # every command loads a model
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
                "serve": _cmd_serve, "demo": _cmd_demo}[ns.command]

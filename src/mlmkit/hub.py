@@ -9,8 +9,11 @@ this check makes the first failure final.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from .config import MlmkitError
 
@@ -99,3 +102,60 @@ def offline(on: bool) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+# Local names: checked without torch or transformers, so the CLI can refuse a mistyped path
+# before it pays for importing them.
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a path: it starts like one, it cannot be a Hub id
+    ('namespace/name': one slash at most, no backslash, no '..'), or the directory it would
+    sit in exists here."""
+    if name.startswith((".", "~", "/")) or not _is_repo_id(name):
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _no_such_dir(name: str) -> MlmkitError:
+    """'no such local directory', with the nearest sibling's name when one is close."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return MlmkitError(f"model {name}: no such local directory ({os.path.dirname(name)} does "
+                           "not exist either)")
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    hint = f" (did you mean {os.path.join(os.path.dirname(name), close[0])}?)" if close else ""
+    return MlmkitError(f"model {name}: no such local directory{hint}")
+
+
+def model_dir(name: str) -> Path | None:
+    """The local directory `name` names, or None for a Hub id. A name that can only be a path
+    and names no directory is an error at once, before any Hub lookup: a typo in a path must
+    not wait for the network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MlmkitError(f"model {name}: is a file; expected a model directory (config.json, "
+                          "weights and tokenizer files) or a Hub id")
+    if _looks_like_path(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        # A valid Hub id whose first part happens to be a directory here: the Hub copy in the
+        # cache wins, so that such a directory does not hide a model already downloaded.
+        if _is_repo_id(name) and isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+        raise _no_such_dir(name)
+    return None

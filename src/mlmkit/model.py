@@ -4,10 +4,8 @@ evaluation and inference (vocabulary projection only at the positions that need 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import MlmkitError
-from .hub import OFFLINE, first_line, reach, refusal
+from .hub import OFFLINE, first_line, model_dir, reach, refusal
 
 log = logging.getLogger("mlmkit")
 
@@ -30,60 +28,6 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "lo
 # only its special tokens from a directory holding none of these, and the rest goes wrong later.
 _TOKENIZER_FILES = ("tokenizer.json, vocab.txt, vocab.json with merges.txt, or a sentencepiece "
                     "*.model")
-
-
-def _is_repo_id(name: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _looks_like_path(name: str) -> bool:
-    """Whether `name` is meant as a path: it starts like one, it cannot be a Hub id
-    ('namespace/name': one slash at most, no backslash, no '..'), or the directory it would
-    sit in exists here."""
-    if name.startswith((".", "~", "/")) or not _is_repo_id(name):
-        return True
-    parent = Path(name).parent
-    return parent != Path(".") and parent.is_dir()
-
-
-def _no_such_dir(name: str) -> MlmkitError:
-    """'no such local directory', with the nearest sibling's name when one is close."""
-    path = Path(name).expanduser()
-    parent = path.parent
-    if not parent.is_dir():
-        return MlmkitError(f"model {name}: no such local directory ({os.path.dirname(name)} does "
-                           "not exist either)")
-    siblings = [p.name for p in parent.iterdir() if p.is_dir()]
-    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
-    hint = f" (did you mean {os.path.join(os.path.dirname(name), close[0])}?)" if close else ""
-    return MlmkitError(f"model {name}: no such local directory{hint}")
-
-
-def model_dir(name: str) -> Path | None:
-    """The local directory `name` names, or None for a Hub id. A name that can only be a path
-    and names no directory is an error at once, before any Hub lookup: a typo in a path must
-    not wait for the network."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise MlmkitError(f"model {name}: is a file; expected a model directory (config.json, "
-                          "weights and tokenizer files) or a Hub id")
-    if _looks_like_path(name):
-        from huggingface_hub import try_to_load_from_cache
-
-        # A valid Hub id whose first part happens to be a directory here: the Hub copy in the
-        # cache wins, so that such a directory does not hide a model already downloaded.
-        if _is_repo_id(name) and isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return None
-        raise _no_such_dir(name)
-    return None
 
 
 @functools.lru_cache(maxsize=32)
