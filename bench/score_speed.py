@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=300, help="sentences for mlmkit")
     p.add_argument("--baseline-n", type=int, default=60, help="sentences for the baseline")
     p.add_argument("--metric", default="original", choices=["original", "word-l2r"])
-    p.add_argument("--budgets", default="2048,4096,8192", help="mlmkit token budgets")
+    p.add_argument("--budgets", default="1024,2048,4096,8192", help="mlmkit token budgets")
     p.add_argument("--batches", default="1,8", help="minicons batch sizes (sentences)")
     p.add_argument("--long-words", default="10,100,350", help="sentence lengths for memory")
     p.add_argument("--cap-gib", type=float, default=8.0, help="address-space cap of the "

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight", type=float, default=1.0, help="weight of the PLL in --rescore's "
                    "total (default: 1.0)")
     c.add_argument("--max-tokens", type=int, default=None, help="most tokens per forward pass, "
-                   "counted after padding; bounds memory (default: 4096 on CPU, 32768 on GPU)")
+                   "counted after padding; bounds memory (default: 2048 on CPU, 32768 on GPU)")
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     c.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -97,7 +97,7 @@ class Scorer:
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
                  dtype: str = "auto", max_tokens: int | None = None) -> None:
-        """`max_tokens`: most tokens per forward pass, counted after padding (default 4,096 on
+        """`max_tokens`: most tokens per forward pass, counted after padding (default 2,048 on
         a CPU, 32,768 on a GPU); the memory a batch needs is bounded by it, whatever the
         length of the sentences."""
         if max_tokens is not None and max_tokens < 1:
@@ -109,7 +109,7 @@ class Scorer:
         if not getattr(self.tokenizer, "is_fast", False):
             raise MlmkitError("PLL scoring needs a fast tokenizer (tokenizer.json) for the word "
                               "boundaries of word-l2r and whole-word")
-        self.max_tokens = max_tokens or (32_768 if self.device.type == "cuda" else 4_096)
+        self.max_tokens = max_tokens or (32_768 if self.device.type == "cuda" else 2_048)
         self.max_length = max_block_size(self.model.config, self.tokenizer)
         self.mask_id = self.tokenizer.mask_token_id
         pad = self.tokenizer.pad_token_id
