@@ -478,8 +478,10 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
 def _scorer_for(engine: Any) -> tuple[Any, str]:
     """A `Scorer` on the fill engine's own model and tokenizer (no second copy in memory), or
     None and why not."""
+    import torch
+
     model, tokenizer = getattr(engine, "model", None), getattr(engine, "tokenizer", None)
-    if model is None or tokenizer is None:
+    if not isinstance(model, torch.nn.Module) or tokenizer is None:
         return None, f"the engine {type(engine).__name__} has no model and tokenizer to share"
     from .model import DTYPES
     from .score import Scorer
