@@ -213,6 +213,19 @@ def _as_tokenizer(model_or_tokenizer: Any) -> Any:
     return model_or_tokenizer
 
 
+def format_audit(name: str, audit: VocabAudit) -> str:
+    """The audit as `mlmkit vocab audit` prints it: totals, then a table of the costliest."""
+    lines = [f"{name}: {audit.fertility:.4f} tokens per word, {audit.single_token_share:.2%} of "
+             f"words one token ({audit.words:,} words, {audit.distinct_words:,} distinct, "
+             f"in {audit.texts:,} texts; a word is {WORD_DEFINITION})"]
+    if audit.costliest:
+        width = max(12, *(len(w.word) for w in audit.costliest))
+        lines += ["", f"{'word':<{width}} {'count':>8} {'tokens':>7} {'cost':>8}  pieces"]
+        lines += [f"{w.word:<{width}} {w.count:>8,} {w.tokens / w.count:>7.2f} {w.cost:>8,}  "
+                  f"{' '.join(w.pieces)}" for w in audit.costliest]
+    return "\n".join(lines)
+
+
 def corpus_texts(data: Any, text_field: list[str] | None = None, limit: int | None = None,
                  split: str = "train") -> list[str]:
     """The non-empty texts of a corpus, read as `mlmkit train --data` reads it: a list of texts
@@ -394,8 +407,9 @@ def _wrap(tokenizer: Any, backend: Any) -> Any:
 
 def _head_biases(model: Any, out: Any) -> list[Any]:
     """Every vocabulary-sized bias of the head: the output layer's, and the head's own `bias`
-    (BERT's cls.predictions.bias, RoBERTa's lm_head.bias), tied again to the output layer's
-    where resizing left it at the old size."""
+    (BERT's cls.predictions.bias, RoBERTa's lm_head.bias). The head's own is the output
+    layer's when the model ties them; when it does not (untied embeddings in transformers 5),
+    resizing leaves it at the old size, so it grows here, a parameter of its own as it was."""
     import torch
 
     biases = [out.bias] if getattr(out, "bias", None) is not None else []
@@ -405,9 +419,10 @@ def _head_biases(model: Any, out: Any) -> list[Any]:
                 own, torch.nn.Parameter) or any(own is b for b in biases):
             continue
         if biases and own.shape != biases[0].shape:
-            module.bias = biases[0]
-        else:
-            biases.append(own)
+            grown = torch.zeros_like(biases[0].data)
+            grown[:own.shape[0]] = own.data
+            own = module.bias = torch.nn.Parameter(grown)
+        biases.append(own)
     return biases
 
 
