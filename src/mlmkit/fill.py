@@ -21,13 +21,11 @@ import numpy as np
 import torch
 
 from .config import MlmkitError
-from .model import load_model, load_tokenizer, masked_logits, max_block_size, pick_device
+from .model import inference_model, masked_logits, max_block_size
 
 log = logging.getLogger("mlmkit")
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FillMask:
@@ -44,28 +42,18 @@ class FillMask:
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
         GPU."""
-        # Settings first: a wrong one is an error before the model loads, not after.
-        self.device = pick_device(device)
-        gpu = self.device.type == "cuda"
-        if dtype == "auto":
-            dtype = "bfloat16" if gpu else "float32"
-        if dtype not in _DTYPES:
-            raise MlmkitError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
         for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
             if value is not None and value < 1:
                 raise MlmkitError(f"{name} {value}: expected a positive integer")
-        if isinstance(model, str):
-            tokenizer = tokenizer or load_tokenizer(model)
-            model = load_model(model)
-        elif tokenizer is None:
-            raise MlmkitError("FillMask: pass a tokenizer along with a model object")
-        self.model = model.to(device=self.device, dtype=_DTYPES[dtype]).eval()
+        self.model, tokenizer, self.device = inference_model(model, tokenizer, device, dtype,
+                                                             "FillMask")
+        gpu = self.device.type == "cuda"
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (256 if gpu else 32)
         self.max_tokens = max_tokens or (16_384 if gpu else None)
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.max_length = max_block_size(model.config, tokenizer)
+        self.max_length = max_block_size(self.model.config, tokenizer)
         self._token_str = lru_cache(maxsize=200_000)(lambda i: tokenizer.decode([i]))
         self._decode_batch = batch_decoder(tokenizer)
         self._warned_targets: set[str] = set()

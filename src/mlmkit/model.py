@@ -284,6 +284,27 @@ def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = Tr
 
 
 _DEVICES = "cpu, cuda, cuda:N, mps or auto"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine: str
+                    ) -> tuple[Any, Any, torch.device]:
+    """(model, tokenizer, device) ready for inference: `model` a path or Hub id (loaded with its
+    tokenizer) or a model object (then `tokenizer` is required), on `device` in `dtype` ('auto':
+    bfloat16 on a GPU, else float32), in eval mode. The settings are checked before the model
+    loads, so a wrong one costs no loading time. `engine` names the caller in errors."""
+    dev = pick_device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise MlmkitError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    if isinstance(model, str):
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_model(model)
+    elif tokenizer is None:
+        raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
+    return model.to(device=dev, dtype=DTYPES[dtype]).eval(), tokenizer, dev
 
 
 def pick_device(device: str) -> torch.device:

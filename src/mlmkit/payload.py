@@ -1,4 +1,4 @@
-"""What a fill-mask request may say, and how the server reads it: the body streamed under a
+"""What a fill-mask or score request may say, and how the server reads it: the body streamed under a
 size limit and a timeout, the payload checked by a Pydantic model (which is also the OpenAPI
 schema) under the server's `Limits`, and every refusal an `ApiError` whose message names the
 field as the client wrote it.
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
+from .config import MlmkitError
 from .fill import MASK_SPELLINGS, clip
+from .score import check_metric
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -51,10 +53,19 @@ def _one_or_many(value: Any) -> str:
     return "many" if isinstance(value, list) else "one"
 
 
-@lru_cache(maxsize=16)
 def request_model(limits: Limits) -> type:
     """The Pydantic model of a fill-mask payload under `limits`: what checks a request is also
     what the OpenAPI schema shows, limits included."""
+    return _request_models(limits)["fill"]
+
+
+def score_request_model(limits: Limits) -> type:
+    """The Pydantic model of a `/score` payload under `limits`."""
+    return _request_models(limits)["score"]
+
+
+@lru_cache(maxsize=16)
+def _request_models(limits: Limits) -> dict[str, type]:
     from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
     def one_or_many(item: Any, most: int, description: str) -> Any:
@@ -87,7 +98,47 @@ def request_model(limits: Limits) -> type:
         parameters: FillParameters | None = None
         options: Any = Field(None, description="the HF API's options (use_cache, ...): ignored")
 
-    return FillRequest
+    class ScoreParameters(BaseModel):
+        model_config = strict
+        metric: str | None = Field("original", description="original, word-l2r or whole-word")
+        per_token: bool | None = Field(False, description="add each token's log-probability")
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(**strict, json_schema_extra={"examples": [
+            {"inputs": ["The cat sat on the mat.", "The cat sat in the mat."],
+             "parameters": {"metric": "word-l2r"}}]})
+        inputs: one_or_many(text, limits.max_inputs,  # type: ignore
+                            "a text to score, or a list of them")
+        parameters: ScoreParameters | None = None
+        options: Any = Field(None, description="ignored, as on the fill-mask route")
+
+    return {"fill": FillRequest, "score": ScoreRequest}
+
+
+def parse_score_request(body: bytes, limits: Limits) -> tuple[list[str], bool, str, bool]:
+    """Check a `/score` payload -> (texts, single, metric, per_token); an `ApiError` names what
+    is wrong."""
+    req = _validated(body, limits, score_request_model(limits), "score")
+    single = isinstance(req.inputs, str)
+    params = req.parameters
+    try:
+        metric = check_metric(params.metric if params and params.metric else "original")
+    except MlmkitError as e:
+        raise ApiError(400, f"'parameters.metric': {e}") from None
+    return ([req.inputs] if single else req.inputs), single, metric, bool(
+        params and params.per_token)
+
+
+def _validated(body: bytes, limits: Limits, model: type, route: str) -> Any:
+    from pydantic import ValidationError
+
+    if len(body) > limits.max_body_bytes:
+        raise _too_large(len(body), limits)
+    payload = _load_json(body)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as e:
+        raise _refusal(e.errors(include_url=False), limits, route) from None
 
 
 def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
@@ -95,15 +146,7 @@ def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
                                                           tuple[str, ...] | None]:
     """Check a fill-mask payload -> (texts, single, top_k, targets); an `ApiError` names what
     is wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
-    from pydantic import ValidationError
-
-    if len(body) > limits.max_body_bytes:
-        raise _too_large(len(body), limits)
-    payload = _load_json(body)
-    try:
-        req = request_model(limits).model_validate(payload)
-    except ValidationError as e:
-        raise _refusal(e.errors(include_url=False), limits) from None
+    req = _validated(body, limits, request_model(limits), "fill")
     single = isinstance(req.inputs, str)
     texts = [req.inputs] if single else req.inputs
     for i, t in enumerate(texts):
@@ -150,10 +193,15 @@ _EXPECTED = {("inputs", False): "a string or a non-empty list of strings",
              ("parameters", False): "an object",
              ("top_k", False): "an integer",
              ("targets", False): "a string or a non-empty list of non-empty strings",
-             ("targets", True): "a non-empty string"}
+             ("targets", True): "a non-empty string",
+             ("metric", False): "a string: original, word-l2r or whole-word",
+             ("per_token", False): "true or false"}
+# Per route: (its parameters, what 'inputs' holds)
+_ROUTES = {"fill": ("top_k and targets", "a text with <mask>, or a list of them"),
+           "score": ("metric and per_token", "a text to score, or a list of them")}
 
 
-def _refusal(errors: list[dict], limits: Limits) -> ApiError:
+def _refusal(errors: list[dict], limits: Limits, route: str = "fill") -> ApiError:
     """Pydantic's first complaint about a payload as one message naming the field as the client
     wrote it ('inputs'[2], 'parameters.top_k'); unknown fields first, as they are likely
     typos that explain the rest."""
@@ -163,7 +211,7 @@ def _refusal(errors: list[dict], limits: Limits) -> ApiError:
         names = ", ".join(sorted(repr(clip(e["loc"][-1], 30)) for e in extra
                                  if e["loc"][:-1] == parent)[:5])
         if parent:
-            return ApiError(400, f"unknown parameter(s) {names}: expected top_k and targets")
+            return ApiError(400, f"unknown parameter(s) {names}: expected {_ROUTES[route][0]}")
         return ApiError(400, f"unknown field(s) {names}: expected 'inputs' and optionally "
                              "'parameters'")
     err = errors[0]
@@ -181,10 +229,11 @@ def _refusal(errors: list[dict], limits: Limits) -> ApiError:
         inside = f" in {where}" if names else ""
         return ApiError(400, f"a field name{inside} with {problem}")
     if not names:  # the body itself
-        return ApiError(400, 'expected a JSON object like {"inputs": "Paris is the <mask> of '
-                             f'France."}}, got {_describe(value)}')
+        example = "Paris is the <mask> of France." if route == "fill" else "Paris is in France."
+        return ApiError(400, f'expected a JSON object like {{"inputs": "{example}"}}, got '
+                             f'{_describe(value)}')
     if kind == "missing":
-        return ApiError(400, f"missing {where}: expected a text with <mask>, or a list of them")
+        return ApiError(400, f"missing {where}: expected {_ROUTES[route][1]}")
     if kind == "too_long" and isinstance(value, list):
         what, most = (("texts", limits.max_inputs) if names[-1] == "inputs"
                       else ("words", limits.max_inputs * limits.max_top_k))

@@ -1,6 +1,7 @@
-"""HTTP serving of a fill-mask model: `create_app(...)` builds a FastAPI app that speaks the
-Hugging Face Inference API's fill-mask protocol, checks each request on its own (`payload`),
-gathers the valid ones into batches for one `FillMask` call, bounds its queue, gives every
+"""HTTP serving of a masked LM: `create_app(...)` builds a FastAPI app that speaks the Hugging
+Face Inference API's fill-mask protocol and scores sentences (`POST /score`, pseudo-log-
+likelihood), checks each request on its own (`payload`), gathers the valid ones into batches
+for one engine call (`FillMask` or `Scorer`, sharing one model), bounds its queue, gives every
 response a request id and exports Prometheus metrics; `serve(...)` runs it.
 
 FastAPI, prometheus_client and uvicorn are imported inside the functions, so
@@ -22,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from .config import MlmkitError
 from .page import render_page
-from .payload import ApiError, Limits, parse_request, read_body, request_model
+from .payload import (
+    ApiError,
+    Limits,
+    parse_request,
+    parse_score_request,
+    read_body,
+    request_model,
+    score_request_model,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -31,7 +40,8 @@ log = logging.getLogger("mlmkit.server")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-_PATHS = frozenset({"/", "/fill-mask", "/health", "/metrics", "/docs", "/openapi.json"})
+_PATHS = frozenset({"/", "/fill-mask", "/score", "/health", "/metrics", "/docs",
+                    "/openapi.json"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
                       "CONNECT"})
 
@@ -132,8 +142,9 @@ class _RequestMiddleware:
 @dataclass
 class _Job:
     texts: list[str]
-    top_k: int
-    targets: tuple[str, ...] | None
+    # ("fill", top_k, targets) or ("score", metric, per_token): jobs with equal parameters
+    # share an engine call
+    params: tuple
     future: asyncio.Future = field(repr=False)
 
 
@@ -145,8 +156,10 @@ class Batcher:
     compares against."""
 
     def __init__(self, engine: Any, metrics: ServerMetrics, max_batch_size: int,
-                 max_wait_ms: float, max_queue: int, batching: bool) -> None:
+                 max_wait_ms: float, max_queue: int, batching: bool,
+                 scorer: Any = None) -> None:
         self.engine = engine
+        self.scorer = scorer
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
@@ -166,12 +179,20 @@ class Batcher:
     async def submit(self, texts: list[str], top_k: int,
                      targets: tuple[str, ...] | None) -> list:
         """The engine's results for `texts` (a list, or an `MlmkitError` per unfillable text)."""
+        return await self._submit(texts, ("fill", top_k, targets))
+
+    async def submit_score(self, texts: list[str], metric: str, per_token: bool) -> list:
+        """The scorer's records for `texts` (a dict, or an `MlmkitError` per unscorable text),
+        in the same queue and batches as fill-mask requests."""
+        return await self._submit(texts, ("score", metric, per_token))
+
+    async def _submit(self, texts: list[str], params: tuple) -> list:
         if self.pending + len(texts) > self.max_queue:
             raise ApiError(503, f"server busy: {self.pending} texts are queued and this request "
                                 f"adds {len(texts)}, past the limit of {self.max_queue}; retry "
                                 "later")
         self._ensure_started()
-        job = _Job(texts, top_k, targets, self._loop.create_future())  # type: ignore[union-attr]
+        job = _Job(texts, params, self._loop.create_future())  # type: ignore[union-attr]
         self.metrics.queue_depth += len(texts)
         self._jobs.append(job)
         self._wakeup.set()  # type: ignore[union-attr]
@@ -255,26 +276,25 @@ class Batcher:
             job.future.set_result(outcome)
 
     def _fill(self, batch: list[_Job]) -> list:
-        """Runs on the worker thread: one engine call per distinct (top_k, targets) in the
-        batch (one call in the usual case, where clients send the same parameters)."""
+        """Runs on the worker thread: one engine call per distinct parameters in the batch
+        (one call in the usual case, where clients send the same parameters)."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, job in enumerate(batch):
-            groups[(job.top_k, job.targets)].append(i)
+            groups[job.params].append(i)
         outcomes: list[Any] = [None] * len(batch)
-        for (top_k, targets), members in groups.items():
+        for params, members in groups.items():
             jobs = [batch[i] for i in members]
-            for i, outcome in zip(members, self._fill_group(jobs, top_k, targets)):
+            for i, outcome in zip(members, self._fill_group(jobs, params)):
                 outcomes[i] = outcome
         return outcomes
 
-    def _fill_group(self, jobs: list[_Job], top_k: int,
-                    targets: tuple[str, ...] | None) -> list:
+    def _fill_group(self, jobs: list[_Job], params: tuple) -> list:
         """The outcome of each of `jobs`, which share their parameters, from one engine call.
         If the call raises (other than an `MlmkitError`, which is about the shared parameters
         and so everyone's answer), each job runs again on its own: one request the engine
         chokes on gets the error, the others their answers."""
         try:
-            results = self._call([t for job in jobs for t in job.texts], top_k, targets)
+            results = self._call([t for job in jobs for t in job.texts], params)
         except MlmkitError as e:
             return [e] * len(jobs)
         except Exception as e:
@@ -283,24 +303,26 @@ class Batcher:
             # No traceback here: the request that fails alone logs it, once.
             log.warning("an engine call for %d requests failed (%s); running each alone",
                         len(jobs), type(e).__name__)
-            return [self._call_or_error(job.texts, top_k, targets) for job in jobs]
+            return [self._call_or_error(job.texts, params) for job in jobs]
         outcomes, start = [], 0
         for job in jobs:
             outcomes.append(results[start:start + len(job.texts)])
             start += len(job.texts)
         return outcomes
 
-    def _call_or_error(self, texts: list[str], top_k: int,
-                       targets: tuple[str, ...] | None) -> Any:
+    def _call_or_error(self, texts: list[str], params: tuple) -> Any:
         try:
-            return self._call(texts, top_k, targets)
+            return self._call(texts, params)
         except Exception as e:
             return e
 
-    def _call(self, texts: list[str], top_k: int, targets: tuple[str, ...] | None) -> list:
+    def _call(self, texts: list[str], params: tuple) -> list:
         self.metrics.batch_size.observe(len(texts))
         t0 = time.perf_counter()
         try:
+            if params[0] == "score":
+                return list(self.scorer.stream(texts, metric=params[1], per_token=params[2]))
+            _, top_k, targets = params
             return list(self.engine.stream(texts, top_k=top_k,
                                            targets=list(targets) if targets else None))
         finally:
@@ -355,7 +377,9 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     vocab_size = len(tokenizer) if tokenizer is not None else None
     limits = Limits(max_inputs, max_text_chars, max_top_k)
     metrics = ServerMetrics()
-    batcher = Batcher(engine, metrics, max_batch_size, max_wait_ms, max_queue, batching)
+    scorer, no_scorer = _scorer_for(engine)
+    batcher = Batcher(engine, metrics, max_batch_size, max_wait_ms, max_queue, batching,
+                      scorer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -363,7 +387,8 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
         await batcher.close()
 
     app = FastAPI(title="mlmkit fill-mask server", version=_version(), lifespan=lifespan,
-                  description="Hugging Face Inference API compatible fill-mask, with dynamic "
+                  description="Hugging Face Inference API compatible fill-mask, and "
+                              "pseudo-log-likelihood scoring at /score, with dynamic "
                               "batching. Errors are `{\"error\": \"...\"}`; every response "
                               "carries an `X-Request-ID`, which a 500 names.")
     app.state.engine = engine
@@ -398,11 +423,30 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
                 return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
         return JSONResponse(results[0] if single else results)
 
-    extra, responses, schemas = _fill_mask_docs(limits)
+    async def score(request: Request) -> JSONResponse:
+        if scorer is None:
+            return error(501, f"this server cannot score sentences: {no_scorer}")
+        try:
+            body = await read_body(request, limits, body_timeout_s)
+            texts, single, metric, per_token = parse_score_request(body, limits)
+            results = await batcher.submit_score(texts, metric, per_token)
+        except ApiError as e:
+            return error(e.status, e.message)
+        except MlmkitError as e:
+            return error(400, str(e))
+        for i, r in enumerate(results):
+            if isinstance(r, MlmkitError):
+                return error(422, str(r) if single else f"'inputs'[{i}]: {r}")
+        return JSONResponse(results[0] if single else results)
+
+    docs, schemas = _request_docs(limits)
     for path in ("/", "/fill-mask"):
-        app.add_api_route(path, fill_mask, methods=["POST"], openapi_extra=extra,
-                          responses=responses, summary="Fill <mask> in one text or a list",
+        app.add_api_route(path, fill_mask, methods=["POST"], openapi_extra=docs["fill"][0],
+                          responses=docs["fill"][1], summary="Fill <mask> in one text or a list",
                           name=f"fill_mask{path.replace('/', '_').rstrip('_')}")
+    app.add_api_route("/score", score, methods=["POST"], openapi_extra=docs["score"][0],
+                      responses=docs["score"][1], name="score",
+                      summary="Pseudo-log-likelihood of one text or a list (mlmkit score)")
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -431,25 +475,51 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     return app
 
 
-def _fill_mask_docs(limits: Limits) -> tuple[dict, dict, dict]:
-    """OpenAPI of the fill-mask routes: (openapi_extra, responses, component schemas). The body
-    is read and checked by the route itself (streamed, under a size limit and a timeout), so
-    FastAPI is only told its schema, taken from the model that does the checking."""
+def _scorer_for(engine: Any) -> tuple[Any, str]:
+    """A `Scorer` on the fill engine's own model and tokenizer (no second copy in memory), or
+    None and why not."""
+    model, tokenizer = getattr(engine, "model", None), getattr(engine, "tokenizer", None)
+    if model is None or tokenizer is None:
+        return None, f"the engine {type(engine).__name__} has no model and tokenizer to share"
+    from .model import DTYPES
+    from .score import Scorer
+
+    dtype = next((name for name, t in DTYPES.items() if t == model.dtype), "float32")
+    try:
+        return Scorer(model, tokenizer, device=str(engine.device), dtype=dtype), ""
+    except MlmkitError as e:
+        return None, str(e)
+
+
+def _request_docs(limits: Limits) -> tuple[dict[str, tuple[dict, dict]], dict]:
+    """OpenAPI of the POST routes: ({route: (openapi_extra, responses)}, component schemas).
+    The body is read and checked by the route itself (streamed, under a size limit and a
+    timeout), so FastAPI is only told its schema, taken from the model that does the
+    checking."""
     from pydantic import BaseModel
 
     class ErrorBody(BaseModel):
         error: str
 
-    body = request_model(limits).model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas = {**body.pop("$defs", {}), "FillRequest": body}
-    extra = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/FillRequest"}}}}}
-    responses = {status: {"model": ErrorBody, "description": text} for status, text in [
-        (400, "bad request"), (408, "body not received in time"), (413, "over a size limit"),
-        (422, "a text the model cannot take (too many tokens)"),
-        (500, "internal error; the message names the request id to look for in the log"),
-        (503, "queue full; retry later")]}
-    return extra, responses, schemas
+    schemas: dict = {}
+    docs = {}
+    for route, model, name in (("fill", request_model(limits), "FillRequest"),
+                               ("score", score_request_model(limits), "ScoreRequest")):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update({**body.pop("$defs", {}), name: body})
+        extra = {"requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{name}"}}}}}
+        responses = {status: {"model": ErrorBody, "description": text} for status, text in [
+            (400, "bad request"), (408, "body not received in time"),
+            (413, "over a size limit"),
+            (422, "a text the model cannot take (too many tokens"
+                  + (", or nothing to score)" if route == "score" else ")")),
+            (500, "internal error; the message names the request id to look for in the log"),
+            (503, "queue full; retry later")]}
+        if route == "score":
+            responses[501] = {"model": ErrorBody, "description": "the model cannot score"}
+        docs[route] = (extra, responses)
+    return docs, schemas
 
 
 def _version() -> str:

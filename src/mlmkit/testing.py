@@ -149,3 +149,30 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def reference_pll(model: Any, tokenizer: Any, text: str, metric: str = "original"
+                  ) -> list[float]:
+    """Log-probabilities of each scored token of `text`, computed the slow obvious way: one
+    masked copy at a time through the whole model (dense logits, no batching, no padding).
+    The reference `mlmkit.score.Scorer` is tested against; written without its code."""
+    import torch
+
+    enc = tokenizer(text, return_special_tokens_mask=True)
+    ids, words = enc["input_ids"], enc.word_ids()
+    positions = [p for p, s in enumerate(enc["special_tokens_mask"]) if not s]
+    logprob = {}
+    with torch.no_grad():
+        for p in positions:
+            if metric == "whole-word" and p in logprob:
+                continue
+            same_word = [q for q in positions if words[p] is not None and words[q] == words[p]]
+            masked = {"original": [p], "word-l2r": [p] + [q for q in same_word if q > p],
+                      "whole-word": same_word or [p]}[metric]
+            x = list(ids)
+            for q in masked:
+                x[q] = tokenizer.mask_token_id
+            out = model(input_ids=torch.tensor([x])).logits[0].float().log_softmax(-1)
+            for q in ([p] if metric != "whole-word" else masked):
+                logprob[q] = out[q, ids[q]].item()
+    return [logprob[p] for p in positions]

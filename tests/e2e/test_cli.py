@@ -229,7 +229,7 @@ def sections_of(text: str) -> dict[str, str]:
     return {k: "\n".join(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "serve", "demo"])
+@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "score", "serve", "demo"])
 def test_help_has_a_description_and_examples_that_parse(capsys, command):
     text = help_of(capsys, *command.split())
     description = text.split("\n\n")[1]  # after the usage lines
@@ -242,7 +242,8 @@ def test_help_has_a_description_and_examples_that_parse(capsys, command):
         assert argv[0] == "mlmkit"
         build_parser().parse_args(argv[1:])
     commands = {argv[1] for argv in runs}
-    assert commands == ({"train", "eval", "fill", "serve", "demo"} if not command else {command})
+    every = {"train", "eval", "fill", "score", "serve", "demo"}
+    assert commands == (every if not command else {command})
 
 
 def test_train_help_lists_each_setting_in_its_section(capsys):
@@ -388,11 +389,11 @@ def test_fill_input_dev_stdin_in_a_real_process(model_dir, pipe):
 
 
 def test_fill_jsonl_lines_that_hold_no_text_are_named():
-    from mlmkit.cli import _FillTally, _numbered_lines
+    from mlmkit.inputs import LineTally, numbered_lines
 
     lines = [b'{"text": 3}\n', b'"a <mask>"\n', b'{"title": "x"}\n', b"[1\n", b"\r\n"]
-    tally = _FillTally()
-    assert list(_numbered_lines(lines, True, tally)) == [
+    tally = LineTally()
+    assert list(numbered_lines(lines, True, tally)) == [
         (1, None, "the text is not a string but int"), (2, "a <mask>", None),
         (3, None, "no 'text' field"), (4, None, "invalid JSON (Expecting ',' delimiter)")]
     assert tally.blank == 1
@@ -400,12 +401,12 @@ def test_fill_jsonl_lines_that_hold_no_text_are_named():
 
 def test_fill_paths_are_checked_before_the_model_loads(capsys, monkeypatch, model_dir,
                                                        tmp_path):
-    from mlmkit import fill
+    from mlmkit import model
 
     def never(*a, **k):
         raise AssertionError("the model loaded before the paths were checked")
 
-    monkeypatch.setattr(fill, "load_tokenizer", never)
+    monkeypatch.setattr(model, "load_tokenizer", never)
     src = tmp_path / "in.txt"
     src.write_text("The sun is a <mask> star.\n")
     missing = tmp_path / "no-such-dir" / "out.jsonl"
@@ -513,7 +514,7 @@ def test_fill_text_without_mask(capsys, model_dir):
     assert stdout == ""
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+@pytest.mark.parametrize("command", ["train", "eval", "fill", "score"])
 def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_path,
                                               sample_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -524,7 +525,7 @@ def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_
     elif command == "eval":
         argv = ["eval", "--model", model, "--data", str(sample_path)]
     else:
-        argv = ["fill", model, "a <mask> b"]
+        argv = [command, model, "a <mask> b"]
     code, _, err = run(capsys, *argv)
     line = assert_one_line_error(code, err, model, "HF_HUB_OFFLINE")
     assert "local model directory" in line
@@ -534,10 +535,11 @@ def test_unreachable_hub_suggests_local_paths(command, capsys, monkeypatch, tmp_
 def _argv(command, model, sample_path, out):
     return {"train": train_args(model, sample_path, out),
             "eval": ["eval", "--model", model, "--data", str(sample_path)],
-            "fill": ["fill", model, "a <mask> b"]}[command]
+            "fill": ["fill", model, "a <mask> b"],
+            "score": ["score", model, "a b c"]}[command]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+@pytest.mark.parametrize("command", ["train", "eval", "fill", "score"])
 def test_mistyped_model_path_is_one_line_at_once(command, capsys, monkeypatch, tmp_path,
                                                  sample_path, tiny_roberta, fake_hub):
     """The newcomer's `--model assets/tiny-robrta`: no Hub request, no retry, and the name
@@ -553,7 +555,7 @@ def test_mistyped_model_path_is_one_line_at_once(command, capsys, monkeypatch, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["assets"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "fill"])
+@pytest.mark.parametrize("command", ["train", "eval", "fill", "score"])
 def test_unreachable_hub_is_one_request_and_one_line(command, capsys, tmp_path, sample_path,
                                                      fake_hub):
     code, _, err = run(capsys, *_argv(command, "no-such-org/no-such-model", sample_path,
@@ -674,7 +676,7 @@ def test_outputs_that_cannot_be_written_are_one_line(capsys, model_dir, tiny_rob
 
 @pytest.mark.parametrize("device,needle", [("banana", "not a device; expected cpu, cuda"),
                                            ("cuda", "--device cuda: ")])
-@pytest.mark.parametrize("command", ["fill", "eval", "serve"])
+@pytest.mark.parametrize("command", ["fill", "score", "eval", "serve"])
 def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
         command, device, needle, capsys, monkeypatch, tmp_path, sample_path):
     import importlib
@@ -689,9 +691,8 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
     def never(*a, **k):
         raise AssertionError("loaded before the device was checked")
 
-    for module in ("mlmkit.model", "mlmkit.fill"):
-        monkeypatch.setattr(importlib.import_module(module), "load_tokenizer", never)
-    argv = {"fill": ["fill", tmp_path, "a <mask> b"],
+    monkeypatch.setattr(importlib.import_module("mlmkit.model"), "load_tokenizer", never)
+    argv = {"fill": ["fill", tmp_path, "a <mask> b"], "score": ["score", tmp_path, "a b"],
             "serve": ["serve", tmp_path],
             "eval": ["eval", "--model", tmp_path, "--data", sample_path]}[command]
     code, _, err = run(capsys, *argv, "--device", device)

@@ -569,7 +569,10 @@ _junk = st.recursive(st.one_of(st.none(), st.booleans(), _number, _text, _masked
                      max_leaves=10)
 _parameters = st.one_of(st.none(), _junk, st.fixed_dictionaries({}, optional={
     "top_k": st.one_of(_number, _junk),
-    "targets": st.one_of(_text, st.lists(_text, max_size=4), _junk)}))
+    "targets": st.one_of(_text, st.lists(_text, max_size=4), _junk)}),
+    st.fixed_dictionaries({}, optional={  # /score's
+        "metric": st.one_of(st.sampled_from(["original", "word-l2r", "whole-word"]), _junk),
+        "per_token": st.one_of(st.booleans(), _junk)}))
 _words = st.text(string.ascii_lowercase + " ", max_size=40)
 _valid = st.fixed_dictionaries(  # well-formed, so that bad requests share batches with good ones
     {"inputs": st.one_of(st.builds("{} <mask> {}".format, _words, _words),
@@ -595,7 +598,7 @@ _request = st.tuples(
     mostly(st.just("POST"), st.one_of(
         st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
         st.text(string.ascii_uppercase, min_size=1, max_size=8))),
-    mostly(st.sampled_from(["/", "/fill-mask"]), st.one_of(
+    mostly(st.sampled_from(["/", "/fill-mask", "/score"]), st.one_of(
         st.sampled_from(["/health", "/metrics", "/openapi.json", "/docs"]),
         st.text(string.ascii_letters + string.digits + "-._~%/", max_size=20)
         .map(lambda p: "/" + p))),
