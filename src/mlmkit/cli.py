@@ -138,8 +138,7 @@ examples:
       --text-field answers.text --top 30
   mlmkit vocab audit my-model --data corpus.txt --json
   mlmkit vocab extend my-model --data corpus.jsonl --text-field answers.text \\
-      --add 500 --output my-model-vocab
-  mlmkit train --model my-model-vocab --data corpus.jsonl --output adapted"""),
+      --add 500 --output my-model-vocab"""),
     "serve": ("serve fill-mask over HTTP (Hugging Face Inference API format, dynamic batching)",
               """\
 Serve fill-mask over HTTP: POST / or /fill-mask take the Hugging Face Inference
