@@ -91,6 +91,39 @@ def adapt(model: str, args: argparse.Namespace, out: Path) -> dict:
             "fixed_mask_ppl_own_tokens": r.final.perplexity if r.final else None}
 
 
+def ppl_by_size(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Fixed-mask perplexity of the extended model over the base's, right after extension,
+    for several numbers of added words, on the same held-out texts (none has a word added
+    by the largest extension, so none has a word added by any)."""
+    from transformers import AutoTokenizer
+
+    from mlmkit.vocab import corpus_texts, extend_vocab
+
+    info, command = print_header("vocab_extend.py", argv)
+    sizes = sorted(int(n) for n in args.ppl_at.split(","))
+    texts = corpus_texts(str(args.data), FIELDS)
+    held = texts[args.held_out_from:]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        exts = {n: (tmp / f"ext{n}", extend_vocab(str(args.model), texts[:args.records], n,
+                                                   tmp / f"ext{n}")) for n in sizes}
+        largest, r = exts[sizes[-1]]
+        tok = AutoTokenizer.from_pretrained(largest)
+        ids = {w.id for w in r.added}
+        plain = [t for t in held if not ids & set(tok(t, add_special_tokens=False)["input_ids"])]
+        base = fixed_mask_ppl(str(args.model), plain, tmp)["perplexity"]
+        for n, (ext, _) in exts.items():
+            ppl = fixed_mask_ppl(str(ext), plain, tmp)["perplexity"]
+            rows.append({"add": n, "perplexity": ppl, "ratio": ppl / base})
+            print(f"+{n} words: fixed-mask perplexity {ppl:.2f} against {base:.2f} "
+                  f"({ppl / base - 1:+.2%}) on {len(plain):,} held-out texts", flush=True)
+    print(json.dumps({"bench": "vocab_extend", "mode": "ppl_at", "machine": info,
+                      "command": command, "model": str(args.model), "records": args.records,
+                      "held_out_texts": len(plain), "base_perplexity": base, "rows": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -101,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--held-out-from", type=int, default=4000, help="first held-out record")
     p.add_argument("--sentences", type=int, default=400)
+    p.add_argument("--ppl-at", default=None, help="only measure the fixed-mask perplexity "
+                   "change right after extension, for these numbers of added words (e.g. "
+                   "50,100,200,500), on the held-out texts without any of the largest set's "
+                   "words")
     args = p.parse_args(argv)
+    if args.ppl_at:
+        return ppl_by_size(args, argv)
 
     from transformers import AutoTokenizer
 
