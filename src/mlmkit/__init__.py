@@ -19,6 +19,8 @@ _EXPORTS = {
     "Metrics": "evaluate", "evaluate": "evaluate", "run_eval": "evaluate",
     "FillMask": "fill", "Scorer": "score", "rescore": "score",
     "Run": "run", "TrainResult": "run", "TrainState": "run", "train": "run",
+    "VocabAudit": "vocab", "VocabExtension": "vocab", "audit_vocab": "vocab",
+    "extend_vocab": "vocab",
 }
 __all__ = [*sorted(_EXPORTS, key=str.lower), "__version__"]
 

@@ -63,10 +63,11 @@ def _inputs(cfg: TrainConfig) -> list[tuple[str, Path]]:
     return read
 
 
-def check_output(cfg: TrainConfig) -> Path:
+def check_output(cfg: TrainConfig, resumable: bool = True) -> Path:
     """The output directory, once it is known that this run may write there: writable, empty
     or one to resume, and with --overwrite only a directory mlmkit wrote that holds none of
-    the run's inputs. Nothing is touched here."""
+    the run's inputs. Nothing is touched here. `resumable`: whether the command that writes
+    it has a --resume to suggest."""
     if not cfg.output:
         raise MlmkitError("--output: no output directory given")
     out = Path(cfg.output).expanduser()
@@ -79,8 +80,9 @@ def check_output(cfg: TrainConfig) -> Path:
     if not _has_content(out) or cfg.resume:
         return out
     if not cfg.overwrite:
+        resume = " or --resume latest to continue its training" if resumable else ""
         raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
-                          "to replace it or --resume latest to continue its training")
+                          f"to replace it{resume}")
     if not (is_run_dir(out) or _is_legacy_run(out)):
         raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {RUN_MARKER} "
                           "marker), so --overwrite will not delete it; choose a new or empty "

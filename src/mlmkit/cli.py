@@ -53,6 +53,7 @@ examples:
   mlmkit fill my-model "The Milky Way is a <mask> galaxy." --top-k 3
   mlmkit score my-model "The cat sat on the mat." --metric word-l2r
   mlmkit serve my-model --port 8000
+  mlmkit vocab audit my-model --data corpus.jsonl --text-field answers.text
 
 'mlmkit COMMAND --help' lists a command's settings and more examples."""),
     "train": ("fine-tune (or pre-train) a masked LM on a corpus", """\
@@ -125,6 +126,19 @@ and after.""", """\
 examples:
   mlmkit demo
   mlmkit demo --data my-eli5-records.jsonl --output runs/mine"""),
+    "vocab": ("audit a tokenizer on a corpus (tokens per word) or extend its vocabulary", """\
+Audit: tokens per word of a model's tokenizer on a corpus, the share of words
+kept as one token, and the words that cost the most (count x extra pieces). A
+word is a maximal run of letters, whatever the tokenizer, so BPE and WordPiece
+numbers compare. Extend: add the N costliest words as tokens matched only as
+whole words, each new embedding (input, output, bias) the mean of its old
+pieces', and save a model directory that `mlmkit train --model DIR` adapts.""", """\
+examples:
+  mlmkit vocab audit distilbert/distilroberta-base --data corpus.jsonl \\
+      --text-field answers.text --top 30
+  mlmkit vocab audit my-model --data corpus.txt --json
+  mlmkit vocab extend my-model --data corpus.jsonl --text-field answers.text \\
+      --add 500 --output my-model-vocab"""),
     "serve": ("serve fill-mask over HTTP (Hugging Face Inference API format, dynamic batching)",
               """\
 Serve fill-mask over HTTP: POST / or /fill-mask take the Hugging Face Inference
@@ -300,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="runs/demo", help="where the adapted model goes "
                    "(default: runs/demo; replaced if an earlier demo wrote it)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    v = _command(sub, "vocab").add_subparsers(dest="vocab_command", required=True)
+    for name, what in (("audit", "tokens per word and the costliest words"),
+                       ("extend", "add the costliest words as whole-word tokens")):
+        c = v.add_parser(name, help=what, description=what)
+        c.add_argument("model", help="Hub id or local model directory")
+        c.add_argument("--data", required=True, help="corpus, as for train: files, a directory, "
+                       "a glob or a Hub dataset id")
+        c.add_argument("--text-field", action="append", default=[], metavar="FIELD",
+                       help="dotted path to the text, e.g. answers.text (repeatable)")
+        c.add_argument("--split", default="train", help="split, slicing allowed (as for train)")
+        c.add_argument("--limit", type=int, default=None, help="take only the first N records")
+        c.add_argument("--top", type=int, default=20, help="costliest words listed (default: 20)")
+        c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        if name == "extend":
+            c.add_argument("--add", type=int, required=True, help="words to add")
+            c.add_argument("--output", required=True, help="directory for the extended model")
+            c.add_argument("--overwrite", action="store_true", help="replace an output "
+                           "directory mlmkit wrote")
 
     s = _command(sub, "serve")
     s.add_argument("model", help="Hub id or local model directory")
@@ -482,6 +515,21 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_vocab(ns: argparse.Namespace) -> int:
+    from .vocab import audit_vocab, extend_vocab, format_audit
+
+    data = {"text_field": ns.text_field, "limit": ns.limit, "split": ns.split}
+    if ns.vocab_command == "audit":
+        audit = audit_vocab(ns.model, ns.data, ns.top, **data)
+        print(json.dumps({"model": ns.model, **audit.to_dict()}) if ns.json
+              else format_audit(ns.model, audit))
+        return 0
+    r = extend_vocab(ns.model, ns.data, ns.add, ns.output, overwrite=ns.overwrite, top=ns.top,
+                     **data)
+    print(json.dumps(r.to_dict()) if ns.json else r.summary())
+    return 0
+
+
 def _cmd_serve(ns: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401  (checked here for a one-line error instead of a traceback)
@@ -536,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries()  # every command loads a model
     handler = {"train": _cmd_train, "eval": _cmd_eval, "fill": _cmd_fill,
-               "score": _cmd_score, "serve": _cmd_serve, "demo": _cmd_demo}[ns.command]
+               "score": _cmd_score, "serve": _cmd_serve, "demo": _cmd_demo,
+               "vocab": _cmd_vocab}[ns.command]
     try:
         return handler(ns, argv) if ns.command == "train" else handler(ns)
     except MlmkitError as e:

@@ -369,17 +369,27 @@ def export_model(model: Any, tokenizer: Any, out: Path, *, config: dict[str, Any
     """Write model, tokenizer, metrics.json, the settings and the model card into `out`, via a
     temporary directory whose files are then renamed in, so a crash never leaves a
     half-written model; files of `out` that the export does not write are kept."""
-    out = Path(out)
     readme = render_model_card(card, metrics, config, mask_token=tokenizer.mask_token or "<mask>")
+    write_model_dir(model, tokenizer, out, {"metrics.json": metrics, CONFIG_FILE: config},
+                    readme)
+
+
+def write_model_dir(model: Any, tokenizer: Any, out: Path, json_files: dict[str, Any],
+                    card: ModelCard | None = None) -> None:
+    """`save_pretrained` of model and tokenizer plus `json_files` ({name: value}) and the card,
+    all written in a temporary directory and then renamed into `out`: a crash never leaves a
+    half-written model."""
+    out = Path(out)
     tmp = out / EXPORT_TMP
     shutil.rmtree(tmp, ignore_errors=True)  # a killed export's leftovers
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / CONFIG_FILE, config)
-        readme.save(tmp / CARD_FILE)
+        for name, value in json_files.items():
+            write_json(tmp / name, value)
+        if card is not None:
+            card.save(tmp / CARD_FILE)
         _move_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -229,7 +229,8 @@ def sections_of(text: str) -> dict[str, str]:
     return {k: "\n".join(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "score", "serve", "demo"])
+@pytest.mark.parametrize("command", ["", "train", "eval", "fill", "score", "serve", "demo",
+                                     "vocab"])
 def test_help_has_a_description_and_examples_that_parse(capsys, command):
     text = help_of(capsys, *command.split())
     description = text.split("\n\n")[1]  # after the usage lines
@@ -242,7 +243,7 @@ def test_help_has_a_description_and_examples_that_parse(capsys, command):
         assert argv[0] == "mlmkit"
         build_parser().parse_args(argv[1:])
     commands = {argv[1] for argv in runs}
-    every = {"train", "eval", "fill", "score", "serve", "demo"}
+    every = {"train", "eval", "fill", "score", "serve", "demo", "vocab"}
     assert commands == (every if not command else {command})
 
 
