@@ -43,9 +43,8 @@ def test_batches_are_the_pytorch_loaders_masks(tiny_roberta, sample_path):
         for b, want in zip(range(3), loader):
             x, y, w = ours[b]
             labels = np.full(x["token_ids"].shape, -100)
-            np.put_along_axis(labels, x["mask_positions"], np.where(w > 0, y, -100), axis=1)
-            labels[np.arange(len(labels))[:, None].repeat(w.shape[1], 1)[w == 0], 0] = \
-                want["labels"].numpy()[:, 0][np.where(w == 0)[0]]  # slot 0 is the padding's
+            for r, real in enumerate(w > 0):  # padding slots (weight 0) point at position 0
+                labels[r, x["mask_positions"][r, real]] = y[r, real]
             assert np.array_equal(x["token_ids"], want["input_ids"].numpy())
             assert np.array_equal(labels, want["labels"].numpy())
             assert w.sum() == (want["labels"] != -100).sum()
