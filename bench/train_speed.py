@@ -16,14 +16,17 @@ Arms: `guide` (Trainer, fp32, batch 8, lr 2e-5: the guide's PyTorch recipe as wr
 sets no batch size, so Trainer's default of 8 applies), `guide-b16` (the same at batch 16, the
 guide's TensorFlow recipe's), `guide-bf16-b64` (bf16 and batch 64), `mlmkit-guide` (mlmkit with
 the PyTorch recipe's batch 8 and learning rate), `mlmkit` (its defaults), `mlmkit-compile`
-(defaults + --compile), and one `mlmkit (...)` arm per `--try` (TrainConfig fields). Needs
-torch, transformers and accelerate; not `datasets`.
+(defaults + --compile), `mlmkit-keras` (defaults on `--backend keras`, Keras' backend from
+KERAS_BACKEND), `mlmkit-keras-tf-recipe` (the same at the guide's TF batch 16 and lr 2e-5),
+and one `mlmkit (...)` arm per `--try` (TrainConfig fields). Needs torch, transformers and
+accelerate; not `datasets`; the Keras arms need the keras extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -47,7 +50,11 @@ ARMS = {GUIDE: "guide (Trainer, fp32, batch 8)",
         "guide-bf16-b64": "guide (Trainer, bf16, batch 64)",
         "mlmkit-guide": "mlmkit (guide's batch 8, lr 2e-5)",
         "mlmkit": "mlmkit (defaults)",
-        "mlmkit-compile": "mlmkit (defaults, --compile)"}
+        "mlmkit-compile": "mlmkit (defaults, --compile)",
+        # Keras' own backend from KERAS_BACKEND, as mlmkit picks it (torch without TensorFlow).
+        "mlmkit-keras": "mlmkit --backend keras (defaults, Keras on "
+                        f"{os.environ.get('KERAS_BACKEND', 'its default')})",
+        "mlmkit-keras-tf-recipe": "mlmkit --backend keras (TF recipe's batch 16, lr 2e-5)"}
 
 
 def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
@@ -223,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 arms[ARMS[name]] = run_guide(model_dir, corpus, eval_loader, args, True, 64)
             else:
                 extra = {"mlmkit": {}, "mlmkit-compile": {"compile": True},
-                         "mlmkit-guide": {"batch_size": 8, "learning_rate": 2e-5}}[name]
+                         "mlmkit-guide": {"batch_size": 8, "learning_rate": 2e-5},
+                         "mlmkit-keras": {"backend": "keras"},
+                         "mlmkit-keras-tf-recipe": {"backend": "keras", "batch_size": 16,
+                                                    "learning_rate": 2e-5}}[name]
                 arms[ARMS[name]] = run_mlmkit(model_dir, args, extra, len(corpus.train))
             print_arm(ARMS[name], arms[ARMS[name]], train_tokens)
         for label, extra in tries:

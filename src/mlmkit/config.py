@@ -174,6 +174,10 @@ class TrainConfig(DataConfig, MaskConfig):
     skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training",
                               group="schedule")
     num_workers: int = _f(0, "data-loader worker processes", group="performance")
+    backend: str = _f("torch", "training framework: torch (Accelerate), or keras (Keras 3 + "
+                      "keras-hub, model.fit on the same data and masks; Keras' own backend "
+                      "from KERAS_BACKEND; needs the 'keras' extra)", choices=["torch", "keras"],
+                      group="performance")
     log_every: int = _f(50, "write a training log record every N optimizer steps", group="outputs")
     quiet: bool = _f(True, "no progress (the command line shows a bar, or plain lines when "
                      "stderr is not a terminal, unless --quiet)", group="outputs")

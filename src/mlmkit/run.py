@@ -122,6 +122,26 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
     return tokenizer, model_config, corpus
 
 
+def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult, model: Any,
+                  tokenizer: Any, hardware: str) -> None:
+    """The run's model directory: weights, tokenizer, metrics.json, settings, model card and
+    curves, the same for every backend (`model` is a transformers model)."""
+    from .export import CardInfo, export_model
+    from .tracking import plot_curves
+
+    metrics = {"base": result.base.to_dict() if result.base else None,
+               "final": result.final.to_dict() if result.final else None,
+               "best": result.best, "history": result.history, "steps": result.steps,
+               "train_seconds": round(result.train_seconds, 3), "data": result.data}
+    record = settings_record(cfg)
+    card = CardInfo(base_model=cfg.model, datasets=[record["data"]]
+                    + ([record["eval_data"]] if record["eval_data"] else []),
+                    command=command, hardware=hardware, train_seconds=result.train_seconds,
+                    from_scratch=cfg.from_scratch)
+    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card)
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
+
+
 def train(cfg: TrainConfig | None = None, *, command: str | None = None,
           **settings: Any) -> TrainResult:
     """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`.
@@ -132,6 +152,10 @@ def train(cfg: TrainConfig | None = None, *, command: str | None = None,
     """
     cfg = replace(cfg, **settings) if cfg is not None else TrainConfig(**settings)
     validate(cfg)
+    if cfg.backend == "keras":
+        from .keras_train import train_keras
+
+        return train_keras(cfg, command=command)
     # TF32 matmuls for the run only: left on, they would change every later float32 result
     # in the process (a FillMask, another benchmark arm).
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -491,22 +515,10 @@ class Run:
                            train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
 
     def export(self, result: TrainResult) -> None:
-        from .export import CardInfo, describe_hardware, export_model
+        from .export import describe_hardware
 
-        metrics = {"base": result.base.to_dict() if result.base else None,
-                   "final": result.final.to_dict() if result.final else None,
-                   "best": result.best, "history": result.history, "steps": result.steps,
-                   "train_seconds": round(result.train_seconds, 3), "data": result.data}
-        record = settings_record(self.cfg)
-        card = CardInfo(base_model=self.cfg.model, datasets=[record["data"]]
-                        + ([record["eval_data"]] if record["eval_data"] else []),
-                        command=self.command, hardware=describe_hardware(self.accelerator),
-                        train_seconds=result.train_seconds, from_scratch=self.cfg.from_scratch)
-        export_model(self.model, self.tokenizer, self.out, config=record,
-                     metrics=metrics, card=card)
-        from .tracking import plot_curves
-
-        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        export_result(self.out, self.cfg, self.command, result, self.model, self.tokenizer,
+                      describe_hardware(self.accelerator))
 
     # -- interruptions and failures ------------------------------------------------------------
     @contextlib.contextmanager
