@@ -100,6 +100,28 @@ class MaskedBlocks(keras.utils.PyDataset):
                            self.collator.pad_id, self.segments)
 
 
+def tf_dataset(blocks: MaskedBlocks) -> Any:
+    """`blocks` as a tf.data.Dataset whose shapes are all unknown. Given the PyDataset itself,
+    Keras on TensorFlow fixes each shape from the first two batches, and the masked-slot width
+    varies from batch to batch. Each pass of the dataset is the next epoch, counted here
+    rather than taken from the callback, so that a pass tf.data starts early still gets its
+    own epoch's batches."""
+    import itertools
+
+    import tensorflow as tf
+
+    epochs = itertools.count(max(blocks.epoch, 0))
+
+    def batches() -> Any:
+        blocks.set_epoch(next(epochs))
+        for b in range(len(blocks)):
+            yield blocks[b]
+
+    spec = keras.tree.map_structure(
+        lambda a: tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype)), blocks[0])
+    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+
 def keras_evaluate(model: Any, inputs: np.ndarray, labels: np.ndarray, pad_id: int,
                    batch_size: int) -> Metrics:
     """Token-weighted masked-LM loss and perplexity on fixed masks (see evaluate.evaluate)."""
@@ -249,7 +271,9 @@ class KerasRun:
             # keras.Model's fit, not keras-hub's override: that one only adds its
             # preprocessing (we bring our own batches, so none) and, to map it, wants every
             # input as a grain or tf.data dataset, which a PyDataset is not.
-            keras.Model.fit(self.model, self.data, epochs=epochs,
+            data = self.data if keras.backend.backend() != "tensorflow" else (
+                tf_dataset(self.data))
+            keras.Model.fit(self.model, data, epochs=epochs,
                             callbacks=[RunCallback(self)],
                             verbose=1 if self.progress == "bar" else 0)
         return self.finish()

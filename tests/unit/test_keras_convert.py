@@ -110,6 +110,9 @@ def test_exact_gelu_and_head_epsilon_are_what_make_bert_match():
     def approx(v):  # keras-hub's own choice for BERT
         return keras.activations.gelu(v, approximate=True)
 
+    # A fresh model: on the TF backend predict_on_batch traces a graph once, so changing the
+    # layers of `km` after its first call would not be seen.
+    km = to_keras(hf)
     for layer in km.backbone.transformer_layers:
         layer._feedforward_intermediate_dense.activation = approx
     km.masked_lm_head._intermediate_layer_norm.epsilon = 1e-5
