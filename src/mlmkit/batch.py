@@ -151,7 +151,7 @@ def engine_stream(job: BatchJob, res: BatchResources) -> Callable[[Iterable], It
 def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJob, out: Path,
               digest: str) -> dict[str, Any]:
     """Run one shard and write its files, then its completion record; returns that record."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     tally = LineTally()
     pending: deque[tuple[int, str, str | None]] = deque()  # read, and not answered yet
 
@@ -173,8 +173,8 @@ def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJo
     record = {"shard": shard.index, "job": digest, "row": shard.row, "rows": shard.rows,
               "records": len(rows) + len(errors), "outputs": len(rows), "errors": len(errors),
               "blank": tally.blank, "files": file_entries(out, names),
-              "host": socket.gethostname(), "pid": os.getpid(),
-              "seconds": round(time.perf_counter() - start, 3)}
+              "host": socket.gethostname(), "pid": os.getpid(), "started": started,
+              "finished": time.time(), "seconds": round(time.perf_counter() - start, 3)}
     write_sealed_json(_marker(out, shard.index), record)  # last: the shard is done
     return record
 
@@ -326,7 +326,8 @@ def run_batch(job: BatchJob, input_spec: str, output: str | Path,
                 write_sealed_json(out / JOB_FILE,
                                   {**record, "shards": [s.to_dict() for s in shards]})
                 todo = shards
-            _run_pool(ray, job, res, out, todo, digest, on_shard)
+            if todo:  # an input of no rows has no shards
+                _run_pool(ray, job, res, out, todo, digest, on_shard)
         finally:
             if ours:
                 ray.shutdown()
@@ -362,7 +363,8 @@ def _run_pool(ray: Any, job: BatchJob, res: BatchResources, out: Path, todo: lis
         remote["num_gpus"] = res.gpus_per_worker
     ds = ds.map_batches(
         ShardWorker, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=res.workers, max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(size=min(res.workers, len(todo)),
+                                           max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs={"job": asdict(job), "res": asdict(res), "out": str(out),
                                "digest": digest}, **remote)
     done = 0

@@ -182,6 +182,14 @@ def test_score_equals_the_single_process_records_as_json_lines(
                  "--quiet"]) == 1
     check_against(out, ref)
     assert "no tokens to score" in " ".join(ref[1].values())
+    with open(d / "a.jsonl", "a") as fh:  # the input grew since: not the same job
+        fh.write('{"text": "One more."}\n')
+    capsys.readouterr()
+    assert main([*argv, "--input", str(d), "--output", str(out), "--engine", "ray",
+                 "--shard-rows", str(SHARD_ROWS), "--format", "jsonl", "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: --output {out}: its job read other input files (or they "
+                          f"changed since: {d / 'a.jsonl'}: ")
 
 
 def test_a_worker_killed_mid_job_loses_no_record_and_duplicates_none(
