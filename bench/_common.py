@@ -57,37 +57,65 @@ def cpu_seconds() -> tuple[float, float]:
     return busy, own
 
 
-def tree_cpu_seconds() -> tuple[float, float]:
-    """As `cpu_seconds`, but "own" is this process and every live descendant (with what each
-    has reaped of its own children): Ray's actors are the raylet's children, not ours, and
-    are never reaped by us while they run."""
-    busy = cpu_seconds()[0]
-    parent, used = {}, {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone since the listing
-            continue
-        parent[int(d.name)] = int(f[1])
-        used[int(d.name)] = sum(int(x) for x in f[11:15]) / tick  # utime stime cutime cstime
-    me, own = os.getpid(), 0.0
-    for pid in used:
-        p = pid
-        while p not in (me, 0, 1) and p in parent:
-            p = parent[p]
-        if p == me:
-            own += used[pid]
-    return busy, own
+class TreeClock:
+    """CPU seconds of this process and all its descendants, sampled from /proc every `every`
+    seconds by a thread, so that processes which end before the run does still count. For runs
+    whose helpers are not our reaped children: Ray's actors are the raylet's, and it lets them
+    go without adding their time to its own, so the resource counters of `cpu_seconds` miss
+    them and would call their work other load. A process that lives less than `every` seconds,
+    or its last `every` seconds, is missed (it then counts as other load)."""
+
+    def __init__(self, every: float = 0.25):
+        import threading
+
+        self.every, self.stopped = every, threading.Event()
+        self.first: dict[tuple[int, str], float] = {}
+        self.last: dict[tuple[int, str], float] = {}
+        self.busy0 = cpu_seconds()[0]
+        self.sample()
+        self.first = dict(self.last)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        parent, used = {}, {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone since the listing
+                continue
+            parent[int(d.name)] = int(f[1])
+            # utime + stime only: a reaped child's time, added to its parent's cutime, was
+            # already seen in the child. The key has the start time (f[19]): pids are reused.
+            used[(int(d.name), f[19])] = (int(f[11]) + int(f[12])) / tick
+        me = os.getpid()
+        for key, cpu in used.items():
+            p = key[0]
+            while p not in (me, 0, 1) and p in parent:
+                p = parent[p]
+            if p == me:
+                self.last[key] = cpu
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.sample()
+
+    def foreign_load(self, wall: float) -> float:
+        """Stop sampling; the average number of cores others kept busy over `wall` seconds."""
+        self.stopped.set()
+        self.thread.join()
+        self.sample()
+        own = sum(cpu - self.first.get(key, 0.0) for key, cpu in self.last.items())
+        return max(0.0, (cpu_seconds()[0] - self.busy0 - own) / wall)
 
 
-def foreign_load(start: tuple[float, float], wall: float, tree: bool = False) -> float:
+def foreign_load(start: tuple[float, float], wall: float) -> float:
     """Average number of cores that other processes kept busy since `start` (from
-    `cpu_seconds`, or `tree_cpu_seconds` with `tree`): above ~0.2 the timings were taken on a
-    shared, busy machine."""
-    busy, own = tree_cpu_seconds() if tree else cpu_seconds()
+    `cpu_seconds`): above ~0.2 the timings were taken on a shared, busy machine."""
+    busy, own = cpu_seconds()
     return max(0.0, ((busy - start[0]) - (own - start[1])) / wall)
 
 
