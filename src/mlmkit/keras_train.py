@@ -119,7 +119,10 @@ def tf_dataset(blocks: MaskedBlocks) -> Any:
 
     spec = keras.tree.map_structure(
         lambda a: tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype)), blocks[0])
-    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+    data = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    # A known length: else Keras learns it by running out of data in the first epoch and
+    # warns "Your input ran out of data" at the end of the run.
+    return data.apply(tf.data.experimental.assert_cardinality(len(blocks)))
 
 
 def keras_evaluate(model: Any, inputs: np.ndarray, labels: np.ndarray, pad_id: int,

@@ -143,3 +143,21 @@ def test_settings_the_keras_path_lacks_are_refused(tiny_roberta, sample_path, tm
         with pytest.raises(MlmkitError, match=match):
             train(settings(tiny_roberta, sample_path, tmp_path / "x", backend="keras", **bad))
     assert not (tmp_path / "x").exists()
+
+
+def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, sample_path,
+                                                              tmp_path):
+    """Over epoch boundaries the optimizer counts one step per batch and the schedule ends at
+    zero. On TensorFlow a dataset of unknown length used to cost one phantom step per epoch
+    (Keras ran out of data inside a train step): 11 optimizer iterations for 10 batches."""
+    from mlmkit.checkpoint import check_output
+
+    cfg = settings(tiny_roberta, sample_path, tmp_path / "out", limit=40, epochs=3,
+                   skip_base_eval=True, save_every=0)
+    run = kt.KerasRun(cfg, "test", check_output(cfg))
+    result = run.fit()
+    per_epoch = run.batches_per_epoch
+    assert per_epoch >= 2 and result.steps == 3 * per_epoch
+    opt = run.model.optimizer
+    assert int(kt.keras.ops.convert_to_numpy(opt.iterations)) == result.steps
+    assert float(kt.keras.ops.convert_to_numpy(opt.learning_rate)) == 0.0
