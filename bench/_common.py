@@ -63,7 +63,8 @@ class TreeClock:
     whose helpers are not our reaped children: Ray's actors are the raylet's, and it lets them
     go without adding their time to its own, so the resource counters of `cpu_seconds` miss
     them and would call their work other load. A process that lives less than `every` seconds,
-    or its last `every` seconds, is missed (it then counts as other load)."""
+    or its last `every` seconds, is missed (it then counts as other load). A sample costs about
+    1.4 ms of CPU with 66 processes (0.6% of a core at the default rate), counted as ours."""
 
     def __init__(self, every: float = 0.25):
         import threading

@@ -120,8 +120,9 @@ def tf_dataset(blocks: MaskedBlocks) -> Any:
     spec = keras.tree.map_structure(
         lambda a: tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype)), blocks[0])
     data = tf.data.Dataset.from_generator(batches, output_signature=spec)
-    # A known length: else Keras learns it by running out of data in the first epoch and
-    # warns "Your input ran out of data" at the end of the run.
+    # A known length. Of unknown length, Keras finds each epoch's end by running out of data
+    # inside a train step, which still counts an optimizer iteration: one phantom step per
+    # epoch boundary, shifting the schedule (and a "Your input ran out of data" warning).
     return data.apply(tf.data.experimental.assert_cardinality(len(blocks)))
 
 

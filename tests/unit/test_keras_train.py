@@ -149,7 +149,8 @@ def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, samp
                                                               tmp_path):
     """Over epoch boundaries the optimizer counts one step per batch and the schedule ends at
     zero. On TensorFlow a dataset of unknown length used to cost one phantom step per epoch
-    (Keras ran out of data inside a train step): 11 optimizer iterations for 10 batches."""
+    (Keras ran out of data inside a train step): 191 optimizer iterations for this test's 189
+    batches."""
     from mlmkit.checkpoint import check_output
 
     cfg = settings(tiny_roberta, sample_path, tmp_path / "out", limit=40, epochs=3,
