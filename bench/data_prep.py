@@ -1,4 +1,4 @@
-"""Data preparation: mlmkit.blocks.load_blocks against the transformers MLM guide's pipeline.
+"""Data preparation: mlmkit.corpus.blocks.load_blocks against the transformers MLM guide's pipeline.
 
 Both sides turn the first N records of ELI5-Category (`answers.text`, joined with a space) into
 blocks of 128 tokens of the real DistilRoBERTa tokenizer. The baseline is the task guide's code
@@ -80,8 +80,8 @@ def run_guide(data: Path, records: int, tokenizer, cache_dir: str, num_proc: int
 
 
 def run_mlmkit(data: Path, records: int, tokenizer, cache_dir: str):
-    from mlmkit.blocks import load_blocks
     from mlmkit.config import DataConfig
+    from mlmkit.corpus.blocks import load_blocks
 
     cfg = DataConfig(data=str(data), text_field=["answers.text"], limit=records,
                      eval_fraction=0.0, block_size=BLOCK_SIZE, cache_dir=cache_dir)

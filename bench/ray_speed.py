@@ -46,7 +46,7 @@ from fill_speed import build_sentences, compare, make_model_dir  # noqa: E402
 
 def run_single(model: str, src: Path, out: Path, k: int) -> float:
     """Wall seconds of `mlmkit fill MODEL --input SRC --output OUT`, model load included."""
-    from mlmkit.cli import main
+    from mlmkit.cli.main import main
 
     t0 = time.perf_counter()
     code = main(["fill", model, "--input", str(src), "--output", str(out), "--top-k", str(k),
@@ -61,7 +61,7 @@ def run_ray(model: str, src: Path, out: Path, k: int, workers: int, cores: int,
             shard_rows: int) -> dict[str, float]:
     """The same job on `workers` Ray Data actors (the cluster already up): wall seconds, fixed
     cost, steady records/s and the actors' own seconds per record."""
-    from mlmkit.batch import BatchJob, BatchResources, run_batch
+    from mlmkit.batch.ray import BatchJob, BatchResources, run_batch
 
     job = BatchJob("fill", model, {"top_k": k, "targets": None}, shard_rows=shard_rows)
     res = BatchResources(workers=workers, cpus_per_worker=cores // workers, device="cpu")

@@ -106,7 +106,7 @@ def reset_peak():  # Linux: the peak resident size restarts from the current one
 def rss_mib():
     return status_mib("VmHWM")
 if engine == "mlmkit":
-    from mlmkit.score import Scorer
+    from mlmkit.inference.score import Scorer
     sc = Scorer(model, device="cpu")
     sc("warm up on a short text.", metric=metric)
     run = lambda: sc(text, metric=metric)["pll"]
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minicons-path", default=None, help="directory minicons is installed in")
     ns = p.parse_args(argv)
     info, command = print_header("score_speed.py", argv)
-    from mlmkit.score import Scorer
+    from mlmkit.inference.score import Scorer
 
     sents = eli5_sentences(ns.n)
     base = sents[:ns.baseline_n]
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = {f"batch {b}": (lambda b=b: minicons_plls(mc, base, b, ns.metric))
                 for b in [int(x) for x in ns.batches.split(",")]}
     except ImportError:
-        from mlmkit.model import load_model, load_tokenizer
+        from mlmkit.modeling.load import load_model, load_tokenizer
         from mlmkit.testing import reference_pll
 
         model, tok = load_model(ns.model).eval(), load_tokenizer(ns.model)

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from mlmkit import FillMask
-    from mlmkit.server import create_app
+    from mlmkit.serving.app import create_app
     from mlmkit.testing import LiveServer
 
     transformers.logging.set_verbosity_error()

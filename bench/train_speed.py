@@ -95,8 +95,8 @@ def run_guide(model_dir: Path, corpus, eval_loader, args, bf16: bool, batch_size
         TrainingArguments,
     )
 
-    from mlmkit.evaluate import evaluate
-    from mlmkit.loop import Stopwatch
+    from mlmkit.training.loop import Stopwatch
+    from mlmkit.training.perplexity import evaluate
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from mlmkit.blocks import load_blocks
     from mlmkit.config import TrainConfig
-    from mlmkit.evaluate import fixed_eval_dataset
+    from mlmkit.corpus.blocks import load_blocks
+    from mlmkit.training.perplexity import fixed_eval_dataset
 
     info, command = print_header("train_speed.py", argv)
     cpu_start, wall_start = cpu_seconds(), time.perf_counter()

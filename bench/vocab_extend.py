@@ -60,7 +60,7 @@ def held_out_sentences(texts: list[str], n: int) -> list[str]:
 
 def word_pppl(scorer_path: str, sentences: list[str]) -> dict:
     """exp(-sum PLL / sum words) over `sentences` (whole-word PLL), and the sums."""
-    from mlmkit.score import Scorer
+    from mlmkit.inference.score import Scorer
 
     if not sentences:
         return {"word_pppl": None, "pll": 0.0, "words": 0, "tokens": 0}

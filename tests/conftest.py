@@ -173,7 +173,7 @@ def fake_hub(monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
 
-    from mlmkit import model
+    from mlmkit.modeling import load as model
 
     hub = FakeHub()
 

@@ -7,18 +7,20 @@ do not pay for torch and transformers; `from mlmkit import train` works as befor
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> the submodule that defines it
+# public name -> the module that defines it. No public name is also a module's name, so a
+# submodule import never shadows one.
 _EXPORTS = {
-    "EvalConfig": "config", "MlmkitError": "config", "TrainConfig": "config",
-    "Metrics": "evaluate", "evaluate": "evaluate", "run_eval": "evaluate",
-    "FillMask": "fill", "Scorer": "score", "rescore": "score",
-    "Run": "run", "TrainResult": "run", "TrainState": "run", "train": "run",
+    "MlmkitError": "errors",
+    "EvalConfig": "config", "TrainConfig": "config",
+    "Metrics": "training.perplexity", "evaluate": "training.perplexity",
+    "run_eval": "training.perplexity",
+    "FillMask": "inference.fill", "Scorer": "inference.score", "rescore": "inference.score",
+    "Run": "training.torch_recipe", "TrainResult": "training.torch_recipe",
+    "TrainState": "training.torch_recipe", "train": "training.torch_recipe",
     "VocabAudit": "vocab", "VocabExtension": "vocab", "audit_vocab": "vocab",
     "extend_vocab": "vocab",
 }
@@ -36,16 +38,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    # `evaluate` names both a submodule and the function it defines. Importing the submodule
-    # sets the package's attribute to the module; the function must stay `mlmkit.evaluate`, as
-    # it was when this file imported everything eagerly.
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -15,10 +15,7 @@ from typing import Any
 
 import tomllib
 
-
-class MlmkitError(Exception):
-    """An error the user can cause and fix; the CLI prints it as one line and exits 2."""
-
+from mlmkit.errors import MlmkitError
 
 # The sections of `mlmkit train --help` / `eval --help`, in the order shown: key -> title.
 GROUPS = {

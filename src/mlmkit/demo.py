@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import MlmkitError
-from .files import cache_dir, sha256_file
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import cache_dir, sha256_file
 
 log = logging.getLogger("mlmkit")
 
@@ -150,9 +150,9 @@ def run_demo(data: str, output: str, settings: DemoSettings | None = None,
              quiet: bool = False) -> dict[str, Any]:
     """Adapt the pinned pretrained model to `data` and print what changed; falls back to the
     from-scratch tiny RoBERTa of `assets/` when the model cannot be fetched."""
-    from .config import TrainConfig
-    from .fill import FillMask
-    from .run import train
+    from mlmkit.config import TrainConfig
+    from mlmkit.inference.fill import FillMask
+    from mlmkit.training.torch_recipe import train
 
     s = settings or DemoSettings()
     try:

@@ -155,7 +155,7 @@ def reference_pll(model: Any, tokenizer: Any, text: str, metric: str = "original
                   ) -> list[float]:
     """Log-probabilities of each scored token of `text`, computed the slow obvious way: one
     masked copy at a time through the whole model (dense logits, no batching, no padding).
-    The reference `mlmkit.score.Scorer` is tested against; written without its code."""
+    The reference `mlmkit.inference.score.Scorer` is tested against; written without its code."""
     import torch
 
     enc = tokenizer(text, return_special_tokens_mask=True)

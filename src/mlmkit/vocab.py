@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MlmkitError
+from mlmkit.errors import MlmkitError
 
 log = logging.getLogger("mlmkit")
 
@@ -207,7 +207,7 @@ def _tally(tokenizer: Any, texts: list[str], ids: list[list[int]] | None = None)
 
 def _as_tokenizer(model_or_tokenizer: Any) -> Any:
     if isinstance(model_or_tokenizer, (str, Path)):
-        from .model import load_tokenizer
+        from mlmkit.modeling.load import load_tokenizer
 
         return load_tokenizer(str(model_or_tokenizer))
     return model_or_tokenizer
@@ -231,8 +231,8 @@ def corpus_texts(data: Any, text_field: list[str] | None = None, limit: int | No
     """The non-empty texts of a corpus, read as `mlmkit train --data` reads it: a list of texts
     or records, a datasets.Dataset, local files or a Hub dataset id; `text_field` picks and
     joins fields as there."""
-    from .config import DataConfig
-    from .data import TextStats, describe_source, iter_texts
+    from mlmkit.config import DataConfig
+    from mlmkit.io.sources import TextStats, describe_source, iter_texts
 
     if isinstance(data, str) and not data.strip():
         raise MlmkitError("--data: no corpus given; expected files, a Hub dataset id or texts")
@@ -390,7 +390,7 @@ def _wrap(tokenizer: Any, backend: Any) -> Any:
     vocabulary and merges on load, which would drop ignore_merges."""
     from transformers import AutoTokenizer
 
-    from .model import quiet_loading
+    from mlmkit.modeling.load import quiet_loading
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
@@ -467,11 +467,11 @@ def extend_vocab(model: str, data: Any, add: int, output: str | Path, *, overwri
     tokenizer in `output` with `vocab_extension.json` (which words, their pieces). `output` is
     checked as `mlmkit train` checks its own: new or empty, or with `overwrite` a directory
     mlmkit wrote that holds nothing this reads."""
-    from .checkpoint import check_output, start_run_dir
-    from .config import TrainConfig
-    from .data import describe_source
-    from .export import write_model_dir
-    from .model import load_model, load_tokenizer
+    from mlmkit.config import TrainConfig
+    from mlmkit.io.sources import describe_source
+    from mlmkit.modeling.load import load_model, load_tokenizer
+    from mlmkit.training.checkpoint import check_output, start_run_dir
+    from mlmkit.training.export import write_model_dir
 
     if isinstance(add, bool) or not isinstance(add, int) or add < 1:
         raise MlmkitError(f"--add {add}: expected a positive number of words to add")

@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from mlmkit.cli import main
+from mlmkit.cli.main import main
 
-loop_module = importlib.import_module("mlmkit.loop")
+loop_module = importlib.import_module("mlmkit.training.loop")
 
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"loss": 0, "torch.save": 0, "os.replace": 0, "rmtree": 0}

@@ -4,8 +4,8 @@ import os
 import signal
 import sys
 
-from mlmkit import batch
-from mlmkit.cli import main
+from mlmkit.batch import ray as batch
+from mlmkit.cli.main import main
 
 nth = int(sys.argv[1])
 real_run_batch = batch.run_batch

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlmkit.cli import _config, build_parser, main
+from mlmkit.cli.main import _config, build_parser, main
 from mlmkit.config import GROUPS, EvalConfig, TrainConfig
 
 
@@ -178,7 +178,7 @@ def test_train_config_file_and_flag_precedence(capsys, tmp_path, tiny_roberta, s
 
 def test_entry_point_runs_as_a_real_process(model_dir, pipe):
     exe = Path(sys.executable).with_name("mlmkit")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli"]
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli.main"]
     text = "The sun is a <mask> star."
     proc = subprocess.run([*cmd, "fill", str(model_dir), text, "--json", "--top-k", "2"],
                           capture_output=True, text=True, timeout=120,
@@ -188,7 +188,7 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
 
 
 STARTUP_PROBE = """import json, sys
-from mlmkit.cli import _config, build_parser, main
+from mlmkit.cli.main import _config, build_parser, main
 from mlmkit.config import GROUPS, EvalConfig, TrainConfig
 try:
     code = main(sys.argv[1:])
@@ -288,7 +288,8 @@ def test_run_mlm_names_build_the_same_config(capsys, monkeypatch, tmp_path):
         captured.append(cfg)
         return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0)
 
-    monkeypatch.setattr(importlib.import_module("mlmkit.run"), "train", fake_train)
+    monkeypatch.setattr(importlib.import_module("mlmkit.training.torch_recipe"), "train",
+                        fake_train)
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 5\nlimit: 50\n")  # flags, whichever spelling, win over the file
     ours = argv_of(RUN_MLM_ARGS.values())
@@ -378,7 +379,7 @@ def test_fill_blank_lines_alone_are_no_failure(capsys, monkeypatch, model_dir):
 
 def test_fill_input_dev_stdin_in_a_real_process(model_dir, pipe):
     exe = Path(sys.executable).with_name("mlmkit")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli"]
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlmkit.cli.main"]
     proc = subprocess.run([*cmd, "fill", str(model_dir), "--input", "/dev/stdin", "--json",
                            "--top-k", "2"], input="\n".join(LINES) + "\n", capture_output=True,
                           text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -390,7 +391,7 @@ def test_fill_input_dev_stdin_in_a_real_process(model_dir, pipe):
 
 
 def test_fill_jsonl_lines_that_hold_no_text_are_named():
-    from mlmkit.inputs import LineTally, numbered_lines
+    from mlmkit.io.inputs import LineTally, numbered_lines
 
     lines = [b'{"text": 3}\n', b'"a <mask>"\n', b'{"title": "x"}\n', b"[1\n", b"\r\n"]
     tally = LineTally()
@@ -402,7 +403,7 @@ def test_fill_jsonl_lines_that_hold_no_text_are_named():
 
 def test_fill_paths_are_checked_before_the_model_loads(capsys, monkeypatch, model_dir,
                                                        tmp_path):
-    from mlmkit import model
+    from mlmkit.modeling import load as model
 
     def never(*a, **k):
         raise AssertionError("the model loaded before the paths were checked")
@@ -603,7 +604,7 @@ def test_fill_refuses_to_write_over_its_input(capsys, model_dir, tmp_path):
 
 
 def test_fill_output_appears_whole_or_not_at_all(capsys, model_dir, tmp_path, monkeypatch):
-    from mlmkit import fill
+    from mlmkit.inference import fill
 
     src, dst = tmp_path / "in.txt", tmp_path / "out.jsonl"
     src.write_text("The sun is a <mask> star.\n" * 40)
@@ -692,7 +693,7 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
     def never(*a, **k):
         raise AssertionError("loaded before the device was checked")
 
-    monkeypatch.setattr(importlib.import_module("mlmkit.model"), "load_tokenizer", never)
+    monkeypatch.setattr(importlib.import_module("mlmkit.modeling.load"), "load_tokenizer", never)
     argv = {"fill": ["fill", tmp_path, "a <mask> b"], "score": ["score", tmp_path, "a b"],
             "serve": ["serve", tmp_path],
             "eval": ["eval", "--model", tmp_path, "--data", sample_path]}[command]

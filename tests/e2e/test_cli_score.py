@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from mlmkit.cli import main
-from mlmkit.score import Scorer
+from mlmkit.cli.main import main
+from mlmkit.inference.score import Scorer
 
 TEXTS = ["The Milky Way is a spiral galaxy.", "Galaxy spiral a is Way Milky the."]
 

@@ -24,7 +24,7 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_roberta, sample_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--standalone", "-m", "mlmkit.cli", "train", *args, "--output", str(out)],
+         "--standalone", "-m", "mlmkit.cli.main", "train", *args, "--output", str(out)],
         capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("perplexity after") == 1  # printed by rank 0 only
@@ -47,7 +47,7 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_roberta, sample_path):
 
 
 def test_overwrite_replaces_the_old_run(tmp_path, tiny_roberta, sample_path, capsys):
-    from mlmkit.cli import main
+    from mlmkit.cli.main import main
 
     out = tmp_path / "run"
     args = ["train", "--model", str(tiny_roberta), "--data", str(sample_path), "--text-field",

@@ -14,9 +14,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from mlmkit import FillMask  # noqa: E402
-from mlmkit.fill import MASK_SPELLINGS  # noqa: E402
-from mlmkit.page import SPELLINGS  # noqa: E402
-from mlmkit.server import create_app  # noqa: E402
+from mlmkit.inference.fill import MASK_SPELLINGS  # noqa: E402
+from mlmkit.serving.app import create_app  # noqa: E402
+from mlmkit.serving.page import SPELLINGS  # noqa: E402
 from mlmkit.testing import LiveServer  # noqa: E402
 
 SPLADE = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "bert-tiny-splade"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlmkit.cli import main
+from mlmkit.cli.main import main
 
 KILLER = Path(__file__).with_name("ray_killer.py")
 SHARD_ROWS = 16
@@ -194,7 +194,7 @@ def test_score_equals_the_single_process_records_as_json_lines(
 
 def test_a_worker_killed_mid_job_loses_no_record_and_duplicates_none(
         tmp_path, cluster, splade, fill_case):
-    from mlmkit.batch import BatchJob, BatchResources, run_batch
+    from mlmkit.batch.ray import BatchJob, BatchResources, run_batch
 
     d, ref = fill_case
     killed: list[int] = []

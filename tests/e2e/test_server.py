@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from mlmkit import FillMask  # noqa: E402
 from mlmkit.config import MlmkitError  # noqa: E402
-from mlmkit.server import create_app  # noqa: E402
+from mlmkit.serving.app import create_app  # noqa: E402
 from mlmkit.testing import save_tiny_model  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "eli5-sample.jsonl.gz"
@@ -354,7 +354,7 @@ def test_an_engine_failure_fails_only_its_own_request(engine: FillMask,
     async def go(c: httpx.AsyncClient):
         return await asyncio.gather(*[c.post("/", json=b) for b in bodies])
 
-    with caplog.at_level(logging.WARNING, logger="mlmkit.server"):
+    with caplog.at_level(logging.WARNING, logger="mlmkit.serving.app"):
         rs = run(app, go)
     failed = [r for b, r in zip(bodies, rs) if "POISON" in b["inputs"]]
     answered = [(b, r) for b, r in zip(bodies, rs) if "POISON" not in b["inputs"]]
@@ -404,12 +404,12 @@ def test_a_500_says_only_its_request_id_and_logs_the_traceback_once(
     async def go(c: httpx.AsyncClient):
         return await c.post("/", json={"inputs": "a <mask>"})
 
-    with caplog.at_level(logging.DEBUG, logger="mlmkit.server"):
+    with caplog.at_level(logging.DEBUG, logger="mlmkit.serving.app"):
         r = run(app, go)
     rid = r.headers["x-request-id"]
     assert r.status_code == 500 and r.json() == {"error": f"internal error (request id {rid})"}
     assert "secret" not in r.text and "ValueError" not in r.text
-    records = [rec for rec in caplog.records if rec.name == "mlmkit.server"]
+    records = [rec for rec in caplog.records if rec.name == "mlmkit.serving.app"]
     assert len(records) == 1 and records[0].exc_info and rid in records[0].getMessage()
     assert "secret.bin" in "".join(caplog.text)  # the operator does get the whole story
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("fastapi")
 
 from mlmkit import FillMask  # noqa: E402
-from mlmkit.score import Scorer  # noqa: E402
-from mlmkit.server import create_app  # noqa: E402
+from mlmkit.inference.score import Scorer  # noqa: E402
+from mlmkit.serving.app import create_app  # noqa: E402
 
 SENTENCES = ["The cat sat on the mat.", "Galaxies are made of stars, gas and dust.",
              "Immunohistochemistry stains tissue."]

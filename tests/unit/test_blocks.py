@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import mlmkit.blocks
-from mlmkit.blocks import load_blocks
-from mlmkit.config import DataConfig, MlmkitError
-from mlmkit.data import TextStats, is_eval_record, iter_texts
+import mlmkit.corpus.blocks
+from mlmkit.config import DataConfig
+from mlmkit.corpus.blocks import load_blocks
+from mlmkit.errors import MlmkitError
+from mlmkit.io.sources import TextStats, is_eval_record, iter_texts
 
 N = 40
 
@@ -97,18 +98,19 @@ def test_second_load_hits_the_cache(sample_path, roberta_tokenizer, monkeypatch,
                      cache_dir=str(tmp_path / "c"))
     first = load_blocks(cfg, roberta_tokenizer, progress=False)
     assert first.cache_path is not None and first.cache_path.is_relative_to(tmp_path / "c")
-    real = mlmkit.blocks._tokenize_into
+    real = mlmkit.corpus.blocks._tokenize_into
 
     def must_not_run(*a, **kw):
         raise AssertionError("re-tokenized although the blocks are cached")
 
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", must_not_run)
     second = load_blocks(cfg, roberta_tokenizer, progress=False)
     assert second.cache_path == first.cache_path
     assert np.array_equal(second.train, first.train) and np.array_equal(second.eval, first.eval)
     # Another setting is another cache entry.
     calls = []
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into",
+                        lambda *a: calls.append(1) or real(*a))
     other = load_blocks(DataConfig(**{**cfg.__dict__, "block_size": 16}), roberta_tokenizer,
                         progress=False)
     assert calls and other.cache_path != first.cache_path and other.train.shape[1] == 16
@@ -160,7 +162,7 @@ def _truncate(path):
 
 def _resealed(path, **change):
     """A meta.json that passes its own digest but says something else: a wrong writer's."""
-    from mlmkit.files import read_sealed_json, write_sealed_json
+    from mlmkit.io.files import read_sealed_json, write_sealed_json
 
     meta, _ = read_sealed_json(path)
     meta.update(change)
@@ -208,7 +210,7 @@ def assert_hits_cache(cfg, tokenizer, monkeypatch, caplog, fresh):
     def must_not_run(*a, **kw):
         raise AssertionError("re-tokenized although the blocks are cached")
 
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", must_not_run)
     caplog.clear()
     corpus = load_blocks(cfg, tokenizer, progress=False)
     assert_blocks(corpus, fresh)
@@ -271,15 +273,15 @@ def test_rebuild_racing_another_process(cache_cfg, roberta_tokenizer, fresh, mon
                                         caplog):
     entry = load_blocks(cache_cfg, roberta_tokenizer, progress=False).cache_path
     _flip(entry / "train.bin")
-    real = mlmkit.blocks._tokenize_into
+    real = mlmkit.corpus.blocks._tokenize_into
 
     def while_another_process_rebuilds(*a):
         # The other process finds the same damage and installs its entry first.
-        monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", real)
+        monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", real)
         assert_blocks(load_blocks(cache_cfg, roberta_tokenizer, progress=False), fresh)
         return real(*a)
 
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", while_another_process_rebuilds)
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", while_another_process_rebuilds)
     assert_blocks(load_blocks(cache_cfg, roberta_tokenizer, progress=False), fresh)
     assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
     assert_hits_cache(cache_cfg, roberta_tokenizer, monkeypatch, caplog, fresh)
@@ -308,12 +310,13 @@ def test_in_memory_data_gives_the_blocks_of_the_same_file(tmp_path, sample_texts
     def must_not_run(*a, **kw):
         raise AssertionError("re-tokenized although the blocks are cached")
 
-    real = mlmkit.blocks._tokenize_into
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    real = mlmkit.corpus.blocks._tokenize_into
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", must_not_run)
     again = load_blocks(DataConfig(data=list(texts), **kw), roberta_tokenizer, progress=False)
     assert np.array_equal(again.train, want.train)
     calls = []
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into",
+                        lambda *a: calls.append(1) or real(*a))
     changed = load_blocks(DataConfig(data=[*texts[:-1], texts[-1] + " more"], **kw),
                           roberta_tokenizer, progress=False)
     assert calls and changed.cache_path != again.cache_path
@@ -360,7 +363,7 @@ def test_eval_data_trains_on_all_of_data_and_evaluates_on_all_of_eval_data(
     def must_not_run(*a, **kw):
         raise AssertionError("re-tokenized although the blocks are cached")
 
-    monkeypatch.setattr(mlmkit.blocks, "_tokenize_into", must_not_run)
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", must_not_run)
     again = load_blocks(cfg, tok, progress=False)
     assert np.array_equal(again.train, corpus.train) and np.array_equal(again.eval, corpus.eval)
 

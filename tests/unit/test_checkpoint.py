@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from mlmkit import MlmkitError, TrainConfig, train
-from mlmkit.checkpoint import find_checkpoint, trim_metrics_log
-from mlmkit.files import verify_manifest
+from mlmkit.io.files import verify_manifest
+from mlmkit.training.checkpoint import find_checkpoint, trim_metrics_log
 
-loop_module = importlib.import_module("mlmkit.loop")
+loop_module = importlib.import_module("mlmkit.training.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -163,7 +163,7 @@ def test_non_finite_loss_stops_with_the_checkpoint_to_resume(tiny_roberta, sampl
 def test_non_finite_weights_are_never_exported(tiny_roberta, sample_path, tmp_path,
                                                monkeypatch):
     # Weights poisoned without a non-finite loss being logged: the export check still stops it.
-    from mlmkit.run import Run
+    from mlmkit.training.torch_recipe import Run
 
     monkeypatch.setattr(Run, "export", lambda *a, **k: pytest.fail("exported"))
     real_check = Run.check_finite
@@ -230,8 +230,8 @@ def test_overwrite_check_protects_the_eval_corpus_and_takes_in_memory_data(sampl
                                                                            tmp_path):
     import datasets
 
-    from mlmkit.checkpoint import check_output
-    from mlmkit.files import mark_run_dir
+    from mlmkit.io.files import mark_run_dir
+    from mlmkit.training.checkpoint import check_output
 
     out = tmp_path / "run"
     out.mkdir()

@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from mlmkit.config import DataConfig, MlmkitError
-from mlmkit.data import TextStats, describe_source, is_eval_record, iter_texts, resolve_files
+from mlmkit.config import DataConfig
+from mlmkit.errors import MlmkitError
+from mlmkit.io.sources import TextStats, describe_source, is_eval_record, iter_texts, resolve_files
 
 N = 40
 
@@ -186,7 +187,7 @@ def test_held_out_split_is_deterministic_and_about_a_fifth():
 def test_json_array_streams_across_chunk_boundaries(chunk):
     import io
 
-    from mlmkit.data import _iter_json_array
+    from mlmkit.io.sources import _iter_json_array
 
     items = [{"text": "é" * i, "n": -i * 1000, "x": [1.5, None]} for i in range(200)] + [7, []]
     for indent in (None, 2):
@@ -285,7 +286,7 @@ def test_split_slices_local_files_as_datasets_does(split, records, tmp_path):
 
 
 def test_split_comes_before_limit_and_changes_the_cache_identity(records, tmp_path):
-    from mlmkit.data import iter_records
+    from mlmkit.io.sources import iter_records
 
     path = write_jsonl(tmp_path / "c.jsonl", records)
     cfg = DataConfig(data=str(path), split="train[10:]", limit=3, text_field=["answers.text"])

@@ -6,8 +6,9 @@ import logging
 import datasets
 import pytest
 
-from mlmkit.config import DataConfig, MlmkitError
-from mlmkit.data import iter_texts
+from mlmkit.config import DataConfig
+from mlmkit.errors import MlmkitError
+from mlmkit.io.sources import iter_texts
 
 
 def test_script_dataset_falls_back_to_parquet_conversion(monkeypatch, caplog):

@@ -11,7 +11,7 @@ import torch
 
 from mlmkit import MlmkitError, TrainConfig
 from mlmkit.config import to_dict
-from mlmkit.export import (
+from mlmkit.training.export import (
     CardInfo,
     base_license,
     describe_hardware,

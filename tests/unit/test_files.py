@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from mlmkit.config import MlmkitError
-from mlmkit.files import (
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import (
     atomic_open,
     atomic_write,
     check_entries,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mlmkit import FillMask, MlmkitError
-from mlmkit.fill import batch_decoder
+from mlmkit.inference.fill import batch_decoder
 
 # ../shared beside the checkout; MLMKIT_SHARED points elsewhere (a copy carried to a GPU machine).
 SHARED_MODELS = Path(os.environ.get("MLMKIT_SHARED",

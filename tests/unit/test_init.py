@@ -26,14 +26,13 @@ def test_import_mlmkit_loads_no_heavy_library():
 def test_public_names_resolve_to_what_they_were():
     got = run_python(
         "import json, mlmkit\n"
-        "import mlmkit.evaluate as imported_as\n"  # the submodule import must not shadow it
+        "import mlmkit.training.perplexity as perplexity\n"  # no submodule shadows a name
+        "import mlmkit.training.torch_recipe as recipe, mlmkit.inference.fill as fill\n"
         "from mlmkit import *\n"
         "from mlmkit import evaluate, train, FillMask, Run\n"
-        "import mlmkit.run, mlmkit.fill\n"
-        "print(json.dumps({'train': mlmkit.train is mlmkit.run.train is train,\n"
-        "  'evaluate': mlmkit.evaluate is evaluate is imported_as is\n"
-        "              __import__('sys').modules['mlmkit.evaluate'].evaluate,\n"
-        "  'FillMask': FillMask is mlmkit.fill.FillMask, 'Run': Run is mlmkit.run.Run,\n"
+        "print(json.dumps({'train': mlmkit.train is recipe.train is train,\n"
+        "  'evaluate': mlmkit.evaluate is evaluate is perplexity.evaluate,\n"
+        "  'FillMask': FillMask is fill.FillMask, 'Run': Run is recipe.Run,\n"
         "  'all': sorted(n for n in mlmkit.__all__ if n not in globals()),\n"
         "  'dir': 'TrainResult' in dir(mlmkit)}))")
     assert got == {"train": True, "evaluate": True, "FillMask": True, "Run": True, "all": [],
@@ -45,6 +44,6 @@ def test_unknown_name_is_an_attribute_error_and_submodules_still_import():
 
     with pytest.raises(AttributeError, match="no_such_name"):
         mlmkit.no_such_name  # noqa: B018
-    from mlmkit import files
+    from mlmkit.io import files
 
-    assert files.__name__ == "mlmkit.files"
+    assert files.__name__ == "mlmkit.io.files"

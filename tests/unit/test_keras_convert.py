@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlmkit.config import MlmkitError
-from mlmkit.keras_convert import (
+from mlmkit.errors import MlmkitError
+from mlmkit.modeling.keras.convert import (
     family_module,
     hf_state,
     import_keras,

@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from mlmkit.config import MlmkitError
+from mlmkit.errors import MlmkitError
 
 
 @pytest.fixture
 def no_keras_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_hub", None)  # `import keras_hub` raises
-    monkeypatch.delitem(sys.modules, "mlmkit.keras_train", raising=False)
+    monkeypatch.delitem(sys.modules, "mlmkit.training.keras_recipe", raising=False)
 
 
 def test_import_names_the_extra_and_the_lean_install(no_keras_hub):
-    from mlmkit.keras_convert import import_keras
+    from mlmkit.modeling.keras.convert import import_keras
 
     with pytest.raises(MlmkitError, match=r"pip install 'mlmkit\[keras\]'.*--no-deps "
                        r"keras-hub==0\.32\.0"):
@@ -26,7 +26,7 @@ def test_import_names_the_extra_and_the_lean_install(no_keras_hub):
 
 def test_cli_train_backend_keras_exits_2_with_one_line(no_keras_hub, tiny_roberta, sample_path,
                                                        tmp_path, capsys):
-    from mlmkit.cli import main
+    from mlmkit.cli.main import main
 
     out = tmp_path / "run"
     code = main(["train", "--backend", "keras", "--model", str(tiny_roberta), "--data",

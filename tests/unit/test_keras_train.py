@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlmkit.config import MlmkitError, TrainConfig
+from mlmkit.config import TrainConfig
+from mlmkit.errors import MlmkitError
 
 try:
-    from mlmkit import keras_train as kt
+    from mlmkit.training import keras_recipe as kt
 except MlmkitError as e:
     pytest.skip(f"keras / keras-hub not installed: {e}", allow_module_level=True)
 
@@ -26,9 +27,9 @@ def settings(model, data, out, **kw) -> TrainConfig:
 
 
 def test_batches_are_the_pytorch_loaders_masks(tiny_roberta, sample_path):
-    from mlmkit.loop import BlockKeys, EpochBatches
-    from mlmkit.masking import Masker, MaskingCollator
-    from mlmkit.run import prepare_tokenizer_and_data
+    from mlmkit.corpus.masking import Masker, MaskingCollator
+    from mlmkit.training.loop import BlockKeys, EpochBatches
+    from mlmkit.training.torch_recipe import prepare_tokenizer_and_data
 
     cfg = settings(tiny_roberta, sample_path, None)
     tok, _, corpus = prepare_tokenizer_and_data(cfg, False)
@@ -54,10 +55,10 @@ def test_batches_are_the_pytorch_loaders_masks(tiny_roberta, sample_path):
 
 @pytest.mark.parametrize("name", ["tiny_roberta", "splade"])
 def test_base_perplexity_is_the_same_on_both_backends(name, request, sample_path):
-    from mlmkit.evaluate import evaluate, fixed_eval_dataset
-    from mlmkit.keras_convert import to_keras
-    from mlmkit.model import load_model
-    from mlmkit.run import prepare_tokenizer_and_data
+    from mlmkit.modeling.keras.convert import to_keras
+    from mlmkit.modeling.load import load_model
+    from mlmkit.training.perplexity import evaluate, fixed_eval_dataset
+    from mlmkit.training.torch_recipe import prepare_tokenizer_and_data
 
     cfg = settings(request.getfixturevalue(name), sample_path, None, limit=150,
                    block_size=128)
@@ -106,7 +107,7 @@ def test_short_fit_lowers_perplexity_and_exports_an_hf_directory(keras_run):
 
 def test_exported_weights_are_the_trained_ones(keras_run, sample_path):
     """The PyTorch evaluation of the exported directory gives the Keras run's final number."""
-    from mlmkit.evaluate import EvalConfig, run_eval
+    from mlmkit.training.perplexity import EvalConfig, run_eval
 
     out, r = keras_run
     m, _ = run_eval(EvalConfig(model=str(out)))
@@ -151,7 +152,7 @@ def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, samp
     zero. On TensorFlow a dataset of unknown length used to cost one phantom step per epoch
     (Keras ran out of data inside a train step): 191 optimizer iterations for this test's 189
     batches."""
-    from mlmkit.checkpoint import check_output
+    from mlmkit.training.checkpoint import check_output
 
     cfg = settings(tiny_roberta, sample_path, tmp_path / "out", limit=40, epochs=3,
                    skip_base_eval=True, save_every=0)

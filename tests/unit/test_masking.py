@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlmkit.config import MaskConfig
-from mlmkit.masking import IGNORE_INDEX, Masker, MaskingCollator, sparse_targets
+from mlmkit.corpus.masking import IGNORE_INDEX, Masker, MaskingCollator, sparse_targets
 
 BLOCK = 128
 
@@ -154,9 +154,9 @@ def test_sparse_targets_list_every_label_once_padded_to_the_multiple(roberta_tok
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_line_by_line_padding_is_never_predicted_and_never_attended(
         distilroberta_tokenizer, sample_texts, whole_word):
-    from mlmkit.blocks import load_blocks
     from mlmkit.config import DataConfig
-    from mlmkit.evaluate import fixed_eval_dataset
+    from mlmkit.corpus.blocks import load_blocks
+    from mlmkit.training.perplexity import fixed_eval_dataset
 
     tok = distilroberta_tokenizer
     lines = [s for t in sample_texts[:200] for s in t.split(". ")]  # many short lines

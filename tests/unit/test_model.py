@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlmkit.config import MaskConfig, MlmkitError
-from mlmkit.masking import Masker, sparse_targets
-from mlmkit.model import (
+from mlmkit.config import MaskConfig
+from mlmkit.corpus.masking import Masker, sparse_targets
+from mlmkit.errors import MlmkitError
+from mlmkit.modeling.load import (
     load_model,
     load_model_config,
     load_tokenizer,
@@ -127,7 +128,7 @@ def test_non_mlm_model_type_and_missing_dir(tmp_path):
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_masked_logits_by_index_equal_by_boolean_positions(tiny_roberta, sample_texts, sparse):
-    from mlmkit.model import masked_logits
+    from mlmkit.modeling.load import masked_logits
 
     tok = load_tokenizer(str(tiny_roberta))
     model = load_model(str(tiny_roberta)).eval()
@@ -284,7 +285,7 @@ def test_offline_mode_loads_from_the_cache_or_says_it_cannot(tiny_roberta, tmp_p
                                                            monkeypatch):
     from huggingface_hub import constants
 
-    from mlmkit.model import hub_cache_only
+    from mlmkit.modeling.load import hub_cache_only
 
     hub_cache_only.cache_clear()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -331,7 +332,7 @@ def test_directory_without_weights_or_config_says_so(roberta_shape, tmp_path):
     ("meta", "--device meta: meta devices are not supported"),
 ])
 def test_pick_device_refuses_what_this_machine_lacks(device, needle, monkeypatch):
-    from mlmkit.model import pick_device
+    from mlmkit.modeling.load import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(MlmkitError) as e:
@@ -342,7 +343,7 @@ def test_pick_device_refuses_what_this_machine_lacks(device, needle, monkeypatch
 
 
 def test_pick_device_counts_the_gpus(monkeypatch):
-    from mlmkit.model import pick_device
+    from mlmkit.modeling.load import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from mlmkit import MlmkitError, TrainConfig, train
 
 # The loop's pieces: the objective (its loss) and the training clock.
-loop_module = importlib.import_module("mlmkit.loop")
+loop_module = importlib.import_module("mlmkit.training.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:
@@ -216,7 +216,7 @@ def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample
             raise RuntimeError("401 Unauthorized\nmore detail")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    from mlmkit.export import push_to_hub
+    from mlmkit.training.export import push_to_hub
 
     with pytest.raises(MlmkitError) as e:
         push_to_hub(out, "me/my-model")

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from mlmkit import EvalConfig, MlmkitError, TrainConfig, run_eval, train
-from mlmkit.cli import main
-from mlmkit.evaluate import Metrics
+from mlmkit.cli.main import main
+from mlmkit.training.perplexity import Metrics
 
-run_module = importlib.import_module("mlmkit.run")
-loop_module = importlib.import_module("mlmkit.loop")
+run_module = importlib.import_module("mlmkit.training.torch_recipe")
+loop_module = importlib.import_module("mlmkit.training.loop")
 
 
 def small_cfg(model, data, out, **kw) -> TrainConfig:

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from mlmkit.config import MlmkitError
-from mlmkit.model import load_model, load_tokenizer
-from mlmkit.score import METRICS, Scorer, check_metric, plan_copies
+from mlmkit.errors import MlmkitError
+from mlmkit.inference.score import METRICS, Scorer, check_metric, plan_copies
+from mlmkit.modeling.load import load_model, load_tokenizer
 from mlmkit.testing import reference_pll
 
 TEXTS = [

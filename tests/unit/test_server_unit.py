@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from mlmkit.config import MlmkitError
-from mlmkit.payload import ApiError, Limits, parse_request, request_model
-from mlmkit.server import ServerMetrics
+from mlmkit.errors import MlmkitError
+from mlmkit.serving.app import ServerMetrics
+from mlmkit.serving.payload import ApiError, Limits, parse_request, request_model
 
 LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
 
@@ -131,7 +131,7 @@ def test_metrics_count_with_bounded_labels() -> None:
                                 {"body_timeout_s": float("inf")}])
 def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
-    from mlmkit.server import create_app
+    from mlmkit.serving.app import create_app
 
     with pytest.raises(MlmkitError, match=next(iter(kw))):
         create_app(object(), **kw)
@@ -140,18 +140,19 @@ def test_create_app_refuses_bad_limits(kw) -> None:
 def test_module_imports_without_fastapi() -> None:
     blocked = ("fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client")
     code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
-            "import mlmkit.server, mlmkit.payload")
+            "import mlmkit.serving.app, mlmkit.serving.payload")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlmkit.fill
-    import mlmkit.server
-    from mlmkit.cli import build_parser, main
+    import mlmkit.inference.fill
+    import mlmkit.serving.app
+    from mlmkit.cli.main import build_parser, main
 
     made, served = {}, {}
-    monkeypatch.setattr(mlmkit.fill, "FillMask", lambda path, **kw: made.update(path=path, **kw))
-    monkeypatch.setattr(mlmkit.server, "serve", lambda engine, **kw: served.update(kw))
+    monkeypatch.setattr(mlmkit.inference.fill, "FillMask",
+                        lambda path, **kw: made.update(path=path, **kw))
+    monkeypatch.setattr(mlmkit.serving.app, "serve", lambda engine, **kw: served.update(kw))
     assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
                  "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
                  "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32"]) == 0

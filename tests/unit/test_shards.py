@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from mlmkit import shards as shards_module
-from mlmkit.config import MlmkitError
-from mlmkit.inputs import LineTally, numbered_lines
-from mlmkit.shards import count_rows, list_inputs, plan_shards, read_shard
+from mlmkit.batch import shards as shards_module
+from mlmkit.batch.shards import count_rows, list_inputs, plan_shards, read_shard
+from mlmkit.errors import MlmkitError
+from mlmkit.io.inputs import LineTally, numbered_lines
 
 
 def corpus(seed: int) -> bytes:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlmkit.config import MlmkitError
-from mlmkit.tracking import (
+from mlmkit.errors import MlmkitError
+from mlmkit.training.tracking import (
     CURVES_PNG,
     LOGS_DIR,
     TRACKERS,

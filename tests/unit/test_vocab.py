@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlmkit import MlmkitError, audit_vocab, extend_vocab
-from mlmkit.cli import main
+from mlmkit.cli.main import main
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
 SPLADE = SHARED / "bert-tiny-splade"

@@ -1,0 +1,402 @@
+"""Fill or score a corpus larger than one machine on a Ray cluster: `mlmkit fill/score --engine
+ray` and `run_batch(...)`, resumable after a lost node or a killed job, every record once.
+
+Ray Data runs a pool of actors (`map_batches` with a callable class: one model per actor, loaded
+once) over the shards of the input (fixed row ranges, `shards.py`). Each actor reads its shard
+straight from storage, runs the same `FillMask` / `Scorer` stream as `mlmkit fill` / `mlmkit
+score`, and writes the shard's records itself, so no text or record passes through the object
+store or the driver. Why not `read_text(...).map_batches(...).write_parquet(...)`: its blocks
+are not the same from one run to the next and carry no row numbers, and its readers stop at the
+first line that is not UTF-8 or not JSON; a job that resumes needs fixed row ranges, and a bad
+record must become an error in its place.
+
+The output directory holds `part-NNNNNN.parquet` (or `.jsonl`) per shard, with `row` and
+`output` (the JSON line `mlmkit fill`/`score --output` writes for that record); `_shards/`,
+each shard's completion record, written only once its files are in place; `_job.json`, the
+settings and the shard plan; and, once all shards are done, `_errors.jsonl` and
+`_manifest.json`. Parquet readers skip names starting with `_`, so `pandas.read_parquet(DIR)`
+reads the records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlmkit.batch.shards import InputFile, Shard, count_rows, list_inputs, plan_shards, read_shard
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import (
+    atomic_open,
+    atomic_write,
+    file_entries,
+    json_digest,
+    probe_writable,
+    read_sealed_json,
+    remove_partial_writes,
+    write_sealed_json,
+)
+from mlmkit.io.inputs import LineTally, plural
+
+RAY_HINT = "--engine ray needs Ray Data: pip install 'mlmkit[ray]'"
+JOB_FILE, MANIFEST, ERRORS, SHARDS = "_job.json", "_manifest.json", "_errors.jsonl", "_shards"
+FORMATS = ("parquet", "jsonl")
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What decides a job's output; a rerun into the same directory must repeat all of it.
+
+    `command`: "fill", "score" or "rescore"; `options`: fill's top_k and targets, score's
+    metric and per_token (and rescore's weight); `shard_rows`: rows per shard and output file.
+    """
+
+    command: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "auto"
+    shard_rows: int = 10_000
+    format: str = "parquet"
+
+
+@dataclass(frozen=True)
+class BatchResources:
+    """Where and on what a job runs; free to change between a run and the rerun that resumes
+    it. `address`: None starts a local Ray, "auto" or host:port joins a cluster."""
+
+    address: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    device: str = "auto"
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    quiet: bool = True
+
+
+@dataclass
+class BatchResult:
+    """What a job did, counted over all its shards (those done by earlier runs included)."""
+
+    output: str
+    shards: int
+    skipped: int  # shards an earlier run had finished
+    records: int  # rows read, blank lines not included
+    outputs: int
+    errors: int
+    blank: int
+    seconds: float
+
+    def summary(self) -> str:
+        parts = [f"mlmkit: {plural(self.records, 'record')} in {plural(self.shards, 'shard')}"
+                 f" ({self.skipped:,} already done, skipped): {self.outputs:,} written to "
+                 f"{self.output}"]
+        if self.errors:
+            parts.append(f"{plural(self.errors, 'error')} in {Path(self.output) / ERRORS}")
+        if self.blank:
+            parts.append(f"{plural(self.blank, 'blank line')} skipped")
+        return "; ".join(parts) + f"; {self.seconds:.1f} s"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the core package alone has no Ray Data)
+    except ImportError:
+        raise MlmkitError(RAY_HINT) from None
+    return ray
+
+
+def check_job(job: BatchJob, res: BatchResources) -> None:
+    if job.command not in ("fill", "score", "rescore"):
+        raise MlmkitError(f"command {job.command!r}: expected fill, score or rescore")
+    if job.format not in FORMATS:
+        raise MlmkitError(f"--format {job.format}: expected parquet or jsonl")
+    for flag, value in (("--shard-rows", job.shard_rows), ("--workers", res.workers)):
+        if not isinstance(value, int) or value < 1:
+            raise MlmkitError(f"{flag} {value}: expected a positive integer")
+    for flag, value in (("--gpus-per-worker", res.gpus_per_worker),
+                        ("--cpus-per-worker", res.cpus_per_worker)):
+        if value < 0:
+            raise MlmkitError(f"{flag} {value}: expected a number >= 0")
+
+
+# ---------------------------------------------------------------------- one shard, on an actor
+
+def engine_stream(job: BatchJob, res: BatchResources) -> Callable[[Iterable], Iterable]:
+    """The engine's stream for the job, as `mlmkit fill` / `mlmkit score` build it: results in
+    input order, an `MlmkitError` in place of a record that failed."""
+    o = job.options
+    if job.command == "fill":
+        from mlmkit.inference.fill import FillMask
+
+        fm = FillMask(job.model, device=res.device, dtype=job.dtype, batch_size=res.batch_size,
+                      max_tokens=res.max_tokens)
+        return lambda texts: fm.stream(texts, o["top_k"], o.get("targets"))
+    from mlmkit.inference.score import Scorer, rescore
+
+    scorer = Scorer(job.model, device=res.device, dtype=job.dtype, max_tokens=res.max_tokens)
+    if job.command == "rescore":
+        return lambda recs: rescore(scorer, recs, o["weight"], o["metric"], o["per_token"])
+    return lambda texts: scorer.stream(texts, o["metric"], o["per_token"])
+
+
+def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJob, out: Path,
+              digest: str) -> dict[str, Any]:
+    """Run one shard and write its files, then its completion record; returns that record."""
+    start, started = time.perf_counter(), time.time()
+    tally = LineTally()
+    pending: deque[tuple[int, str, str | None]] = deque()  # read, and not answered yet
+
+    def items() -> Iterable[Any]:
+        for row, where, item, problem in read_shard(shard, tally, job.command == "rescore"):
+            pending.append((row, where, problem))
+            yield item
+
+    rows, outputs, errors = [], [], []
+    for res in stream(items()):
+        row, where, problem = pending.popleft()
+        if problem is not None or isinstance(res, MlmkitError):
+            # The message `mlmkit fill --input` writes in the error record of that line.
+            errors.append(json.dumps({"row": row, "error": f"{where}: {problem or res}"}))
+        else:
+            rows.append(row)
+            outputs.append(json.dumps(res))
+    names = _write_shard_files(out, shard.index, rows, outputs, errors, job.format)
+    record = {"shard": shard.index, "job": digest, "row": shard.row, "rows": shard.rows,
+              "records": len(rows) + len(errors), "outputs": len(rows), "errors": len(errors),
+              "blank": tally.blank, "files": file_entries(out, names),
+              "host": socket.gethostname(), "pid": os.getpid(), "started": started,
+              "finished": time.time(), "seconds": round(time.perf_counter() - start, 3)}
+    write_sealed_json(_marker(out, shard.index), record)  # last: the shard is done
+    return record
+
+
+def _write_shard_files(out: Path, index: int, rows: list[int], outputs: list[str],
+                       errors: list[str], fmt: str) -> list[str]:
+    """Each file atomically (temporary name, then rename): a kill leaves none or all of it."""
+    names = []
+    if errors:
+        names.append(f"{SHARDS}/{index:06d}.errors.jsonl")
+        atomic_write(out / names[-1], "".join(e + "\n" for e in errors))
+    names.append(f"part-{index:06d}.{fmt}")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"row": pa.array(rows, pa.int64()),
+                          "output": pa.array(outputs, pa.string())})
+        with atomic_open(out / names[-1], "wb") as fh:
+            pq.write_table(table, fh)
+    else:  # the output as the JSON value it is, not a string of it
+        atomic_write(out / names[-1], "".join(f'{{"row": {r}, "output": {o}}}\n'
+                                              for r, o in zip(rows, outputs)))
+    return names
+
+
+class ShardWorker:
+    """A Ray Data actor: the model loaded once, then one shard per call."""
+
+    def __init__(self, job: dict, res: dict, out: str, digest: str) -> None:
+        self.job, self.res = BatchJob(**job), BatchResources(**res)
+        self.out, self.digest = Path(out), digest
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        if not self.res.gpus_per_worker:
+            import torch
+
+            # Ray gives the actor its CPUs; torch would otherwise start a thread per core of
+            # the node and the actors of one node would fight over them.
+            torch.set_num_threads(max(1, int(self.res.cpus_per_worker)))
+        self.stream = engine_stream(self.job, self.res)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        done = [run_shard(self.stream, Shard(**json.loads(s)), self.job, self.out, self.digest)
+                for s in batch["shard"]]
+        return {"summary": np.array([json.dumps(d) for d in done], dtype=object)}
+
+
+# ---------------------------------------------------------------------- the job directory
+
+def _marker(out: Path, index: int) -> Path:
+    return out / SHARDS / f"{index:06d}.json"
+
+
+def finished_shard(out: Path, shard: Shard, digest: str) -> dict[str, Any] | None:
+    """The completion record of `shard` if it is done: sealed, of this job, and its files there
+    with their recorded sizes (a digest check would read the whole output again)."""
+    rec, _ = read_sealed_json(_marker(out, shard.index))
+    if rec is None or rec.get("job") != digest or not isinstance(rec.get("files"), dict):
+        return None
+    for name, entry in rec["files"].items():
+        p = out / name
+        if not p.is_file() or p.stat().st_size != entry.get("size"):
+            return None
+    return rec
+
+
+def _job_record(job: BatchJob, inputs: list[InputFile]) -> dict[str, Any]:
+    # Options flat among the settings, so that a refusal names the one that differs; through
+    # JSON, so that it compares equal to what a rerun reads back (tuples, ints).
+    settings = {**{k: v for k, v in asdict(job).items() if k != "options"}, **job.options}
+    return json.loads(json.dumps({"settings": settings, "inputs": [asdict(f) for f in inputs]}))
+
+
+def open_job_dir(out: Path, record: dict[str, Any]) -> list[Shard] | None:
+    """Make `out` ready for the job: a new or empty directory, or one an earlier run of the very
+    same job wrote (then its shard plan is returned). Refuses anything else, deleting nothing
+    but the temporary files of its own killed writes."""
+    if out.exists() and not out.is_dir():
+        raise MlmkitError(f"--output {out}: is a file; expected a directory (one file per "
+                          "shard goes there)")
+    probe_writable(out, "--output")
+    if not (out / JOB_FILE).exists():
+        if out.exists() and any(out.iterdir()):
+            raise MlmkitError(f"--output {out}: not empty and not written by an mlmkit batch "
+                              f"job (no {JOB_FILE}); expected a new or empty directory")
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+        return None
+    old, problem = read_sealed_json(out / JOB_FILE)
+    if old is None:
+        raise MlmkitError(f"--output {out}: {problem}; expected the {JOB_FILE} an earlier run "
+                          "wrote (move the directory aside to start over)")
+    was, now = old.get("settings", {}), record["settings"]
+    diffs = [f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in sorted({*was, *now})
+             if was.get(k) != now.get(k)]
+    if diffs:
+        raise MlmkitError(f"--output {out}: holds a job with other settings ({'; '.join(diffs)})"
+                          "; expected the same arguments to resume it, or another --output")
+    if old.get("inputs") != record["inputs"]:
+        raise MlmkitError(f"--output {out}: its job read other input files (or they changed "
+                          f"since: {_first_difference(old.get('inputs'), record['inputs'])}); "
+                          "expected the same input to resume it, or another --output")
+    for d in (out, out / SHARDS):
+        remove_partial_writes(d)
+    return [Shard(**s) for s in old["shards"]]
+
+
+def _first_difference(was: Any, now: list[dict]) -> str:
+    was = {f["uri"]: f for f in was} if isinstance(was, list) else {}
+    for f in now:
+        w = was.get(f["uri"])
+        if w is None:
+            return f"{f['uri']} is new"
+        if w != f:
+            return (f"{f['uri']}: {w.get('size'):,} bytes there, {f['size']:,} here, or "
+                    "modified since")
+    return f"{len(set(was) - {f['uri'] for f in now})} of its files are gone"
+
+
+# ---------------------------------------------------------------------- the driver
+
+def run_batch(job: BatchJob, input_spec: str, output: str | Path,
+              res: BatchResources = BatchResources(),
+              on_shard: Callable[[dict[str, Any]], None] | None = None) -> BatchResult:
+    """Run `job` over every record of `input_spec` (a file, directory or glob, on any
+    filesystem pyarrow reads) into the directory `output`, on Ray Data actors; a rerun with
+    the same job resumes, skipping the shards already done. `on_shard` gets each shard's
+    completion record as the driver learns of it."""
+    started = time.perf_counter()
+    check_job(job, res)
+    ray = import_ray()
+    out = Path(output).expanduser().absolute()  # the actors' working directory is not ours
+    if Path(job.model).exists():
+        job = BatchJob(**{**asdict(job), "model": str(Path(job.model).absolute())})
+    inputs = list_inputs(input_spec)
+    record = _job_record(job, inputs)
+    digest = json_digest(record)
+    shards = open_job_dir(out, record)
+    todo = None if shards is None else [s for s in shards
+                                        if finished_shard(out, s, digest) is None]
+    if todo != []:  # a finished job needs no cluster
+        ours = not ray.is_initialized()
+        if ours:
+            _start_ray(ray, res)
+        try:
+            if shards is None:
+                shards = _plan(ray, inputs, job.shard_rows)
+                write_sealed_json(out / JOB_FILE,
+                                  {**record, "shards": [s.to_dict() for s in shards]})
+                todo = shards
+            if todo:  # an input of no rows has no shards
+                _run_pool(ray, job, res, out, todo, digest, on_shard)
+        finally:
+            if ours:
+                ray.shutdown()
+    return _finish(out, shards, digest, len(shards) - len(todo), time.perf_counter() - started)
+
+
+def _start_ray(ray: Any, res: BatchResources) -> None:
+    if res.quiet:  # Ray Data logs every dataset's plan and progress at INFO
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    ray.init(address=res.address, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=not res.quiet)
+
+
+def _plan(ray: Any, inputs: list[InputFile], shard_rows: int) -> list[Shard]:
+    """Count every file's rows, one Ray task per file (a pass over the bytes, in parallel on
+    the cluster), and cut the shards."""
+    count = ray.remote(num_cpus=1)(count_rows)
+    counts = ray.get([count.remote(f.uri, f.kind, shard_rows) for f in inputs])
+    return plan_shards(inputs, counts, shard_rows)
+
+
+def _run_pool(ray: Any, job: BatchJob, res: BatchResources, out: Path, todo: list[Shard],
+              digest: str, on_shard: Callable[[dict[str, Any]], None] | None) -> None:
+    """One Ray Data block per shard, through a fixed pool of `ShardWorker` actors, one shard in
+    flight per actor (a lost actor loses one shard's work; Ray restarts it and retries)."""
+    ray.data.DataContext.get_current().enable_progress_bars = not res.quiet
+    if res.quiet:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in todo],
+                             override_num_blocks=len(todo))
+    remote: dict[str, Any] = {"num_cpus": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        remote["num_gpus"] = res.gpus_per_worker
+    ds = ds.map_batches(
+        ShardWorker, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(res.workers, len(todo)),
+                                           max_tasks_in_flight_per_actor=1),
+        fn_constructor_kwargs={"job": asdict(job), "res": asdict(res), "out": str(out),
+                               "digest": digest}, **remote)
+    done = 0
+    try:
+        for row in ds.iter_rows():
+            done += 1
+            if on_shard is not None:
+                on_shard(json.loads(row["summary"]))
+    except MlmkitError:
+        raise
+    except Exception as e:  # a shard that fails for good stops Ray Data; say it in one line
+        first = next((ln for ln in str(e).splitlines() if "Error" in ln), str(e)[:200])
+        raise MlmkitError(f"--engine ray: the job stopped after {done:,} of "
+                          f"{plural(len(todo), 'shard')} ({first.strip()}); the same command "
+                          "again resumes it") from None
+
+
+def _finish(out: Path, shards: list[Shard], digest: str, skipped: int,
+            seconds: float) -> BatchResult:
+    """Once every shard is done: the errors of all shards in one file, in row order, and the
+    manifest of every file with its digest (from the completion records)."""
+    records = [finished_shard(out, s, digest) for s in shards]
+    missing = [s.index for s, r in zip(shards, records) if r is None]
+    if missing:
+        raise MlmkitError(f"--output {out}: {plural(len(missing), 'shard')} not finished "
+                          f"(first: {missing[0]}); the same command again finishes them")
+    with atomic_open(out / ERRORS) as fh:
+        for r in records:
+            if r["errors"]:
+                fh.write((out / SHARDS / f"{r['shard']:06d}.errors.jsonl").read_text())
+    totals = {k: sum(r[k] for r in records) for k in ("records", "outputs", "errors", "blank")}
+    write_sealed_json(out / MANIFEST, {
+        "job": digest, "shards": len(shards), **totals,
+        "files": {n: e for r in records for n, e in r["files"].items()}})
+    return BatchResult(str(out), len(shards), skipped, seconds=seconds, **totals)

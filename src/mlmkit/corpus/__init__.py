@@ -1,0 +1,1 @@
+"""From texts to training blocks: tokenize, group, cache; and masking."""

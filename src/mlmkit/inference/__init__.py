@@ -1,0 +1,1 @@
+"""The inference engines: fill-mask and sentence scoring."""

@@ -1,0 +1,1 @@
+"""Reading and writing: atomic files, the Hub, and the one reader of corpora and inputs."""

@@ -1,0 +1,213 @@
+"""Writing and reading back files safely: atomic writes, sha256 manifests of a directory, and
+the marker file that says a directory is one mlmkit wrote (the only kind it will delete).
+
+Every file mlmkit writes goes through `atomic_write`/`atomic_open`: a temporary name in the
+same directory, fsync, then `os.replace`, so a kill at any instant leaves either the old file
+or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from mlmkit.errors import MlmkitError
+
+MANIFEST = "manifest.json"
+_TMP_TAG = "mlmkit-"  # in every temporary name, so a kill's leftovers are known as ours
+RUN_MARKER = ".mlmkit-run"  # written into every run directory mlmkit creates
+
+
+def _describe_os_error(path: Path | str, e: OSError, what: str = "cannot write") -> MlmkitError:
+    reason = e.strerror or str(e)
+    if isinstance(e, NotADirectoryError) or e.errno == 20:
+        reason = "a part of the path is a file, not a directory"
+    return MlmkitError(f"{path}: {what}: {reason}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8"
+                ) -> Iterator[IO[Any]]:
+    """A file handle whose content replaces `path` only when the block ends without an error;
+    on an error (or a kill) `path` keeps what it had and the temporary file is removed."""
+    path = Path(path)
+    binary = "b" in mode
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_TMP_TAG}",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise _describe_os_error(path, e) from None
+    try:
+        with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path | str, data: bytes | str) -> None:
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as fh:
+        fh.write(data)
+
+
+def write_json(path: Path | str, obj: Any, indent: int | None = 1) -> None:
+    atomic_write(path, json.dumps(obj, indent=indent))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entries(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{name: {"size", "sha256"}} for files under `root`: what a manifest or a cache's meta
+    records, and `check_entries` compares against."""
+    return {n: {"size": (root / n).stat().st_size, "sha256": sha256_file(root / n)}
+            for n in sorted(names)}
+
+
+def check_entries(root: Path, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """What differs between the files under `root` and their recorded sizes and digests, one
+    phrase per file (empty when all match). Sizes first, so a truncated file costs no hash."""
+    problems, bad = [], set()
+    for name, want in entries.items():
+        p = root / name
+        if not (isinstance(want, dict) and isinstance(want.get("size"), int)
+                and isinstance(want.get("sha256"), str)):
+            problems.append(f"{name} has no size and sha256 on record")
+        elif not p.is_file():
+            problems.append(f"{name} is missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{name} has {p.stat().st_size:,} bytes, expected {want['size']:,}")
+        else:
+            continue
+        bad.add(name)
+    for name, want in entries.items():
+        if name not in bad and sha256_file(root / name) != want["sha256"]:
+            problems.append(f"{name} does not match its sha256 digest")
+    return problems
+
+
+def write_manifest(root: Path) -> None:
+    """Record every file under `root` (recursively, but not the manifest itself); written last,
+    so a directory with a manifest is a complete one."""
+    names = [str(p.relative_to(root)) for p in root.rglob("*")
+             if p.is_file() and p.name != MANIFEST]
+    write_sealed_json(root / MANIFEST, {"files": file_entries(root, names)})
+
+
+def json_digest(obj: Any) -> str:
+    """The sha256 of a JSON value in canonical form: a record's own check, so a flipped byte in
+    it is reported as the record's damage, not as a mismatch of whichever digest it hit."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def write_sealed_json(path: Path | str, record: dict[str, Any]) -> None:
+    """Write the object `record` with its own `json_digest` added under "sha256"; a flipped
+    byte that still parses as JSON (a digit of a count, a letter of a key) is then caught."""
+    write_json(path, {**record, "sha256": json_digest(record)})
+
+
+def read_sealed_json(path: Path | str) -> tuple[dict[str, Any] | None, str]:
+    """What `write_sealed_json` wrote, without its digest, and ""; or None and what is wrong
+    with the file, as a phrase that names it: missing, unreadable, or not matching its digest."""
+    name = Path(path).name
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        seal = record.pop("sha256")
+    except FileNotFoundError:
+        return None, f"{name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"{name} is unreadable ({type(e).__name__})"
+    if seal != json_digest(record):
+        return None, f"{name} does not match its own digest"
+    return record, ""
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Problems with the directory `root` against its manifest; empty when it is intact."""
+    if not (root / MANIFEST).is_file():
+        return [f"no {MANIFEST} (the directory was not finished)"]
+    manifest, problem = read_sealed_json(root / MANIFEST)
+    if manifest is None:
+        return [problem]
+    if not isinstance(manifest.get("files"), dict):
+        return [f"{MANIFEST} is unreadable (no files)"]
+    return check_entries(root, manifest["files"])
+
+
+def cache_dir(chosen: str | None = None) -> Path:
+    """mlmkit's cache directory: `chosen` (--cache-dir), else $MLMKIT_CACHE, else
+    ~/.cache/mlmkit. Blocks and downloaded models live below it."""
+    root = chosen or os.environ.get("MLMKIT_CACHE") or "~/.cache/mlmkit"
+    return Path(os.path.expanduser(root))
+
+
+def mark_run_dir(path: Path) -> None:
+    atomic_write(path / RUN_MARKER, "This directory was written by mlmkit; "
+                 "`mlmkit train --overwrite` may replace it.\n")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
+
+
+def contains(outer: Path, inner: Path) -> bool:
+    """Whether `inner` is `outer` or lies inside it (both resolved, so links and `..` count)."""
+    outer, inner = outer.resolve(), inner.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def is_partial_write(path: Path) -> bool:
+    """A temporary file of `atomic_open` that a kill left behind."""
+    return path.name.startswith(".") and f".{_TMP_TAG}" in path.name and \
+        path.name.endswith(".tmp") and path.is_file()
+
+
+def remove_partial_writes(directory: Path) -> int:
+    n = 0
+    for p in directory.iterdir():
+        if is_partial_write(p):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def probe_writable(path: Path | str, flag: str, shown: Path | str | None = None) -> None:
+    """One-line error unless files can be created at `path` (an existing directory, or the
+    nearest existing directory above a path still to be made). Tried with a real temporary
+    file, not `os.access`: root passes `access` whatever the permission bits say, and only a
+    real write meets every other refusal (immutable flags, ACLs, quotas)."""
+    path = Path(path).expanduser()
+    where = path.absolute()
+    path = shown or path  # the path as the user gave it, in the message
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise MlmkitError(f"{flag} {path}: {where} is a file, not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=".mlmkit-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise MlmkitError(f"{flag} {path}: cannot write in {where}: {e.strerror}") from None

@@ -1,0 +1,161 @@
+"""The Hugging Face Hub as models and datasets meet it: whether it can serve a repository now,
+asked once with one request and no retry, and what to say when it cannot.
+
+transformers and datasets retry every file they look up with backoff (1+2+4+8+8 s) when the Hub
+cannot be reached, so a mistyped name or a missing network cost a newcomer 27-49 s of warnings;
+this check makes the first failure final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlmkit.errors import MlmkitError
+
+log = logging.getLogger("mlmkit")
+
+# Seconds the one request may take: a Hub that answers does so well within it.
+HUB_TIMEOUT_S = 5.0
+# What `reach` says when HF_HUB_OFFLINE is set: nothing was asked.
+OFFLINE = "HF_HUB_OFFLINE=1"
+
+
+def reach(repo_id: str, kind: str) -> str | None:
+    """None when the Hub answers for `kind` ('model' or 'dataset') `repo_id`; else why it
+    cannot be used now, in a few words (`OFFLINE`, or the network error). A Hub that answers
+    no (no such repository, gated, a model without config.json) is an MlmkitError at once."""
+    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import httpx
+
+    if constants.HF_HUB_OFFLINE:
+        return OFFLINE
+    try:
+        if kind == "model":  # the file every model needs: also says whether it is gated
+            get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=HUB_TIMEOUT_S)
+        else:
+            HfApi().dataset_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except HFValidationError:
+        raise MlmkitError(f"{repo_id}: no such file or directory, and not a Hub {kind} id"
+                          ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
+        raise refusal(repo_id, kind, e) from None
+    except (OfflineModeIsEnabled, httpx.TransportError, HfHubHTTPError) as e:
+        return first_line(e)
+    except Exception:  # an answer this check cannot judge (an odd redirect or JSON): the
+        # library's own lookups may
+        log.debug("Hub check of %s %s inconclusive", kind, repo_id, exc_info=True)
+    return None
+
+
+def refusal(repo_id: str, kind: str, e: Exception) -> MlmkitError:
+    """The Hub answered no: what to say, by the type of the answer, not its wording."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(e, GatedRepoError):
+        page = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+        return MlmkitError(f"{kind} {repo_id!r}: a gated {kind}; request access at {page} and "
+                           "log in with `hf auth login`")
+    if isinstance(e, RepositoryNotFoundError):
+        local = "directory" if kind == "model" else "file or directory"
+        return MlmkitError(f"{kind} {repo_id!r}: no such local {local}, and no such {kind} on "
+                           "the Hugging Face Hub (if it is private, log in with `hf auth login`)")
+    if isinstance(e, RemoteEntryNotFoundError) and kind == "model":
+        return MlmkitError(f"model {repo_id!r}: the Hub repository has no config.json; expected "
+                           "a transformers model")
+    return MlmkitError(f"{kind} {repo_id!r}: {first_line(e)}")
+
+
+def first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@contextlib.contextmanager
+def offline(on: bool) -> Iterator[None]:
+    """huggingface_hub and datasets in offline mode for one load when the Hub cannot be
+    reached: datasets then takes its cached copy, or says it has none, at once."""
+    if not on:
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+# Local names: checked without torch or transformers, so the CLI can refuse a mistyped path
+# before it pays for importing them.
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a path: it starts like one, it cannot be a Hub id
+    ('namespace/name': one slash at most, no backslash, no '..'), or the directory it would
+    sit in exists here."""
+    if name.startswith((".", "~", "/")) or not _is_repo_id(name):
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _no_such_dir(name: str) -> MlmkitError:
+    """'no such local directory', with the nearest sibling's name when one is close."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return MlmkitError(f"model {name}: no such local directory ({os.path.dirname(name)} does "
+                           "not exist either)")
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    hint = f" (did you mean {os.path.join(os.path.dirname(name), close[0])}?)" if close else ""
+    return MlmkitError(f"model {name}: no such local directory{hint}")
+
+
+def model_dir(name: str) -> Path | None:
+    """The local directory `name` names, or None for a Hub id. A name that can only be a path
+    and names no directory is an error at once, before any Hub lookup: a typo in a path must
+    not wait for the network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MlmkitError(f"model {name}: is a file; expected a model directory (config.json, "
+                          "weights and tokenizer files) or a Hub id")
+    if _looks_like_path(name):
+        from huggingface_hub import try_to_load_from_cache
+
+        # A valid Hub id whose first part happens to be a directory here: the Hub copy in the
+        # cache wins, so that such a directory does not hide a model already downloaded.
+        if _is_repo_id(name) and isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+        raise _no_such_dir(name)
+    return None

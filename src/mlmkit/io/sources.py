@@ -1,0 +1,582 @@
+"""Read a corpus record by record, pick and join its text fields, split off held-out records.
+
+Local files are read by our own streaming readers rather than `datasets.load_dataset`: they
+start in milliseconds instead of building an Arrow cache, keep memory flat on corpora larger
+than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`. In the
+Python API a corpus may also be in memory: a list of texts or records, or a `datasets.Dataset`.
+Turning the texts into blocks of token ids is blocks.py's business.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlmkit.config import DataConfig
+from mlmkit.errors import MlmkitError
+from mlmkit.io.hub import OFFLINE, first_line, offline, reach
+
+log = logging.getLogger("mlmkit")
+
+FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for fmt in FORMATS:
+        if name.endswith(fmt):
+            return fmt
+    return ""
+
+
+def _looks_local(source: str) -> bool:
+    return (
+        any(c in source for c in "*?[")
+        or source.startswith((".", "/", "~"))
+        or _format_of(Path(source)) != ""
+        or source.endswith(".gz")
+    )
+
+
+def resolve_files(source: Any) -> list[Path] | None:
+    """Local files named by a path, directory or glob; None when `source` is a Hub id, in-memory
+    data or None."""
+    if source is None or is_in_memory(source):
+        return None
+    source = os.fspath(source)
+    expanded = os.path.expanduser(source)
+    p = Path(expanded)
+    if p.is_file():
+        if not _format_of(p):
+            raise MlmkitError(f"{source}: unsupported file type; expected one of "
+                              f"{', '.join(FORMATS)} (optionally .gz)")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _format_of(f))
+        if not files:
+            raise MlmkitError(f"{source}: directory holds no {', '.join(FORMATS)} files")
+        return files
+    if any(c in expanded for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(expanded, recursive=True)
+                       if Path(f).is_file() and _format_of(Path(f)))
+        if not files:
+            raise MlmkitError(f"{source}: the pattern matches no {', '.join(FORMATS)} files")
+        return files
+    if _looks_local(source):
+        raise MlmkitError(f"{source}: file or directory not found")
+    return None
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """Where a file's first invalid UTF-8 byte is, by line. The decoder's own position counts
+    from the start of its read buffer, not of the file, so the file is decoded again line by
+    line (UTF-8 never puts a newline byte inside a character); only this error path pays."""
+    offset = 0
+    try:
+        with _open_bytes(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"offset {offset + bad.start:,}" + (
+                        " of the decompressed data" if path.name.lower().endswith(".gz") else "")
+                    hint = (" (it looks like UTF-16)"
+                            if lineno == 1 and line[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+                    return (f"{path}: line {lineno}: byte {line[bad.start]:#04x} at {where} is "
+                            f"not UTF-8; expected UTF-8 text{hint}")
+                offset += len(line)
+    except (OSError, EOFError):
+        pass
+    return f"{path}: cannot read: {e}; expected UTF-8 text"
+
+
+# A record comes with its place: (file, line or element number, kind of number), or for
+# in-memory data (its name, index, "index"), shown as data[12].
+Where = tuple[str, int, str]
+
+
+def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
+    fmt = _format_of(path)
+    name = str(path)
+    try:
+        if fmt == ".parquet":
+            import pyarrow.parquet as pq
+
+            n = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+                for rec in batch.to_pylist():
+                    n += 1
+                    yield (name, n, "row"), rec
+            return
+        with _open_text(path) as fh:
+            if fmt == ".txt":
+                for i, line in enumerate(fh, 1):
+                    yield (name, i, "line"), {"text": line.rstrip("\n")}
+            elif fmt == ".csv":
+                reader = csv.DictReader(fh)
+                for rec in reader:
+                    yield (name, reader.line_num, "line"), rec
+            else:
+                head = fh.read(1)
+                while head and head.isspace():
+                    head = fh.read(1)
+                if fmt == ".json" and head == "[":
+                    for i, rec in enumerate(_iter_json_array(fh, name), 1):
+                        yield (name, i, "record"), rec
+                    return
+                first = head + fh.readline()
+                for i, line in enumerate([first] if head else [], 1):
+                    yield (name, i, "line"), _parse_json_line(line, name, i)
+                for i, line in enumerate(fh, 2):
+                    if line.strip():
+                        yield (name, i, "line"), _parse_json_line(line, name, i)
+    except MlmkitError:
+        raise
+    except UnicodeDecodeError as e:
+        raise MlmkitError(_not_utf8(path, e)) from None
+    except (OSError, EOFError, csv.Error) as e:
+        raise MlmkitError(f"{name}: cannot read: {e}") from None
+    except Exception as e:  # pyarrow and friends: still one line, naming the file
+        raise MlmkitError(f"{name}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
+
+
+def _iter_json_array(fh: io.TextIOBase, name: str, chunk: int = 1 << 20) -> Iterator[Any]:
+    """The elements of a top-level JSON array (its '[' already read), decoded one at a time from
+    a buffer of about one element plus `chunk` characters: a corpus stored as one multi-GB array
+    never sits in memory whole, which `json.load` would need."""
+    decoder = json.JSONDecoder()
+    buf, pos, eof, n = "", 0, False, 0
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        data = fh.read(chunk)
+        eof = not data
+        buf, pos = buf[pos:] + data, 0
+
+    def next_char() -> str:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos].isspace():
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if eof:
+                raise MlmkitError(f"{name}: the JSON array ends after element {n} without ']'")
+            more()
+
+    if next_char() == "]":
+        return
+    while True:
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+                if end < len(buf) or eof:  # a number at the buffer's end may continue
+                    break
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise MlmkitError(f"{name}: element {n + 1} of the JSON array: invalid JSON "
+                                      f"({e.msg})") from None
+            more()
+        pos, n = end, n + 1
+        yield value
+        c = next_char()
+        pos += 1
+        if c == "]":
+            return
+        if c != ",":
+            raise MlmkitError(f"{name}: after element {n} of the JSON array: expected ',' or "
+                              f"']', found {c!r}")
+        next_char()
+
+
+def _parse_json_line(line: str, name: str, lineno: int) -> dict[str, Any]:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MlmkitError(f"{name}: line {lineno}: invalid JSON ({e.msg}); expected one JSON "
+                          "object per line") from None
+
+
+def _load_hub(cfg: DataConfig) -> Any:
+    import datasets
+
+    def load(**kw: Any) -> Any:
+        return datasets.load_dataset(cfg.data, cfg.data_config, split=cfg.split, **kw)
+
+    unreachable = reach(cfg.data, "dataset")
+    try:
+        with offline(unreachable is not None):
+            try:
+                ds = load()
+            except Exception as e:
+                if "scripts are no longer supported" not in str(e):
+                    raise
+                # datasets >= 4 refuses loading scripts (eli5_category is one); the Hub keeps
+                # an automatic parquet conversion of such datasets on a special revision.
+                log.warning("%s is a script-based dataset, which datasets>=4 no longer runs; "
+                            "using the Hub's parquet conversion (revision refs/convert/parquet)",
+                            cfg.data)
+                ds = load(revision="refs/convert/parquet")
+    except MlmkitError:
+        raise
+    except Exception as e:
+        what = f"dataset {cfg.data!r} (split {cfg.split!r})"
+        if unreachable is not None and isinstance(e, ConnectionError):  # not in the cache
+            if unreachable == OFFLINE:
+                raise MlmkitError(f"{what}: not in the local cache, the only place "
+                                  "HF_HUB_OFFLINE=1 lets datasets load from; pass a local "
+                                  "file, directory or glob with --data, or unset "
+                                  "HF_HUB_OFFLINE to download it") from None
+            raise MlmkitError(f"{what}: the Hugging Face Hub cannot be reached ({unreachable}) "
+                              "and the dataset is not in the local cache; pass a local file, "
+                              "directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
+                              "datasets already in the local cache") from None
+        raise MlmkitError(f"{what}: cannot load: {first_line(e)}") from None
+    if unreachable is not None and unreachable != OFFLINE:
+        log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
+                    "dataset %s", unreachable, cfg.data)
+    return ds
+
+
+@dataclass
+class Source:
+    """A corpus opened for reading: its records in order, and what names and identifies it."""
+
+    records: Iterator[tuple[Where, dict[str, Any]]]
+    total: int | None  # how many records `records` will give, when known
+    ident: str  # changes whenever the records may have: the cache key is built on it
+    label: str  # how messages name it: the path or Hub id, or 'data' for in-memory data
+    description: str  # printable and JSON-safe, as describe_source gives it
+
+
+def iter_records(cfg: DataConfig, name: str = "data") -> Source:
+    """The first `cfg.limit` records of `cfg.data` in order; `name` is the setting it came from,
+    which messages about in-memory data use ('data[12]: ...')."""
+    data = cfg.data
+    if data is None or (isinstance(data, str) and not data):
+        raise MlmkitError(f"--{name.replace('_', '-')}: no corpus given; expected a Hub dataset "
+                          "id or local files")
+    if is_in_memory(data):
+        if cfg.split != "train":
+            raise MlmkitError(f"--split {cfg.split}: in-memory data is not split; slice it "
+                              "yourself (texts[:1000], dataset.select(range(1000)))")
+        return _memory_source(data, name, cfg.limit)
+    files = resolve_files(data)
+    if files is not None:
+        ident: Any = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        slices = local_slices(cfg.split)
+        gen = (r for f in files for r in _read_file(f))
+        description = str(data)
+        if slices is not None:
+            gen = _sliced(lambda: (r for f in files for r in _read_file(f)), slices)
+            ident, description = [ident, cfg.split], f"{data} (split {cfg.split})"
+        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), description)
+    ds = _load_hub(cfg)
+    n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+    where = f"{data}[{cfg.split}]"
+    rows = (((where, i, "record"), rec) for i, rec in enumerate(_dataset_rows(ds), 1))
+    ident = json.dumps([data, cfg.data_config, cfg.split, getattr(ds, "_fingerprint", None)])
+    return Source(_take(rows, cfg.limit), n, ident, data, data)
+
+
+# A slice of a split as datasets writes one: train, train[:1000], train[10%:], train[-500:].
+_SLICE = re.compile(r"(?P<split>[\w.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+
+
+def local_slices(split: str) -> list[tuple[str | None, str | None]] | None:
+    """The (start, stop) bounds of `split` for local files, None for all their records.
+
+    datasets reads local files as one split named 'train'; so does mlmkit, and slices it the
+    way datasets does (absolute or percent bounds, negative from the end, parts joined with
+    '+'). Any other split name is refused: local files have no test split of their own, the
+    held-out records come from --eval-fraction."""
+    if split == "train":
+        return None
+    parts = []
+    for part in split.split("+"):
+        m = _SLICE.fullmatch(part.strip())
+        if m is None:
+            raise MlmkitError(f"--split {split}: expected 'train' or a slice of it, such as "
+                              "'train[:1000]', 'train[10%:]' or 'train[:5%]+train[-5%:]'")
+        if m["split"] != "train":
+            raise MlmkitError(f"--split {split}: local files are one split, 'train' (as "
+                              "datasets reads them), which can be sliced ('train[:90%]'); "
+                              "--eval-fraction holds records out for evaluation, and eval "
+                              "scores those by default")
+        parts.append((m["start"], m["stop"]))
+    return parts
+
+
+def _sliced(records: Callable[[], Iterator], slices: list[tuple[str | None, str | None]]
+            ) -> Iterator:
+    """The records of each slice in turn, read again for each; counted first only when a
+    bound needs the total (a percent or a negative bound)."""
+    total = None
+    if any(b is not None and (b.endswith("%") or b.startswith("-"))
+           for bounds in slices for b in bounds):
+        total = sum(1 for _ in records())
+    for start, stop in slices:
+        lo, hi = _bound(start, total), _bound(stop, total)
+        yield from itertools.islice(records(), lo or 0, hi)
+
+
+def _bound(b: str | None, total: int | None) -> int | None:
+    """A slice bound as a record index, rounded and clipped as datasets does."""
+    if b is None:
+        return None
+    if b.endswith("%"):
+        i = int(round(int(b[:-1]) * total / 100))  # type: ignore[operator]
+    else:
+        i = int(b)
+    if i < 0:
+        i = max(total + i, 0)  # type: ignore[operator]
+    return i if total is None else min(i, total)
+
+
+def _dataset_rows(ds: Any) -> Iterator[dict[str, Any]]:
+    # Python objects whatever format the caller set on the dataset (torch, numpy, ...).
+    for batch in ds.with_format(None).iter(batch_size=1000):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))
+
+
+def _take(it: Iterator, limit: int | None) -> Iterator:
+    for i, x in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield x
+
+
+# --------------------------------------------------------------------------- picking text
+
+
+def _paths(rec: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(rec, dict):
+        for k, v in rec.items():
+            out.append(f"{prefix}{k}")
+            if isinstance(v, dict):
+                out.extend(_paths(v, f"{prefix}{k}."))
+    return out
+
+
+def _where(w: Where) -> str:
+    return f"{w[0]}[{w[1]}]" if w[2] == "index" else f"{w[0]}: {w[2]} {w[1]}"
+
+
+def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
+    """The text at a dotted path; lists of strings are joined with a space, as the guide does."""
+    return " ".join(_field_strings(rec, path, where))
+
+
+def _field_strings(rec: dict[str, Any], path: str, where: Where) -> list[str]:
+    """The strings at a dotted path: one, a list's, or none for a missing or null value."""
+    value: Any = rec
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value) and value:
+            if not all(part in v for v in value):
+                value = None
+                break
+            value = [v[part] for v in value]
+        else:
+            fields_ = ", ".join(_paths(rec)) or "(none: the record is not an object)"
+            raise MlmkitError(f"{_where(where)}: no field {path!r}; fields here: {fields_}")
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    kind = type(value).__name__
+    if isinstance(value, list):
+        kind = "list of " + ", ".join(sorted({type(v).__name__ for v in value if
+                                                not isinstance(v, str)}))
+    raise MlmkitError(f"{_where(where)}: field {path!r} holds a {kind}; expected text or a list "
+                      "of text")
+
+
+def default_text_field(rec: dict[str, Any], where: Where) -> str:
+    if not isinstance(rec, dict):
+        raise MlmkitError(f"{_where(where)}: expected an object with text fields, got "
+                          f"{type(rec).__name__}")
+    if "text" in rec:
+        return "text"
+    strings = [k for k, v in rec.items() if isinstance(v, str)]
+    if len(strings) == 1:
+        return strings[0]
+    raise MlmkitError(f"{_where(where)}: no 'text' field and no single text field to pick; name "
+                      f"one with --text-field (fields here: {', '.join(_paths(rec))})")
+
+
+@dataclass
+class TextStats:
+    records: int = 0
+    empty: int = 0
+    fields: list[str] = field(default_factory=list)
+
+
+def iter_texts(cfg: DataConfig, stats: TextStats | None = None) -> Iterator[tuple[int, str]]:
+    """(record number, text) for every non-empty record; empty ones are counted in `stats`."""
+    return record_texts(iter_records(cfg).records, cfg.text_field, stats or TextStats())
+
+
+def record_texts(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                 stats: TextStats) -> Iterator[tuple[int, str]]:
+    """(record number, text) for every non-empty record: its fields' strings joined with a
+    space, a list's strings too; empty records are counted in `stats`."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, " ".join(t for t in (" ".join(f) for f in strings) if t)
+
+
+def record_pieces(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                  stats: TextStats) -> Iterator[tuple[int, list[str]]]:
+    """(record number, its strings one by one: each field's, each of a list's) for every
+    non-empty record, for what must not run on across them, such as lines."""
+    for i, strings in _record_strings(records, text_fields, stats):
+        yield i, [t for f in strings for t in f]
+
+
+def _record_strings(records: Iterable[tuple[Where, Any]], text_fields: list[str],
+                    stats: TextStats) -> Iterator[tuple[int, list[list[str]]]]:
+    stats.fields = list(text_fields)
+    for i, (where, rec) in enumerate(records):
+        if not isinstance(rec, dict):
+            raise MlmkitError(f"{_where(where)}: expected an object, got {type(rec).__name__}")
+        if not stats.fields:
+            stats.fields = [default_text_field(rec, where)]
+        stats.records += 1
+        strings = [_field_strings(rec, f, where) for f in stats.fields]
+        if any(t.strip() for f in strings for t in f):
+            yield i, strings
+        else:
+            stats.empty += 1
+
+
+# --------------------------------------------------------------------------- in-memory data
+
+
+def is_in_memory(data: Any) -> bool:
+    """Whether `data` is a corpus itself (a list of texts or records, a Dataset), not its name."""
+    return data is not None and not isinstance(data, (str, os.PathLike))
+
+
+def describe_source(data: Any) -> str | None:
+    """How a corpus is named in train_config.json and logs: a path or Hub id as given; in-memory
+    data as '<in-memory: 1,000 texts, sha256 0123456789abcdef…>', printable and JSON-safe."""
+    if data is None or not is_in_memory(data):
+        return None if data is None else os.fspath(data)
+    return _describe_memory(data, *_digest_rows(_memory_rows(data, "data")))
+
+
+def _memory_source(data: Any, name: str, limit: int | None) -> Source:
+    # Cached like a file, keyed by a sha256 of the records used: one extra pass over the data,
+    # a small cost beside tokenizing it, and the cache then works (and is verified) as for
+    # files. A digest of the records rather than of the texts they give: the same one that
+    # names the data, and no text field needs resolving first.
+    n, digest, texts_only = _digest_rows(_take(_memory_rows(data, name), limit))
+    rows = _take(_memory_rows(data, name), limit)
+    records = (((name, i, "index"), _as_record(rec, name, i)) for i, rec in enumerate(rows))
+    return Source(records, n, json.dumps(["in-memory", n, digest]), name,
+                  _describe_memory(data, n, digest, texts_only))
+
+
+def _memory_rows(data: Any, name: str) -> Iterator[Any]:
+    datasets = sys.modules.get("datasets")  # data cannot be a Dataset if it was never imported
+    if datasets is not None and isinstance(data, datasets.IterableDataset):
+        raise MlmkitError(f"{name}: a streaming datasets.IterableDataset cannot be read twice "
+                          "(once to identify it, once to tokenize); pass a datasets.Dataset or "
+                          "files")
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        return _dataset_rows(data)
+    if isinstance(data, (list, tuple)):
+        return iter(data)
+    raise MlmkitError(f"{name}: expected a Hub dataset id, a path, a list of texts or records, "
+                      f"or a datasets.Dataset; got a {type(data).__name__}")
+
+
+def _as_record(rec: Any, name: str, i: int) -> dict[str, Any]:
+    if isinstance(rec, str):
+        return {"text": rec}
+    if isinstance(rec, dict):
+        return rec
+    raise MlmkitError(f"{name}[{i}]: expected a text (str) or a record (dict), got "
+                      f"{type(rec).__name__}")
+
+
+def _digest_rows(rows: Iterable[Any]) -> tuple[int, str, bool]:
+    """(count, sha256 of the rows as canonical JSON, one a line; whether all are texts). A value
+    JSON cannot write counts by its repr: an unstable repr costs a cache miss at most, since
+    strings, the only values blocks are made of, are always written exactly."""
+    h, n, texts_only = hashlib.sha256(), 0, True
+    for rec in rows:
+        try:
+            line = json.dumps(rec, sort_keys=True, default=_plain)
+        except TypeError:  # keys of mixed types cannot be sorted
+            line = repr(rec)
+        h.update(line.encode())
+        h.update(b"\n")
+        n += 1
+        texts_only = texts_only and isinstance(rec, str)
+    return n, h.hexdigest(), texts_only and n > 0
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    return f"<{type(value).__qualname__}: {value!r}>"
+
+
+def _describe_memory(data: Any, n: int, digest: str, texts_only: bool) -> str:
+    what = "texts" if texts_only else "records"
+    kind = "in-memory Dataset" if not isinstance(data, (list, tuple)) else "in-memory"
+    return f"<{kind}: {n:,} {what}, sha256 {digest[:16]}…>"
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+def is_eval_record(index: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """Deterministic per-record split by a splitmix64 hash of (seed, index).
+
+    A hash instead of a shuffled permutation lets a streamed corpus of unknown length be split
+    in one pass, identically on every machine.
+    """
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53) < fraction

@@ -1,0 +1,1 @@
+"""Loading a masked LM; the Keras weight mappings."""

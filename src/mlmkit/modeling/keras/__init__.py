@@ -1,0 +1,1 @@
+"""HF masked LMs <-> keras-hub MaskedLM, weight for weight, one module a family."""

@@ -1,0 +1,1 @@
+"""The HTTP server: app, payloads, metrics and the playground page."""

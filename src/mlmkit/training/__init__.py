@@ -1,0 +1,1 @@
+"""The training recipes (PyTorch, Keras) and their shared bookkeeping."""

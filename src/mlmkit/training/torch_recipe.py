@@ -1,0 +1,587 @@
+"""The training run: one object owns it, as torchtune's recipes do, with a loop as plain as
+nanoGPT's, on Accelerate (single device, multi-GPU, multi-node).
+
+`Run(cfg).fit()`: setup -> resume, or base eval -> train_epoch until done (eval, checkpoint) ->
+final checkpoint -> export a standard Hugging Face model directory with a model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlmkit.config import TrainConfig, parse_overrides, validate
+from mlmkit.corpus.blocks import Corpus, load_blocks
+from mlmkit.corpus.masking import Masker, MaskingCollator
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import write_json
+from mlmkit.io.sources import iter_texts
+from mlmkit.modeling.load import load_model, load_model_config, load_tokenizer, max_block_size
+from mlmkit.training.checkpoint import (
+    CHECKPOINTS,
+    STATE_FILE,
+    check_output,
+    check_resume_settings,
+    find_checkpoint,
+    read_run_config,
+    read_state,
+    run_dir_of,
+    save_checkpoint,
+    settings_record,
+    start_run_dir,
+    trim_metrics_log,
+    write_config,
+)
+from mlmkit.training.loop import (
+    BlockKeys,
+    EpochBatches,
+    LogWindow,
+    MaskedLMObjective,
+    Stopwatch,
+    adamw,
+    mixed_precision_of,
+)
+from mlmkit.training.perplexity import Metrics, evaluate, fixed_eval_dataset
+
+log = logging.getLogger("mlmkit")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    base: Metrics | None
+    final: Metrics | None  # of the exported model: the last step's, or the best with --load-best
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    finished_before: bool = False  # a resume of a run that had nothing left to do
+
+
+@dataclass
+class TrainState:
+    """What a kill must not lose besides what Accelerate's `save_state` keeps (model, optimizer,
+    scheduler, and every process's RNG states): the position in training and what was measured.
+    `batch_in_epoch` counts each process's micro-batches of the current epoch up to the last
+    optimizer step: the sampler starts there again on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    base: dict[str, Any] | None = None
+    train_seconds: float = 0.0
+    best: dict[str, Any] | None = None  # {"step", "loss", "perplexity", "checkpoint"}
+    finished: bool = False
+
+    def save(self, checkpoint_dir: Path) -> None:
+        write_json(checkpoint_dir / STATE_FILE, asdict(self), indent=None)
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path) -> TrainState:
+        saved = read_state(checkpoint_dir)
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C, after the checkpoint of the step in progress was saved; the message says how to
+    go on."""
+
+
+def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, Any, Corpus]:
+    """Tokenizer, model config and blocks, with every input checked before any weight loads."""
+    tokenizer = load_tokenizer(cfg.model)
+    model_config = load_model_config(cfg.model)
+    overrides = parse_overrides(cfg.config_overrides)
+    if overrides and not cfg.from_scratch and not cfg.train_tokenizer:
+        raise MlmkitError("--config-overrides: only with --from-scratch (pretrained weights fix "
+                          "the model's shape)")
+    for k, v in overrides.items():
+        if not hasattr(model_config, k):
+            raise MlmkitError(f"--config-overrides: {model_config.model_type} configs have no "
+                              f"setting {k!r}")
+        setattr(model_config, k, v)
+    if cfg.train_tokenizer:
+        texts = (t for _, t in iter_texts(cfg))
+        tokenizer = tokenizer.train_new_from_iterator(texts, vocab_size=cfg.train_tokenizer)
+        model_config.vocab_size = len(tokenizer)
+    limit = max_block_size(model_config, tokenizer)
+    if cfg.block_size > limit:
+        raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
+                          f"{cfg.model} accepts")
+    corpus = load_blocks(cfg, tokenizer, progress=progress)
+    return tokenizer, model_config, corpus
+
+
+def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult, model: Any,
+                  tokenizer: Any, hardware: str) -> None:
+    """The run's model directory: weights, tokenizer, metrics.json, settings, model card and
+    curves, the same for every backend (`model` is a transformers model)."""
+    from mlmkit.training.export import CardInfo, export_model
+    from mlmkit.training.tracking import plot_curves
+
+    metrics = {"base": result.base.to_dict() if result.base else None,
+               "final": result.final.to_dict() if result.final else None,
+               "best": result.best, "history": result.history, "steps": result.steps,
+               "train_seconds": round(result.train_seconds, 3), "data": result.data}
+    record = settings_record(cfg)
+    card = CardInfo(base_model=cfg.model, datasets=[record["data"]]
+                    + ([record["eval_data"]] if record["eval_data"] else []),
+                    command=command, hardware=hardware, train_seconds=result.train_seconds,
+                    from_scratch=cfg.from_scratch)
+    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card)
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
+
+
+def train(cfg: TrainConfig | None = None, *, command: str | None = None,
+          **settings: Any) -> TrainResult:
+    """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`.
+
+    Settings come as a `TrainConfig`, as keywords (`train(model=..., data=..., output=...)`),
+    or both (keywords win). `data` may be a list of texts or a `datasets.Dataset`. Quiet unless
+    `quiet=False`. `command` is what the model card records as the command that ran.
+    """
+    cfg = replace(cfg, **settings) if cfg is not None else TrainConfig(**settings)
+    validate(cfg)
+    if cfg.backend == "keras":
+        from mlmkit.training.keras_recipe import train_keras
+
+        return train_keras(cfg, command=command)
+    # TF32 matmuls for the run only: left on, they would change every later float32 result
+    # in the process (a FillMask, another benchmark arm).
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        return Run(cfg, command=command).fit()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+class Run:
+    """One training run. Each phase is a method; `fit` calls them in order."""
+
+    def __init__(self, cfg: TrainConfig, command: str | None = None) -> None:
+        if cfg.train_tokenizer:
+            cfg = replace(cfg, from_scratch=True)
+        self.cfg, self.command = cfg, command or "mlmkit.train(...) (Python API)"
+        self.state = TrainState()
+        self.resume_from: Path | None = None
+        self.last_saved: Path | None = None
+        self.stop_requested = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.resume:
+            self._check_resume()
+        self.out = check_output(self.cfg)
+        if cfg.load_best and cfg.eval_every != cfg.save_every:
+            raise MlmkitError("--load-best: needs an evaluation at every checkpoint; give "
+                              "--eval-every and --save-every the same value")
+        self._accelerator()
+        with self.accelerator.main_process_first():
+            self.tokenizer, model_config, self.corpus = prepare_tokenizer_and_data(
+                self.cfg, self.progress == "bar")
+        if self.main:
+            log.info("data: %s", self.corpus.describe())
+        if cfg.load_best and not len(self.corpus.eval):
+            raise MlmkitError("--load-best: no held-out blocks to choose the best checkpoint by")
+        if cfg.resume:
+            # A checkpoint named itself, or the run's newest intact one.
+            named = Path(cfg.resume).expanduser().parent.name == CHECKPOINTS
+            self.resume_from = find_checkpoint(self.out, cfg.resume if named else "latest")
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)
+        self.model = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
+                                vocab_size=len(self.tokenizer))
+        self._loaders()
+        self._optimization()
+
+    def _check_resume(self) -> None:
+        run = run_dir_of(self.cfg.resume, self.cfg.output)
+        check_resume_settings(self.cfg, read_run_config(run), run)
+        self.cfg = replace(self.cfg, output=str(run))
+
+    def _accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import DataLoaderConfiguration
+
+        from mlmkit.training.tracking import parse_report_to, progress_mode, tracker_init_kwargs
+
+        cfg = self.cfg
+        self.report_to = parse_report_to(cfg.report_to)
+        if torch.cuda.is_available():  # TF32 matmuls: fp32 training at tensor-core speed
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # Accelerate only runs several CPU processes (torchrun on a machine without a GPU) when
+        # told cpu=True; on one process the flag changes nothing we rely on.
+        cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # Accelerate keeps its settings in process-wide singletons and refuses a second
+        # Accelerator with another precision: without this, a second train() in one process (a
+        # notebook, a benchmark after the HF Trainer) fails. The process group (PartialState)
+        # is kept, as the HF Trainer keeps it between runs.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision_of(cfg.mixed_precision),
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(non_blocking=True), cpu=cpu_only,
+            **tracker_init_kwargs(self.report_to, self.out))
+        self.main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        self.progress = progress_mode(cfg.quiet) if self.main else "none"
+
+    def _loaders(self) -> None:
+        cfg, tokenizer, corpus = self.cfg, self.tokenizer, self.corpus
+        masker = Masker(tokenizer, cfg)
+        # Masked rows padded to a multiple of 8 (tensor-core friendly), of 64 when compiled: then
+        # a run sees only a handful of shapes, and CUDA graphs (reduce-overhead) record a few.
+        multiple = (64 if cfg.compile else 8) if cfg.sparse_head else 0
+        collator = MaskingCollator(masker, cfg.seed, tokenizer.pad_token_id,
+                                   sparse_multiple=multiple)
+        self.sampler = EpochBatches(len(corpus.train), cfg.batch_size, cfg.seed)
+        # Its own generator: starting an iterator draws a seed, which must not come from the
+        # global RNG, or a resumed run (a new iterator mid-epoch) would see other dropout masks.
+        self.loader = torch.utils.data.DataLoader(
+            BlockKeys(corpus.train), batch_sampler=self.sampler, collate_fn=collator,
+            num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(cfg.seed))
+        # Each process scores every world-th eval block and the sums are reduced: unlike a
+        # prepared loader, which pads the last batch with repeated blocks, every block counts
+        # exactly once.
+        acc = self.accelerator
+        eval_set = fixed_eval_dataset(corpus.eval, tokenizer, cfg)
+        shard = torch.utils.data.Subset(eval_set, range(acc.process_index, len(eval_set),
+                                                        acc.num_processes))
+        self.eval_loader = torch.utils.data.DataLoader(
+            shard, batch_size=cfg.eval_batch_size,
+            pin_memory=torch.cuda.is_available()) if len(corpus.eval) else None
+        self.batches_per_epoch = math.ceil(len(corpus.train) / cfg.batch_size)
+        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / self.world
+                                           / cfg.gradient_accumulation_steps))
+        self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+
+    def _optimization(self) -> None:
+        from transformers import get_scheduler
+
+        cfg, acc = self.cfg, self.accelerator
+        # Not fused under fp16: GradScaler then always calls the fused step (which skips
+        # overflowed updates itself), so Accelerate cannot tell a skipped step and the schedule
+        # would advance.
+        optimizer = adamw(self.model, cfg, fused=acc.device.type == "cuda"
+                               and acc.mixed_precision != "fp16")
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
+        # The scheduler stays ours, stepped once per optimizer step: a prepared one steps once
+        # per process per step, which would run the schedule num_processes times too fast.
+        self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.total_steps)
+        objective = MaskedLMObjective(self.model, cfg.sparse_head)
+        if cfg.compile:
+            # The whole step's forward (encoder, sparse head, loss) as one graph: its inputs
+            # have fixed shapes ([batch, block]) but for the masked-row count (dynamic, padded to
+            # multiples of 64 so that CUDA graphs see few distinct sizes), and nothing in it
+            # depends on data values. In place (Module.compile), so parameter names and the
+            # saved checkpoint do not change; evaluation and export use the eager model.
+            objective.compile(mode=cfg.compile_mode)
+        self.objective, self.optimizer, self.loader = acc.prepare(objective, optimizer,
+                                                                  self.loader)
+        self.model = acc.unwrap_model(self.objective).model  # on its device; for eval, export
+        acc.register_for_checkpointing(self.scheduler)
+
+    # -- the run's life ------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        from mlmkit.training.tracking import MetricsLog
+
+        self.setup()
+        if self.main:
+            start_run_dir(self.out, self.cfg, fresh=self.resume_from is None)
+            if self.resume_from is not None:
+                trim_metrics_log(self.out, read_state(self.resume_from)["step"])
+        self.accelerator.wait_for_everyone()
+        self.metrics = MetricsLog(self.out, self.accelerator, self.report_to,
+                                  settings_record(self.cfg),
+                                  main=self.main, progress=self.progress,
+                                  total_steps=self.total_steps, start_step=read_state(
+                                      self.resume_from)["step"] if self.resume_from else 0)
+        with self.metrics:
+            if self.resume_from is not None:
+                self.resume(self.resume_from)
+                if self.state.finished and self.state.step >= self.total_steps:
+                    return self._already_finished()
+            else:
+                self.start()
+            self.clock = Stopwatch(self.state.train_seconds)  # goes on from a checkpoint's time
+            self.window = LogWindow(self.clock.seconds, self.accelerator.device)
+            try:
+                with self._progress_bar(), self._ctrl_c():
+                    while self.state.step < self.total_steps:
+                        self.train_epoch()
+            except RunInterrupted:
+                raise
+            except KeyboardInterrupt:  # a second Ctrl-C, or one on several processes
+                raise self._interrupted_unsaved() from None
+            return self.finish()
+
+    def start(self) -> None:
+        if self.main:
+            write_config(self.out, self.cfg)
+        if not self.cfg.skip_base_eval:
+            base = self._measure(0, 0.0)
+            self.state.base = base.to_dict() if base else None
+
+    def resume(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint))
+        self.state = TrainState.load(checkpoint)
+        self.last_saved = checkpoint
+        if self.main:
+            # Only settings a resume may change can differ; the file says what ran last.
+            write_config(self.out, self.cfg)
+            log.info("resuming from %s (step %d of %d)", checkpoint, self.state.step,
+                     self.total_steps)
+            if self.state.finished and self.total_steps > self.state.step:
+                log.warning("the run had finished at step %d; training on to step %d with the "
+                            "learning-rate schedule recomputed for the new length",
+                            self.state.step, self.total_steps)
+
+    def _already_finished(self) -> TrainResult:
+        s = self.state
+        if self.main:
+            log.info("%s finished at step %d (%g epochs); nothing to do: pass a larger --epochs "
+                     "or --max-steps to train it further", self.out, s.step, self.cfg.epochs)
+        result = self._result()
+        result.finished_before = True
+        return result
+
+    def train_epoch(self) -> None:
+        """From the sampler's position to the end of the epoch (or of training): steps, the
+        intervals' evaluations and checkpoints, then the epoch's own."""
+        cfg, s, acc = self.cfg, self.state, self.accelerator
+        self.sampler.seek(s.epoch, s.batch_in_epoch * self.world)
+        self.objective.train()
+        window = self.window
+        micro = s.batch_in_epoch
+        for batch in self.loader:
+            loss = self._forward_backward(batch)
+            micro += 1
+            window.add(batch["input_ids"].numel(), loss)
+            if not acc.sync_gradients:
+                continue
+            s.step, s.batch_in_epoch = s.step + 1, micro
+            if self.bar is not None:
+                self.bar.update(1)
+            if s.step % cfg.log_every == 0 or s.step == self.total_steps:
+                self._log_train(window)
+            done = s.step >= self.total_steps
+            if cfg.eval_every and s.step % cfg.eval_every == 0 and not done:
+                self.evaluate()
+            if cfg.save_every and s.step % cfg.save_every == 0 and not done:
+                self.save_checkpoint()
+            if done:
+                break
+            if self.stop_requested:
+                self._stop()
+        # End of an epoch, or of training.
+        done = s.step >= self.total_steps
+        if done or not cfg.eval_every:
+            self.evaluate()
+        if s.batch_in_epoch * self.world >= self.batches_per_epoch:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if done or not cfg.save_every:
+            s.finished = done
+            self.save_checkpoint()
+        if self.stop_requested and not done:
+            self._stop()
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.compile and "masked_index" in batch:
+            # The number of masked rows varies from batch to batch (in steps of 64): one graph
+            # for all of them from the start, instead of a recompile on the second.
+            torch._dynamo.maybe_mark_dynamic(batch["masked_index"], 0)
+            torch._dynamo.maybe_mark_dynamic(batch["masked_labels"], 0)
+        with acc.accumulate(self.objective):
+            loss_total, n = self.objective(**batch)
+            loss = loss_total / n.clamp(min=1)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.objective.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _log_train(self, window: LogWindow) -> None:
+        s, now = self.state, self.clock.seconds
+        loss = window.mean_loss()
+        # Summed over processes, so that all of them stop together, not one alone while the
+        # others wait for it in the next all-reduce.
+        if not math.isfinite(float(self.accelerator.reduce(window.loss_sum.clone(), "sum"))):
+            raise self._diverged(f"training loss is not finite at step {s.step}")
+        tps = window.tokens * self.world / max(now - window.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+        self.metrics.record({"event": "train", "step": s.step, "epoch": round(self._epochs(), 4),
+                             "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                             "tokens_per_s": tps})
+        window.reset(now)
+
+    def _epochs(self) -> float:
+        # Capped at the epoch's end: with several processes the last round of batches can
+        # overshoot batches_per_epoch.
+        s = self.state
+        return s.epoch + min(1.0, s.batch_in_epoch * self.world / self.batches_per_epoch)
+
+    def evaluate(self) -> Metrics | None:
+        """Fixed-mask perplexity now, into the history (the training clock paused)."""
+        with self.clock.paused():
+            m = self._measure(self.state.step, self._epochs())
+        if m is not None:
+            self.state.history.append({"step": self.state.step, "epoch": round(self._epochs(), 4),
+                                       "train_seconds": round(self.clock.seconds, 3),
+                                       **m.to_dict()})
+        return m
+
+    def _measure(self, step: int, epoch: float) -> Metrics | None:
+        if self.eval_loader is None:
+            return None
+        m = evaluate(self.model, self.eval_loader, self.accelerator, sparse=self.cfg.sparse_head,
+                     progress=self.progress == "bar")
+        self.metrics.record({"event": "eval", "step": step, "epoch": round(epoch, 4),
+                             **m.to_dict()})
+        return m
+
+    def save_checkpoint(self) -> Path:
+        s = self.state
+        if self.last_saved is not None and self.last_saved.name == f"step_{s.step}":
+            return self.last_saved
+        with self.clock.paused():
+            # Never a checkpoint of diverged weights: resuming from it could only diverge again.
+            self.check_finite()
+            s.train_seconds = self.clock.seconds
+            name = f"step_{s.step}"
+            evaluated = s.history[-1] if s.history and s.history[-1]["step"] == s.step else None
+            if evaluated and (s.best is None or evaluated["perplexity"] < s.best["perplexity"]):
+                s.best = {"step": s.step, "loss": evaluated["loss"],
+                          "perplexity": evaluated["perplexity"], "checkpoint": name}
+            protect = self.out / CHECKPOINTS / s.best["checkpoint"] if (
+                self.cfg.load_best and s.best) else None
+            self.last_saved = save_checkpoint(self.accelerator, self.out, s.step, asdict(s),
+                                              self.cfg.save_total_limit, protect=protect)
+        return self.last_saved
+
+    def finish(self) -> TrainResult:
+        self.check_finite()
+        exported = self._load_best() if self.cfg.load_best else None
+        result = self._result(exported)
+        if self.main:
+            self.export(result)
+        self.accelerator.wait_for_everyone()
+        if self.cfg.push_to_hub and self.main:
+            from mlmkit.training.export import push_to_hub
+
+            push_to_hub(self.out, self.cfg.push_to_hub)
+        return result
+
+    def _load_best(self) -> dict[str, Any] | None:
+        best, s = self.state.best, self.state
+        if best is None or best["step"] == s.step:
+            return None
+        if self.main:
+            log.info("exporting the best checkpoint, step %d (perplexity %.3f), not the last, "
+                     "step %d (perplexity %.3f)", best["step"], best["perplexity"], s.step,
+                     s.history[-1]["perplexity"])
+        self.accelerator.load_state(str(self.out / CHECKPOINTS / best["checkpoint"]))
+        return best
+
+    def _result(self, exported: dict[str, Any] | None = None) -> TrainResult:
+        s = self.state
+        step = exported["step"] if exported else (s.history[-1]["step"] if s.history else None)
+        entry = next((h for h in reversed(s.history) if h["step"] == step), None)
+        final = Metrics(**{k: entry[k] for k in ("loss", "perplexity", "tokens", "blocks")}
+                        ) if entry else None
+        return TrainResult(output_dir=self.out, base=Metrics(**s.base) if s.base else None,
+                           final=final, history=s.history, steps=s.step,
+                           train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
+
+    def export(self, result: TrainResult) -> None:
+        from mlmkit.training.export import describe_hardware
+
+        export_result(self.out, self.cfg, self.command, result, self.model, self.tokenizer,
+                      describe_hardware(self.accelerator))
+
+    # -- interruptions and failures ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _progress_bar(self):
+        self.bar = None
+        if self.progress == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc="training",
+                            unit=" steps")
+        try:
+            yield
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    @contextlib.contextmanager
+    def _ctrl_c(self):
+        """The first Ctrl-C asks for a checkpoint after the step in progress, then a clean stop;
+        a second one stops at once. Only on one process: several would have to agree on the
+        step, and torchrun forwards the signal to each at its own moment."""
+        if self.world > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("interrupted: saving a checkpoint after this step (Ctrl-C again stops "
+                        "at once, losing the steps since the last checkpoint)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop(self) -> None:
+        saved = self.save_checkpoint()
+        raise RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}; "
+                             f"checkpoint saved in {saved}; continue with: mlmkit train "
+                             f"--resume {self.out}")
+
+    def _interrupted_unsaved(self) -> RunInterrupted:
+        if self.last_saved is None:
+            return RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}, "
+                                  "before the first checkpoint; start again with --overwrite")
+        return RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}; the "
+                              f"newest checkpoint is {self.last_saved}; continue with: mlmkit "
+                              f"train --resume {self.out}")
+
+    def _diverged(self, what: str) -> MlmkitError:
+        where = (f"the last good checkpoint, {self.last_saved}, is kept (--resume latest "
+                 "continues from it)" if self.last_saved else
+                 "no checkpoint was saved before it")
+        return MlmkitError(f"{what}: training diverged and nothing was exported from "
+                           f"{self.out}; {where}; a lower --learning-rate or --max-grad-norm "
+                           "usually prevents this")
+
+    def check_finite(self) -> None:
+        """Raise unless every weight is finite (one device sync: at checkpoints and export)."""
+        bad = torch.stack([~torch.isfinite(p).all() for p in self.model.parameters()]).any()
+        if bool(bad):
+            raise self._diverged(f"non-finite weights at step {self.state.step}")
