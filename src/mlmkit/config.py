@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,18 @@ GROUPS = {
 }
 
 
+# Sections of the inference commands' --help (fill, score, serve).
+ENGINE_GROUPS = {"engine": "model & device", "server": "server",
+                 "ray": "on a Ray cluster (--engine ray; pip install 'mlmkit[ray]')"}
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
-    if group not in GROUPS:
+    """A setting: its default, help text, --help section and allowed values (`ge`, `gt`, `le`,
+    `lt`, `choices`; `any_type` for the corpus fields that also take Python objects)."""
+    if group not in GROUPS and group not in ENGINE_GROUPS:
         raise ValueError(f"group {group!r}: expected one of {', '.join(GROUPS)}")
     meta = {"help": help, "group": group, **kw}
     if isinstance(default, list):
@@ -39,13 +50,69 @@ def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+def allowed(f: Any) -> str:
+    """A field's allowed values in words: 'an integer >= 1', 'a number > 0 and < 1', ..."""
+    kind = str(f.type).replace(" | None", "").strip()
+    if "choices" in f.metadata:
+        return "one of " + ", ".join(map(str, f.metadata["choices"]))
+    words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+             "str": "a string", "list[str]": "a list of strings"}.get(kind, kind)
+    bounds = [f"{op} {f.metadata[k]:g}" for k, (op, _) in _BOUNDS.items() if k in f.metadata]
+    none = " (or none)" if "None" in str(f.type) and f.default is not None else ""
+    return words + (" " + " and ".join(bounds) if bounds else "") + none
+
+
+def _check_field(f: Any, value: Any) -> Any:
+    """The value, converted where that loses nothing (an int for a float, one string for a
+    list); an MlmkitError naming the flag and the allowed values otherwise."""
+    kind = str(f.type).replace(" | None", "").strip()
+    if f.metadata.get("any_type") or (value is None and "None" in str(f.type)):
+        return value
+    if kind == "list[str]" and isinstance(value, str):
+        value = [value]
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v),
+          "str": lambda v: isinstance(v, str),
+          "list[str]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str)
+                                                                      for x in v)}[kind]
+    good = ok(value) and value in f.metadata.get("choices", [value]) and all(
+        test(value, f.metadata[k]) for k, (_, test) in _BOUNDS.items() if k in f.metadata)
+    if not good:
+        raise MlmkitError(f"{flag_of(f.name)} {value!r}: expected {allowed(f)}")
+    return float(value) if kind == "float" else list(value) if kind == "list[str]" else value
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class Settings:
+    """Base of every settings dataclass: each field is checked against its type and range
+    when the object is made (flags, a config file and Python keywords alike), once.
+
+    Our own ~40 lines rather than Pydantic models: these stay plain dataclasses (the CLI's
+    flags are generated from their fields and `dataclasses.replace` re-checks), and a bad
+    value is one line naming the flag and the allowed range, where Pydantic's errors are
+    several lines naming the field."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, _check_field(f, getattr(self, f.name)))
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules between settings; the subclasses add theirs."""
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     """Where the text comes from and how it becomes blocks of token ids."""
 
     data: str = _f(None, "corpus: a Hub dataset id, a local file (.txt/.jsonl/.json/.csv/.parquet, "
                    "optionally .gz), a directory or a glob; from Python also a list of texts or "
-                   "records, or a datasets.Dataset", group="data")
+                   "records, or a datasets.Dataset", group="data", any_type=True)
     data_config: str | None = _f(None, "Hub dataset configuration name", group="data")
     split: str = _f("train", "Hub dataset split, slicing allowed (e.g. 'train[:5000]'); local "
                     "files are one split, 'train', as datasets reads them, sliced the same way "
@@ -55,18 +122,18 @@ class DataConfig:
     text_field: list[str] = _f([], "dotted path(s) to the text, e.g. answers.text; lists of "
                                "strings are joined with a space, and so are several fields "
                                "(default: 'text', or the only string field)", group="data")
-    limit: int | None = _f(None, "take only the first N records", group="data")
+    limit: int | None = _f(None, "take only the first N records", group="data", ge=1)
     eval_data: str | None = _f(None, "a separate evaluation corpus (same forms as --data): train "
                                "on --data, evaluate on every record of this one (for a Hub "
                                "dataset: its train split; --split and --limit apply to --data)",
-                               group="data")
+                               group="data", any_type=True)
     line_by_line: bool = _f(False, "each non-blank line its own example (truncated to "
                             "--block-size, padded), as run_mlm.py's --line_by_line; default: "
                             "texts concatenated and cut into full blocks, as the guide",
                             group="data")
-    block_size: int = _f(128, "tokens per training block", group="data")
+    block_size: int = _f(128, "tokens per training block", group="data", ge=8)
     eval_fraction: float = _f(0.2, "fraction of records held out for evaluation (0 to 1; "
-                              "ignored with --eval-data)", group="data")
+                              "ignored with --eval-data)", group="data", ge=0.0, le=1.0)
     pad_last_block: bool = _f(False, "pad the final partial block instead of dropping it",
                               group="data")
     cache_dir: str | None = _f(None, "where tokenized blocks are cached "
@@ -74,21 +141,30 @@ class DataConfig:
     no_cache: bool = _f(False, "always re-tokenize; do not read or write the block cache",
                         group="data")
     seed: int = _f(42, "seed for the held-out split, masking, shuffling and initialisation",
-                   group="data")
+                   group="data", ge=0, le=2**32 - 1)
 
 
 @dataclass
-class MaskConfig:
+class MaskConfig(Settings):
     """Dynamic masking (BERT's 80/10/10 recipe) and the fixed evaluation masks."""
 
-    mlm_probability: float = _f(0.15, "fraction of tokens selected for prediction", group="masking")
+    mlm_probability: float = _f(0.15, "fraction of tokens selected for prediction",
+                                group="masking", gt=0.0, lt=1.0)
     mask_replace_prob: float = _f(0.8, "of the selected tokens, fraction replaced by <mask>",
-                                  group="masking")
+                                  group="masking", ge=0.0, le=1.0)
     random_replace_prob: float = _f(0.1, "of the selected tokens, fraction replaced by a random "
-                                    "token (the rest stay unchanged)", group="masking")
+                                    "token (the rest stay unchanged)",
+                                    group="masking", ge=0.0, le=1.0)
     whole_word_mask: bool = _f(False, "select whole words instead of single tokens",
                                group="masking")
-    eval_seed: int = _f(1234, "seed of the fixed evaluation masks", group="masking")
+    eval_seed: int = _f(1234, "seed of the fixed evaluation masks",
+                        group="masking", ge=0, le=2**32 - 1)
+
+
+    def check_together(self) -> None:
+        if self.random_replace_prob > 1.0 - self.mask_replace_prob + 1e-12:
+            raise MlmkitError(f"--random-replace-prob {self.random_replace_prob!r}: expected a "
+                              "probability in [0, 1 - mask-replace-prob]")
 
 
 @dataclass
@@ -108,25 +184,28 @@ class TrainConfig(DataConfig, MaskConfig):
     # about the square-root scaling of DAPT's 5e-4 at batch 2,048 (Gururangan et al., 2020).
     # The guide's exact recipe stays one flag pair away: --batch-size 8 --learning-rate 2e-5.
     learning_rate: float = _f(1e-4, "peak learning rate of AdamW (the guide's: 2e-5 with batch "
-                              "8)", group="optimisation")
+                              "8)", group="optimisation", gt=0.0)
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorms)",
-                             group="optimisation")
-    adam_beta1: float = _f(0.9, "AdamW beta1", group="optimisation")
-    adam_beta2: float = _f(0.999, "AdamW beta2", group="optimisation")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon", group="optimisation")
+                             group="optimisation", ge=0.0)
+    adam_beta1: float = _f(0.9, "AdamW beta1", group="optimisation", ge=0.0, lt=1.0)
+    adam_beta2: float = _f(0.999, "AdamW beta2", group="optimisation", ge=0.0, lt=1.0)
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon", group="optimisation", gt=0.0)
     batch_size: int = _f(64, "blocks per device per optimizer micro-step (the guide's: 8, "
-                         "Trainer's default; its TensorFlow recipe: 16)", group="optimisation")
-    eval_batch_size: int = _f(64, "blocks per device per evaluation step", group="performance")
-    epochs: float = _f(3.0, "passes over the training blocks", group="schedule")
+                         "Trainer's default; its TensorFlow recipe: 16)",
+                         group="optimisation", ge=1)
+    eval_batch_size: int = _f(64, "blocks per device per evaluation step",
+                              group="performance", ge=1)
+    epochs: float = _f(3.0, "passes over the training blocks", group="schedule", gt=0.0)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)",
-                               group="schedule")
+                               group="schedule", ge=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step",
-                                          group="optimisation")
+                                          group="optimisation", ge=1)
     max_grad_norm: float = _f(1.0, "clip gradients to this L2 norm (0 disables)",
-                              group="optimisation")
-    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup", group="schedule")
+                              group="optimisation", ge=0.0)
+    warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup",
+                             group="schedule", ge=0.0, lt=1.0)
     warmup_steps: int = _f(0, "steps of linear warmup (overrides warmup-ratio when > 0)",
-                           group="schedule")
+                           group="schedule", ge=0)
     lr_scheduler: str = _f("linear", "learning-rate schedule after warmup",
                            choices=["linear", "cosine", "constant"], group="schedule")
     mixed_precision: str = _f("auto", "autocast precision: 'auto' is bf16 on GPUs that support "
@@ -142,12 +221,12 @@ class TrainConfig(DataConfig, MaskConfig):
                            choices=["default", "reduce-overhead", "max-autotune",
                                     "max-autotune-no-cudagraphs"], group="performance")
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: at the end of every epoch)",
-                         group="schedule")
+                         group="schedule", ge=0)
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at the end of every epoch)",
-                         group="checkpoints")
+                         group="checkpoints", ge=0)
     save_total_limit: int = _f(1, "keep only the newest N checkpoints (the final state is always "
                                "one, so a finished run can be trained further)",
-                               group="checkpoints")
+                               group="checkpoints", ge=1)
     load_best: bool = _f(False, "export the checkpoint with the lowest fixed-mask perplexity "
                          "instead of the last (needs evaluation at every checkpoint)",
                          group="checkpoints")
@@ -165,19 +244,26 @@ class TrainConfig(DataConfig, MaskConfig):
                                       "'hidden_size=128,num_hidden_layers=2'", group="model")
     train_tokenizer: int | None = _f(None, "first train a new tokenizer of the same kind with this "
                                      "vocabulary size on the corpus (implies --from-scratch)",
-                                     group="model")
+                                     group="model", ge=100)
     push_to_hub: str | None = _f(None, "upload the result to this Hub repository id",
                                  group="outputs")
     skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training",
                               group="schedule")
-    num_workers: int = _f(0, "data-loader worker processes", group="performance")
+    num_workers: int = _f(0, "data-loader worker processes", group="performance", ge=0)
     backend: str = _f("torch", "training framework: torch (Accelerate), or keras (Keras 3 + "
                       "keras-hub, model.fit on the same data and masks; Keras' own backend "
                       "from KERAS_BACKEND; needs the 'keras' extra)", choices=["torch", "keras"],
                       group="performance")
-    log_every: int = _f(50, "write a training log record every N optimizer steps", group="outputs")
+    log_every: int = _f(50, "write a training log record every N optimizer steps",
+                        group="outputs", ge=1)
     quiet: bool = _f(True, "no progress (the command line shows a bar, or plain lines when "
                      "stderr is not a terminal, unless --quiet)", group="outputs")
+
+    def check_together(self) -> None:
+        super().check_together()
+        if self.eval_fraction >= 1.0:
+            raise MlmkitError(f"--eval-fraction {self.eval_fraction!r}: expected a number >= 0 "
+                              "and < 1 (all records held out leaves nothing to train on)")
 
 
 @dataclass
@@ -187,7 +273,7 @@ class EvalConfig(DataConfig, MaskConfig):
 
     model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM",
                     group="model")
-    eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance")
+    eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance", ge=1)
     all_records: bool = _f(False, "score every record, not only the held-out fraction (for a "
                            "separate test corpus)", group="data")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="performance")
@@ -195,6 +281,64 @@ class EvalConfig(DataConfig, MaskConfig):
                            group="performance")
     quiet: bool = _f(True, "no progress bars (the command line shows them unless --quiet)",
                      group="outputs")
+
+
+@dataclass
+class DeviceConfig(Settings):
+    """Where and in what precision an inference model runs."""
+
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="engine")
+    dtype: str = _f("auto", "weights' precision: auto is bfloat16 on a GPU, float32 otherwise",
+                    choices=["auto", "float32", "bfloat16", "float16"], group="engine")
+
+
+@dataclass
+class EngineConfig(DeviceConfig):
+    """What `fill` and `score` share: device, precision, batch limits, progress."""
+
+    batch_size: int | None = _f(None, "most texts per forward pass (default: 32 on CPU, 256 "
+                                "on GPU)", group="engine", ge=1)
+    max_tokens: int | None = _f(None, "most tokens per forward pass, counted after padding; "
+                                "bounds memory (default: fill none on CPU, 16384 on GPU; score "
+                                "2048 on CPU, 32768 on GPU)", group="engine", ge=1)
+    quiet: bool = _f(False, "no progress bar", group="engine")
+
+
+@dataclass
+class ServeConfig(DeviceConfig):
+    """`mlmkit serve`: the engine's device and the server's limits."""
+
+    host: str = _f("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 "
+                   "exposes it to the network)", group="server")
+    port: int = _f(8000, "TCP port", group="server", ge=1, le=65535)
+    max_batch_size: int = _f(32, "most texts run through the model together", group="server",
+                             ge=1)
+    max_wait_ms: float = _f(5.0, "how long a batch waits for more requests, in ms",
+                            group="server", ge=0.0)
+    max_queue: int = _f(256, "texts waiting past which requests are refused with 503",
+                        group="server", ge=1)
+    body_timeout_s: float = _f(10.0, "seconds a request's body may take to arrive whole before "
+                               "it is answered 408", group="server", gt=0.0)
+    no_batching: bool = _f(False, "run every request on its own (for comparison)",
+                           group="server")
+
+
+@dataclass
+class RayConfig(Settings):
+    """`fill`/`score --engine ray`: the cluster, the actors and the job's output files."""
+
+    engine: str = _f("local", "local: in this process; ray: Ray Data actors, --input a file, "
+                     "directory or glob (s3://, gs:// too), --output a directory, resumable",
+                     choices=["local", "ray"], group="ray")
+    address: str | None = _f(None, "Ray cluster to join: auto or HOST:PORT (default: start a "
+                             "local Ray)", metavar="ADDRESS", group="ray")
+    workers: int = _f(1, "actors, each with its own model", metavar="N", group="ray", ge=1)
+    gpus_per_worker: float = _f(0.0, "GPUs per actor", metavar="G", group="ray", ge=0.0)
+    cpus_per_worker: float = _f(1.0, "CPUs per actor, and its torch threads on a CPU",
+                                metavar="C", group="ray", gt=0.0)
+    shard_rows: int = _f(10_000, "input rows per shard: the unit of work, of output files and "
+                         "of resuming", metavar="ROWS", group="ray", ge=1)
+    format: str = _f("parquet", "output files", choices=["parquet", "jsonl"], group="ray")
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:
@@ -257,33 +401,8 @@ def build_config(cls: type, file_values: dict[str, Any], flag_values: dict[str, 
 
 
 def validate(cfg: Any) -> None:
-    """Range checks that would otherwise fail deep inside training."""
-
-    def check(ok: bool, name: str, expected: str) -> None:
-        if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise MlmkitError(f"{flag}={getattr(cfg, name)!r}: expected {expected}")
-
-    if isinstance(cfg, DataConfig):
-        check(cfg.block_size >= 8, "block_size", "an integer of at least 8")
-        check(0.0 <= cfg.eval_fraction < 1.0, "eval_fraction", "a fraction in [0, 1)")
-        check(cfg.limit is None or cfg.limit > 0, "limit", "a positive number of records")
-    if isinstance(cfg, MaskConfig):
-        check(0.0 < cfg.mlm_probability < 1.0, "mlm_probability", "a probability in (0, 1)")
-        check(0.0 <= cfg.mask_replace_prob <= 1.0, "mask_replace_prob", "a probability in [0, 1]")
-        check(0.0 <= cfg.random_replace_prob <= 1.0 - cfg.mask_replace_prob, "random_replace_prob",
-              "a probability in [0, 1 - mask-replace-prob]")
-    if isinstance(cfg, TrainConfig):
-        check(cfg.learning_rate > 0, "learning_rate", "a positive number")
-        check(cfg.batch_size > 0, "batch_size", "a positive integer")
-        check(cfg.eval_batch_size > 0, "eval_batch_size", "a positive integer")
-        check(cfg.epochs > 0, "epochs", "a positive number")
-        check(cfg.max_steps is None or cfg.max_steps > 0, "max_steps", "a positive integer")
-        check(cfg.gradient_accumulation_steps > 0, "gradient_accumulation_steps",
-              "a positive integer")
-        check(0.0 <= cfg.warmup_ratio < 1.0, "warmup_ratio", "a fraction in [0, 1)")
-        check(cfg.train_tokenizer is None or cfg.train_tokenizer >= 100, "train_tokenizer",
-              "a vocabulary size of at least 100")
+    """Check a settings object again (after a field was set by hand)."""
+    Settings.__post_init__(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

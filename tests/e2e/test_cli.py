@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mlmkit.cli.main import _config, build_parser, main
+from mlmkit.cli.flags import settings_from as _config
+from mlmkit.cli.main import build_parser, main
 from mlmkit.config import GROUPS, EvalConfig, TrainConfig
 
 
@@ -188,7 +189,8 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
 
 
 STARTUP_PROBE = """import json, sys
-from mlmkit.cli.main import _config, build_parser, main
+from mlmkit.cli.flags import settings_from as _config
+from mlmkit.cli.main import build_parser, main
 from mlmkit.config import GROUPS, EvalConfig, TrainConfig
 try:
     code = main(sys.argv[1:])

@@ -160,6 +160,9 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
                       "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
                       "body_timeout_s": 3.0}
-    ns = build_parser().parse_args(["serve", "m"])
-    assert (ns.host, ns.port, ns.no_batching, ns.body_timeout_s) == ("127.0.0.1", 8000, False,
-                                                                     10.0)
+    from mlmkit.cli.flags import settings_from
+    from mlmkit.config import ServeConfig
+
+    cfg = settings_from(ServeConfig, build_parser().parse_args(["serve", "m"]))
+    assert (cfg.host, cfg.port, cfg.no_batching, cfg.body_timeout_s) == ("127.0.0.1", 8000,
+                                                                         False, 10.0)

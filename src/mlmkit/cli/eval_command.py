@@ -1,0 +1,35 @@
+"""`mlmkit eval`: fixed-mask perplexity of a model; a run's own held-out split by default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.config import EvalConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = add_command(sub, "eval", usage="%(prog)s [-h] [--config FILE] [--json] [--model MODEL] "
+                    "[--data DATA]\n" + " " * 19 + "[--SETTING VALUE ...]")
+    e.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    add_settings_flags(e, EvalConfig)
+
+
+def run(ns: argparse.Namespace, argv: list[str]) -> int:
+    from mlmkit.training.checkpoint import run_eval_settings
+    from mlmkit.training.perplexity import run_eval
+
+    # A run's directory: by default its own data settings and held-out split, so the number
+    # printed is the run's own.
+    saved = run_eval_settings(ns.model) if "data" not in ns and getattr(ns, "model", None) \
+        else None
+    cfg = settings_from(EvalConfig, ns, saved)
+    m, stats = run_eval(cfg)
+    if ns.json:
+        print(json.dumps({"model": cfg.model, **m.to_dict()}))
+    else:
+        print(f"{cfg.model}: perplexity {m.perplexity:.3f} (loss {m.loss:.4f}) on {m.tokens:,} "
+              f"masked tokens in {m.blocks:,} blocks (eval seed {cfg.eval_seed})")
+    return 0

@@ -1,0 +1,49 @@
+"""`mlmkit fill`: the top candidates for each mask, as transformers' fill-mask pipeline."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mlmkit.cli.flags import add_command
+from mlmkit.cli.results import add_engine_flags, engine_settings, run_on_ray, write_results
+from mlmkit.errors import MlmkitError
+from mlmkit.io.inputs import LineTally, check_io_paths
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    f = add_command(sub, "fill")
+    f.add_argument("model", help="Hub id or local model directory")
+    f.add_argument("texts", nargs="*", help="texts with a mask, written <mask> or [MASK] "
+                   "whatever the model's own mask token; '-' or none reads stdin")
+    f.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field); "
+                   "'-' or /dev/stdin reads stdin")
+    f.add_argument("--output", help="write JSON lines here instead of stdout")
+    f.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
+    f.add_argument("--targets", nargs="+", help="restrict candidates to these words")
+    f.add_argument("--json", action="store_true", help="print the pipeline's records as JSON "
+                   "lines, one per text")
+    add_engine_flags(f)
+
+
+def _plain(res: list, out: Any) -> None:
+    groups = res if res and isinstance(res[0], list) else [res]
+    for g, recs in enumerate(groups):
+        head = f"[mask {g + 1}] " if len(groups) > 1 else ""
+        for r in recs:
+            out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
+
+
+def run(ns: argparse.Namespace, argv: list[str]) -> int:
+    from mlmkit.inference.fill import FillMask
+
+    if ns.top_k < 1:
+        raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    engine, ray = engine_settings(ns)
+    if ray.engine == "ray":
+        return run_on_ray(ns, "fill", {"top_k": ns.top_k, "targets": ns.targets}, engine, ray)
+    check_io_paths(ns.texts, ns.input, ns.output)
+    fm = FillMask(ns.model, device=engine.device, dtype=engine.dtype,
+                  batch_size=engine.batch_size, max_tokens=engine.max_tokens)
+    return write_results(ns, lambda texts: fm.stream(texts, ns.top_k, ns.targets), _plain,
+                         LineTally("could not be filled"), "filling", engine.quiet, gap=True)

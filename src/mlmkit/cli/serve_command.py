@@ -1,0 +1,35 @@
+"""`mlmkit serve`: the Inference-API-compatible HTTP server and its playground page."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.config import ServeConfig
+from mlmkit.errors import MlmkitError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = add_command(sub, "serve")
+    s.add_argument("model", help="Hub id or local model directory")
+    add_settings_flags(s, ServeConfig, run_mlm=False)
+
+
+def run(ns: argparse.Namespace, argv: list[str]) -> int:
+    cfg = settings_from(ServeConfig, ns)
+    try:
+        import fastapi  # noqa: F401  (checked here for a one-line error instead of a traceback)
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from mlmkit.serving.app import serve
+    except ImportError as e:
+        raise MlmkitError(f"serve needs {e.name}: pip install 'mlmkit[serve]'") from None
+    from mlmkit.inference.fill import FillMask
+
+    engine = FillMask(ns.model, device=cfg.device, dtype=cfg.dtype,
+                      batch_size=cfg.max_batch_size)
+    serve(engine, host=cfg.host, port=cfg.port, max_batch_size=cfg.max_batch_size,
+          max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, batching=not cfg.no_batching,
+          body_timeout_s=cfg.body_timeout_s)
+    return 0

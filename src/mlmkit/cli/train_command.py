@@ -1,0 +1,47 @@
+"""`mlmkit train`: settings from defaults < --config < flags (a resumed run's own first)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.config import TrainConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # The generated usage would list every setting; the sections do that better.
+    t = add_command(sub, "train", usage="%(prog)s [-h] [--config FILE] [--model MODEL] "
+                    "[--data DATA]\n" + " " * 20 + "[--output DIR] [--SETTING VALUE ...]")
+    t.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
+    add_settings_flags(t, TrainConfig)
+
+
+def run(ns: argparse.Namespace, argv: list[str]) -> int:
+    from mlmkit.training.checkpoint import read_run_config, run_dir_of
+    from mlmkit.training.torch_recipe import train
+
+    # A resumed run starts from its own saved settings: flags repeat them or change the few
+    # that may change (the run checks which).
+    base = None
+    if getattr(ns, "resume", None):
+        run_dir = run_dir_of(ns.resume, getattr(ns, "output", None))
+        base = {k: v for k, v in read_run_config(run_dir).items()
+                if k not in ("output", "resume", "overwrite")}
+    cfg = settings_from(TrainConfig, ns, base)
+    r = train(cfg, command="mlmkit " + shlex.join(argv))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: print once
+        return 0
+    if r.finished_before:
+        print(f"{r.output_dir}: already trained ({r.steps} steps); pass a larger --epochs or "
+              "--max-steps to train further")
+        return 0
+    lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
+    if r.base:
+        lines.append(f"perplexity before: {r.base.perplexity:.3f} (loss {r.base.loss:.4f}, "
+                     f"{r.base.tokens:,} fixed masked tokens)")
+    if r.final:
+        lines.append(f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})")
+    print("\n".join(lines))
+    return 0
