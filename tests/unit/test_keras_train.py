@@ -152,7 +152,7 @@ def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, samp
     zero. On TensorFlow a dataset of unknown length used to cost one phantom step per epoch
     (Keras ran out of data inside a train step): 191 optimizer iterations for this test's 189
     batches."""
-    from mlmkit.training.checkpoint import check_output
+    from mlmkit.training.rundir import check_output
 
     cfg = settings(tiny_roberta, sample_path, tmp_path / "out", limit=40, epochs=3,
                    skip_base_eval=True, save_every=0)

@@ -300,7 +300,7 @@ def _config(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _cmd_train(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.training.checkpoint import read_run_config, run_dir_of
+    from mlmkit.training.rundir import read_run_config, run_dir_of
     from mlmkit.training.torch_recipe import train
 
     # A resumed run starts from its own saved settings: flags repeat them or change the few
@@ -329,8 +329,8 @@ def _cmd_train(ns: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_eval(ns: argparse.Namespace) -> int:
-    from mlmkit.training.checkpoint import run_eval_settings
     from mlmkit.training.perplexity import run_eval
+    from mlmkit.training.rundir import run_eval_settings
 
     # A run's directory: by default its own data settings and held-out split, so the number
     # printed is the run's own.

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import RUN_MARKER, write_json
 from mlmkit.io.sources import resolve_files
-from mlmkit.training.checkpoint import CHECKPOINTS, CONFIG_FILE
+from mlmkit.training.checkpoint import fsync_path
+from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -335,14 +336,6 @@ def render_model_card(card: CardInfo, metrics: dict[str, Any], config: dict[str,
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _move_in(tmp: Path, out: Path) -> None:
     """Every file of `tmp` into `out`, the card and metrics last: a directory with a README.md
     from mlmkit holds a complete model."""
@@ -350,7 +343,7 @@ def _move_in(tmp: Path, out: Path) -> None:
     written = sorted(tmp.iterdir(), key=lambda p: last.get(p.name, 0))
     for f in written:
         if f.is_file():
-            _fsync(f)  # on disk before the rename makes it visible
+            fsync_path(f)  # on disk before the rename makes it visible
     fresh = {f.name for f in written}
     for f in written:
         target = out / f.name
@@ -361,7 +354,7 @@ def _move_in(tmp: Path, out: Path) -> None:
         for stale in out.glob(pattern):
             if stale.name not in fresh and stale.is_file():
                 stale.unlink()
-    _fsync(out)
+    fsync_path(out)
 
 
 def export_model(model: Any, tokenizer: Any, out: Path, *, config: dict[str, Any],

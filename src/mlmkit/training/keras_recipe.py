@@ -21,15 +21,15 @@ from mlmkit.config import TrainConfig
 from mlmkit.corpus.masking import IGNORE_INDEX, Masker, MaskingCollator
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.convert import import_keras, keras_inputs, to_hf, to_keras, uses_segments
-from mlmkit.training.checkpoint import (
+from mlmkit.training.loop import EpochBatches, Stopwatch
+from mlmkit.training.perplexity import Metrics, fixed_eval_dataset
+from mlmkit.training.rundir import (
     CHECKPOINTS,
     check_output,
     settings_record,
     start_run_dir,
     write_config,
 )
-from mlmkit.training.loop import EpochBatches, Stopwatch
-from mlmkit.training.perplexity import Metrics, fixed_eval_dataset
 
 # At import: the classes below derive from Keras', and a missing install is one line.
 keras, keras_hub = import_keras()
@@ -270,7 +270,7 @@ class KerasRun:
         from mlmkit.training.tracking import MetricsLog
 
         self.setup()
-        start_run_dir(self.out, self.cfg, fresh=True)
+        start_run_dir(self.out, overwrite=self.cfg.overwrite)
         write_config(self.out, self.cfg)
         self.metrics = MetricsLog(self.out, None, [], settings_record(self.cfg), main=True,
                                   progress=self.progress, total_steps=self.total_steps)

@@ -26,21 +26,7 @@ from mlmkit.errors import MlmkitError
 from mlmkit.io.files import write_json
 from mlmkit.io.sources import iter_texts
 from mlmkit.modeling.load import load_model, load_model_config, load_tokenizer, max_block_size
-from mlmkit.training.checkpoint import (
-    CHECKPOINTS,
-    STATE_FILE,
-    check_output,
-    check_resume_settings,
-    find_checkpoint,
-    read_run_config,
-    read_state,
-    run_dir_of,
-    save_checkpoint,
-    settings_record,
-    start_run_dir,
-    trim_metrics_log,
-    write_config,
-)
+from mlmkit.training.checkpoint import STATE_FILE, find_checkpoint, read_state, save_checkpoint
 from mlmkit.training.loop import (
     BlockKeys,
     EpochBatches,
@@ -51,6 +37,17 @@ from mlmkit.training.loop import (
     mixed_precision_of,
 )
 from mlmkit.training.perplexity import Metrics, evaluate, fixed_eval_dataset
+from mlmkit.training.rundir import (
+    CHECKPOINTS,
+    check_output,
+    check_resume_settings,
+    read_run_config,
+    run_dir_of,
+    settings_record,
+    start_run_dir,
+    trim_metrics_log,
+    write_config,
+)
 
 log = logging.getLogger("mlmkit")
 
@@ -305,7 +302,7 @@ class Run:
 
         self.setup()
         if self.main:
-            start_run_dir(self.out, self.cfg, fresh=self.resume_from is None)
+            start_run_dir(self.out, overwrite=self.cfg.overwrite and self.resume_from is None)
             if self.resume_from is not None:
                 trim_metrics_log(self.out, read_state(self.resume_from)["step"])
         self.accelerator.wait_for_everyone()
