@@ -301,7 +301,7 @@ def _config(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = Non
 
 def _cmd_train(ns: argparse.Namespace, argv: list[str]) -> int:
     from mlmkit.training.rundir import read_run_config, run_dir_of
-    from mlmkit.training.torch_recipe import train
+    from mlmkit.training.runner import train
 
     # A resumed run starts from its own saved settings: flags repeat them or change the few
     # that may change (the run checks which).
