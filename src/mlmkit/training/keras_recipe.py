@@ -187,7 +187,7 @@ def keras_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> Any:
 
 
 def describe_keras_hardware() -> str:
-    from mlmkit.training.export import describe_hardware
+    from mlmkit.training.card import describe_hardware
 
     return (f"{describe_hardware()}; Keras {keras.__version__} ({keras.backend.backend()} "
             f"backend), keras-hub {keras_hub.__version__}")

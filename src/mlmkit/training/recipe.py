@@ -94,7 +94,8 @@ def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult
                   tokenizer: Any, hardware: str) -> None:
     """The run's model directory: weights, tokenizer, metrics.json, settings, model card and
     curves, the same for every backend (`model` is a transformers model)."""
-    from mlmkit.training.export import CardInfo, export_model
+    from mlmkit.training.card import CardInfo
+    from mlmkit.training.export import export_model
     from mlmkit.training.tracking import plot_curves
 
     metrics = {"base": result.base.to_dict() if result.base else None,

@@ -335,7 +335,7 @@ class Run(Recipe):
         return self.model
 
     def _hardware(self) -> str:
-        from mlmkit.training.export import describe_hardware
+        from mlmkit.training.card import describe_hardware
 
         return describe_hardware(self.accelerator)
 
