@@ -19,8 +19,8 @@ _EXPORTS = {
     "Metrics": "training.perplexity", "evaluate": "training.perplexity",
     "run_eval": "training.perplexity",
     "FillMask": "inference.fill", "Scorer": "inference.score", "rescore": "inference.score",
-    "Run": "training.torch_recipe", "TrainResult": "training.torch_recipe",
-    "TrainState": "training.torch_recipe", "train": "training.torch_recipe",
+    "Run": "training.torch_recipe", "TrainResult": "training.recipe",
+    "TrainState": "training.recipe", "train": "training.runner",
     "VocabAudit": "vocab", "VocabExtension": "vocab", "audit_vocab": "vocab",
     "extend_vocab": "vocab",
 }

@@ -152,7 +152,7 @@ def run_demo(data: str, output: str, settings: DemoSettings | None = None,
     from-scratch tiny RoBERTa of `assets/` when the model cannot be fetched."""
     from mlmkit.config import TrainConfig
     from mlmkit.inference.fill import FillMask
-    from mlmkit.training.torch_recipe import train
+    from mlmkit.training.runner import train
 
     s = settings or DemoSettings()
     try:

@@ -467,16 +467,15 @@ def extend_vocab(model: str, data: Any, add: int, output: str | Path, *, overwri
     tokenizer in `output` with `vocab_extension.json` (which words, their pieces). `output` is
     checked as `mlmkit train` checks its own: new or empty, or with `overwrite` a directory
     mlmkit wrote that holds nothing this reads."""
-    from mlmkit.config import TrainConfig
     from mlmkit.io.sources import describe_source
     from mlmkit.modeling.load import load_model, load_tokenizer
-    from mlmkit.training.checkpoint import check_output, start_run_dir
     from mlmkit.training.export import write_model_dir
+    from mlmkit.training.rundir import check_output_dir, read_paths, start_run_dir
 
     if isinstance(add, bool) or not isinstance(add, int) or add < 1:
         raise MlmkitError(f"--add {add}: expected a positive number of words to add")
-    target = TrainConfig(model=str(model), data=data, output=str(output), overwrite=overwrite)
-    out = check_output(target, resumable=False)
+    out = check_output_dir(output, overwrite=overwrite, inputs=read_paths(str(model), data),
+                           resumable=False)
     tokenizer = load_tokenizer(str(model))
     kind, spec = _kind(tokenizer)
     texts = corpus_texts(data, text_field, limit, split)
@@ -493,7 +492,7 @@ def extend_vocab(model: str, data: Any, add: int, output: str | Path, *, overwri
              for (form, e), i, p in zip(chosen, new_ids, piece_ids)]
     result = VocabExtension(str(out), str(model), kind, len(tokenizer), len(extended), added,
                             before.audit(top), _tally(extended, texts).audit(top), changed)
-    start_run_dir(out, target, fresh=True)
+    start_run_dir(out, overwrite=overwrite)
     write_model_dir(weights, extended, out,
                     {EXTENSION_FILE: {**result.to_dict(), "data": describe_source(data)}})
     return result

@@ -290,7 +290,7 @@ def test_run_mlm_names_build_the_same_config(capsys, monkeypatch, tmp_path):
         captured.append(cfg)
         return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0)
 
-    monkeypatch.setattr(importlib.import_module("mlmkit.training.torch_recipe"), "train",
+    monkeypatch.setattr(importlib.import_module("mlmkit.training.runner"), "train",
                         fake_train)
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 5\nlimit: 50\n")  # flags, whichever spelling, win over the file

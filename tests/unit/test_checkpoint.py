@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from mlmkit import MlmkitError, TrainConfig, train
 from mlmkit.io.files import verify_manifest
-from mlmkit.training.checkpoint import find_checkpoint, trim_metrics_log
+from mlmkit.training.checkpoint import find_checkpoint
+from mlmkit.training.rundir import trim_metrics_log
 
 loop_module = importlib.import_module("mlmkit.training.loop")
 
@@ -231,7 +232,7 @@ def test_overwrite_check_protects_the_eval_corpus_and_takes_in_memory_data(sampl
     import datasets
 
     from mlmkit.io.files import mark_run_dir
-    from mlmkit.training.checkpoint import check_output
+    from mlmkit.training.rundir import check_output
 
     out = tmp_path / "run"
     out.mkdir()

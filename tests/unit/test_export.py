@@ -11,14 +11,8 @@ import torch
 
 from mlmkit import MlmkitError, TrainConfig
 from mlmkit.config import to_dict
-from mlmkit.training.export import (
-    CardInfo,
-    base_license,
-    describe_hardware,
-    export_model,
-    push_to_hub,
-    render_model_card,
-)
+from mlmkit.training.card import CardInfo, base_license, describe_hardware, render_model_card
+from mlmkit.training.export import export_model, push_to_hub
 
 HUB_MODEL = "distilbert/distilroberta-base"
 HUB_DATA = "sentence-transformers/eli5"

@@ -29,7 +29,7 @@ def settings(model, data, out, **kw) -> TrainConfig:
 def test_batches_are_the_pytorch_loaders_masks(tiny_roberta, sample_path):
     from mlmkit.corpus.masking import Masker, MaskingCollator
     from mlmkit.training.loop import BlockKeys, EpochBatches
-    from mlmkit.training.torch_recipe import prepare_tokenizer_and_data
+    from mlmkit.training.recipe import prepare_tokenizer_and_data
 
     cfg = settings(tiny_roberta, sample_path, None)
     tok, _, corpus = prepare_tokenizer_and_data(cfg, False)
@@ -58,7 +58,7 @@ def test_base_perplexity_is_the_same_on_both_backends(name, request, sample_path
     from mlmkit.modeling.keras.convert import to_keras
     from mlmkit.modeling.load import load_model
     from mlmkit.training.perplexity import evaluate, fixed_eval_dataset
-    from mlmkit.training.torch_recipe import prepare_tokenizer_and_data
+    from mlmkit.training.recipe import prepare_tokenizer_and_data
 
     cfg = settings(request.getfixturevalue(name), sample_path, None, limit=150,
                    block_size=128)
@@ -138,7 +138,7 @@ def test_metrics_and_card_have_the_pytorch_runs_shape(keras_run, trained_roberta
 def test_settings_the_keras_path_lacks_are_refused(tiny_roberta, sample_path, tmp_path):
     from mlmkit import train
 
-    for bad, match in ((dict(load_best=True), "--load-best with --backend keras"),
+    for bad, match in ((dict(resume="latest"), "--resume with --backend keras"),
                        (dict(gradient_accumulation_steps=2), "expected 1"),
                        (dict(mixed_precision="bf16"), "expected auto or no")):
         with pytest.raises(MlmkitError, match=match):
@@ -152,7 +152,7 @@ def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, samp
     zero. On TensorFlow a dataset of unknown length used to cost one phantom step per epoch
     (Keras ran out of data inside a train step): 191 optimizer iterations for this test's 189
     batches."""
-    from mlmkit.training.checkpoint import check_output
+    from mlmkit.training.rundir import check_output
 
     cfg = settings(tiny_roberta, sample_path, tmp_path / "out", limit=40, epochs=3,
                    skip_base_eval=True, save_every=0)
@@ -163,3 +163,73 @@ def test_epochs_take_exactly_their_batches_as_optimizer_steps(tiny_roberta, samp
     opt = run.model.optimizer
     assert int(kt.keras.ops.convert_to_numpy(opt.iterations)) == result.steps
     assert float(kt.keras.ops.convert_to_numpy(opt.learning_rate)) == 0.0
+
+
+def flip_byte(path, at: int = 1000) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(data)
+
+
+def test_load_best_exports_the_verified_best_checkpoint(tiny_roberta, sample_path, tmp_path,
+                                                        monkeypatch):
+    """Checkpoints of a Keras run carry manifests as the PyTorch ones do; --load-best exports
+    the best one's weights, and only once its files match their manifest."""
+    from safetensors.torch import load_file
+
+    from mlmkit import train
+    from mlmkit.io.files import verify_manifest
+
+    seq = iter([50.0, 9.0, 5.0, 7.0])  # base, step 2, step 4, step 6: the best is step 4's
+    monkeypatch.setattr(kt, "keras_evaluate", lambda *a, **kw: kt.Metrics(
+        loss=math.log(p := next(seq)), perplexity=p, tokens=10, blocks=2))
+    out = tmp_path / "best"
+    cfg = settings(tiny_roberta, sample_path, out, max_steps=6, eval_every=2, save_every=2,
+                   load_best=True, backend="keras")
+    run = kt.KerasRun(cfg, "test", out)
+    r = run.fit()
+    assert r.final.perplexity == 5.0 and r.best["step"] == 4
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_4", "step_6"]  # best + last
+    for ckpt in ckpts.iterdir():
+        assert (ckpt / "manifest.json").is_file() and verify_manifest(ckpt) == []
+        assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == int(ckpt.name[5:])
+    key = "roberta.embeddings.word_embeddings.weight"
+    exported = load_file(out / "model.safetensors")[key]
+    assert torch.equal(exported, load_file(ckpts / "step_4" / "model.safetensors")[key])
+    assert not torch.equal(exported, load_file(ckpts / "step_6" / "model.safetensors")[key])
+    assert json.loads((out / "metrics.json").read_text())["final"]["perplexity"] == 5.0
+    flip_byte(ckpts / "step_4" / "model.safetensors")
+    assert verify_manifest(ckpts / "step_6") == []
+    with pytest.raises(MlmkitError, match=r"--load-best .*step_4: damaged checkpoint: "
+                                          r"model.safetensors does not match its sha256"):
+        run._load_best()
+    with pytest.raises(MlmkitError, match="--load-best: needs an evaluation at every"):
+        train(settings(tiny_roberta, sample_path, tmp_path / "x", eval_every=2, save_every=3,
+                       load_best=True, backend="keras"))
+
+
+def test_divergence_names_the_last_good_checkpoint(tiny_roberta, sample_path, tmp_path,
+                                                   monkeypatch):
+    """Weights poisoned right after step 4's checkpoint: the next log stops the run with the
+    PyTorch path's message, naming step_4 (without --resume advice: Keras has none)."""
+    from mlmkit import train
+
+    real = kt.KerasRun._commit
+
+    def commit_then_poison(self, state, protect):
+        saved = real(self, state, protect)
+        var = self.model.trainable_variables[0]
+        var.assign(kt.keras.ops.full(var.shape, float("nan")))
+        return saved
+
+    monkeypatch.setattr(kt.KerasRun, "_commit", commit_then_poison)
+    out = tmp_path / "run"
+    with pytest.raises(MlmkitError, match=r"loss is not finite at step 5: training diverged "
+                       r"and nothing was exported from .*; the last good checkpoint, "
+                       r".*step_4, is kept; a lower --learning-rate") as e:
+        train(settings(tiny_roberta, sample_path, out, max_steps=8, save_every=4,
+                       eval_every=4, backend="keras"))
+    assert "--resume" not in str(e.value)
+    assert not (out / "model.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4"]

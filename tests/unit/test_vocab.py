@@ -276,6 +276,19 @@ def test_a_second_extend_overwrites_its_own_output(tiny_bert, sample_texts, tmp_
     assert [w.token for w in again.added[:3]] == [w.token for w in first.added]
 
 
+def test_overwrite_never_deletes_the_model_it_reads(tiny_bert, sample_texts, tmp_path):
+    """The output check without a TrainConfig: --overwrite of an extension that is this
+    command's own --model is refused, and the hint offers no --resume (extend has none)."""
+    first = tmp_path / "o"
+    extend_vocab(str(tiny_bert), sample_texts[:50], 3, first)
+    before = sorted(p.name for p in first.iterdir())
+    with pytest.raises(MlmkitError, match="holds --model .*which this run reads"):
+        extend_vocab(str(first), sample_texts[:50], 3, first, overwrite=True)
+    with pytest.raises(MlmkitError, match="pass --overwrite to replace it$"):
+        extend_vocab(str(first), sample_texts[:50], 3, first)
+    assert sorted(p.name for p in first.iterdir()) == before
+
+
 def test_bad_tokenizers_and_texts_are_errors(bert_base_tokenizer, sentencepiece_tokenizer):
     with pytest.raises(MlmkitError, match="needs a fast"):
         audit_vocab(object(), ["some text"])

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.training.checkpoint import run_eval_settings
+    from mlmkit.training.rundir import run_eval_settings
     from mlmkit.training.perplexity import run_eval
 
     # A run's directory: by default its own data settings and held-out split, so the number

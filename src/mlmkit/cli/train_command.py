@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.training.checkpoint import read_run_config, run_dir_of
-    from mlmkit.training.torch_recipe import train
+    from mlmkit.training.rundir import read_run_config, run_dir_of
+    from mlmkit.training.runner import train
 
     # A resumed run starts from its own saved settings: flags repeat them or change the few
     # that may change (the run checks which).

@@ -1,30 +1,25 @@
 """A finished run as a standard Hugging Face model directory: weights, tokenizer, metrics, the
-resolved settings and a model card (huggingface_hub's `ModelCard`), written whole or not at
-all; and its upload to the Hub.
+resolved settings and the model card (card.py), written whole or not at all; and its upload
+to the Hub.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import RUN_MARKER, write_json
-from mlmkit.io.sources import resolve_files
-from mlmkit.training.checkpoint import CHECKPOINTS, CONFIG_FILE
+from mlmkit.training.card import CARD_FILE, CardInfo, render_model_card
+from mlmkit.training.checkpoint import fsync_path
+from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
 
 EXPORT_TMP = ".export-tmp"
-CARD_FILE = "README.md"
-CARD_TAGS = ["mlmkit", "fill-mask", "masked-lm"]
 # What a run directory holds that is not the model: checkpoints (optimizer state, RNG states),
 # a killed export's leftovers, the marker that lets --overwrite delete the directory, and a
 # killed atomic write's temporary files.
@@ -34,313 +29,7 @@ PRIVATE_PATTERNS = [f"{CHECKPOINTS}/*", f"{EXPORT_TMP}/*", RUN_MARKER, ".*.tmp"]
 _WEIGHT_PATTERNS = ["model.safetensors", "model-?????-of-?????.safetensors",
                     "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model-?????-of-?????.bin", "pytorch_model.bin.index.json"]
-NOT_MEASURED = "not measured"
 
-
-@dataclass
-class CardInfo:
-    """What the model card says about a run that the metrics and settings do not hold."""
-
-    base_model: str  # cfg.model as given: a Hub id or a local path
-    datasets: list[str]  # Hub dataset ids or local file names
-    command: str  # the command line that ran, or "mlmkit.train(...) (Python API)"
-    hardware: str  # describe_hardware(accelerator)
-    train_seconds: float
-    from_scratch: bool = False
-    license: str | None = None  # None: the local base model's license, when its card has one
-
-
-# --------------------------------------------------------------------------- facts
-
-
-def is_hub_model(name: str) -> bool:
-    """A model named by Hub id: no such local path (the rule transformers loads by), and a
-    well-formed repository id."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(name).expanduser().exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def is_hub_dataset(name: str) -> bool:
-    """A corpus named by Hub id: what `data.resolve_files` does not take for local files."""
-    try:
-        return resolve_files(name) is None
-    except MlmkitError:  # a local path, missing here
-        return False
-
-
-def base_license(model: str) -> str | None:
-    """The `license` in a local base model's README.md metadata; None for a Hub id (no
-    network), a directory without a card, or a card without one."""
-    from huggingface_hub import ModelCard
-
-    readme = Path(model).expanduser() / CARD_FILE
-    if is_hub_model(model) or not readme.is_file():
-        return None
-    import logging
-
-    # A card without a metadata block is no error here: it just names no license.
-    hub_log = logging.getLogger("huggingface_hub.repocard")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)
-    try:
-        found = ModelCard.load(readme, ignore_metadata_errors=True).data.get("license")
-    except Exception:  # a card that does not parse says nothing about the license
-        return None
-    finally:
-        hub_log.setLevel(level)
-    return found if isinstance(found, str) and found else None
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def describe_hardware(accelerator: Any = None) -> str:
-    """What a run ran on, in words: "2 x NVIDIA H200, bf16, torch 2.6.0" or "CPU: AMD EPYC
-    7B13, 2 cores, torch 2.6.0". Without an accelerator, this machine's first device."""
-    import torch
-
-    processes = accelerator.num_processes if accelerator is not None else 1
-    if accelerator is not None:
-        device = accelerator.device
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        where = f"{processes} x {torch.cuda.get_device_name(device)}"
-    elif device.type == "cpu":
-        where = f"CPU: {_cpu_name()}, {os.cpu_count()} cores"
-        if processes > 1:
-            where += f", {processes} processes"
-    else:
-        where = f"{processes} x {device.type}"
-    precision = getattr(accelerator, "mixed_precision", "no")
-    if precision and precision != "no":
-        where += f", {precision} mixed precision"
-    return f"{where}, torch {torch.__version__}"
-
-
-# --------------------------------------------------------------------------- the card
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _number(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return NOT_MEASURED
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
-
-
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    if s < 60:
-        return f"{seconds:.1f} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-def _model_link(name: str) -> str:
-    if is_hub_model(name):
-        return f"[{name}](https://huggingface.co/{name})"
-    return f"the local model `{name}`"
-
-
-def _dataset_links(names: list[str]) -> str:
-    links = [f"[{n}](https://huggingface.co/datasets/{n})" if is_hub_dataset(n) else f"`{n}`"
-             for n in names]
-    if not links:
-        return "an unnamed corpus"
-    return links[0] if len(links) == 1 else ", ".join(links[:-1]) + " and " + links[-1]
-
-
-def _intro(name: str, card: CardInfo, config: dict[str, Any]) -> str:
-    data = _dataset_links(card.datasets)
-    if not card.from_scratch:
-        return (f"**{name}** is {_model_link(card.base_model)} fine-tuned with masked language "
-                f"modeling on {data}.")
-    tokenizer = (f", with a new tokenizer of {config['train_tokenizer']:,} tokens trained on "
-                 "the same text" if config.get("train_tokenizer") else "")
-    return (f"**{name}** is a masked language model trained from scratch (random "
-            f"initialisation, the architecture of {_model_link(card.base_model)}{tokenizer}) "
-            f"on {data}.")
-
-
-def _results(card: CardInfo, metrics: dict[str, Any], config: dict[str, Any]) -> str:
-    base, final = metrics.get("base"), metrics.get("final")
-    if base is None and final is None:
-        return (f"Perplexity was {NOT_MEASURED}: the run had no held-out data "
-                "(`eval_fraction` 0 and no `eval_data`).")
-    before = "Random initialisation" if card.from_scratch else f"Base ({card.base_model})"
-    rows = [[label, _number(m.get("loss"), 4), _number(m.get("perplexity"))]
-            for label, m in ((before, base or {}), ("This model", final or {}))]
-    measured = final or base
-    held_out = (f"every record of `{config['eval_data']}`" if config.get("eval_data") else
-                f"{config.get('eval_fraction', 0):.0%} of the records, held out by seed "
-                f"{config.get('seed')}")
-    masks = (f"fixed masks (eval seed {config.get('eval_seed')}, "
-             f"{config.get('mlm_probability', 0.15):.0%} of tokens selected) of "
-             f"{measured['blocks']:,} held-out blocks of {config.get('block_size')} tokens "
-             f"({measured['tokens']:,} predicted tokens; {held_out})")
-    if base is None:
-        text = (f"Measured on {masks}; the base model was {NOT_MEASURED} "
-                "(`skip_base_eval`).")
-    elif final is None:
-        text = f"Measured on {masks}; the trained model was {NOT_MEASURED}."
-    else:
-        change = final["perplexity"] / base["perplexity"] - 1 if base["perplexity"] else 0.0
-        text = (f"Both rows are measured on the same {masks}, so they compare directly: "
-                f"training changed perplexity by {change:+.1%}.")
-    text += " Perplexity is exp of the token-weighted mean loss; lower is better."
-    return _table(["Model", "Masked-LM loss", "Perplexity"], rows) + "\n\n" + text
-
-
-def _history(metrics: dict[str, Any], most: int = 20) -> str:
-    history = metrics.get("history") or []
-    if len(history) < 2:
-        return ""
-    # Evenly thinned, the last evaluation always kept; metrics.json has every one.
-    every = -(-len(history) // most)
-    shown = history[::-1][::every][::-1]
-    rows = [[h.get("step"), _number(h.get("epoch")), _number(h.get("loss"), 4),
-             _number(h.get("perplexity"))] for h in shown]
-    note = "" if every == 1 else f"\n\nEvery {every}th evaluation; all are in `metrics.json`."
-    return ("### During training\n\n" + _table(["Step", "Epoch", "Loss", "Perplexity"], rows)
-            + note)
-
-
-def _data(metrics: dict[str, Any], config: dict[str, Any]) -> str:
-    rows = [["Source", f"`{config.get('data')}`"]]
-    if config.get("eval_data"):
-        rows.append(["Evaluation source", f"`{config['eval_data']}`"])
-    for key, value in (metrics.get("data") or {}).items():
-        # File digests and the like stay in metrics.json; the sources are the rows above.
-        if isinstance(value, dict) or key in ("source", "eval_source", "dtype"):
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(map(str, value)) or "-"
-        rows.append([key.replace("_", " ").capitalize(), _number(value, 4)])
-    return _table(["Statistic", "Value"], rows)
-
-
-def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token: str) -> str:
-    c = config.get
-    mask, rand = c("mask_replace_prob", 0.8), c("random_replace_prob", 0.1)
-    warmup = (f"{c('warmup_steps')} steps of" if c("warmup_steps") else
-              f"{c('warmup_ratio'):.0%} of steps in" if c("warmup_ratio") else "no")
-    batch = f"{c('batch_size')} blocks per device"
-    if (c("gradient_accumulation_steps") or 1) > 1:
-        batch += f" x {c('gradient_accumulation_steps')} accumulated micro-batches"
-    rows = [
-        ["Learning rate", f"{c('learning_rate'):g} (AdamW, {c('lr_scheduler')} schedule, "
-                          f"{warmup} warmup, weight decay {c('weight_decay')})"],
-        ["Batch size", batch],
-        ["Epochs", f"{c('epochs'):g}" + (f" (capped at {c('max_steps'):,} steps)"
-                                           if c("max_steps") else "")],
-        ["Optimizer steps", _number(metrics.get("steps"))],
-        ["Block size", f"{c('block_size')} tokens"],
-        ["MLM probability", c("mlm_probability")],
-        ["Selected tokens", f"{mask:.0%} `{mask_token}`, {rand:.0%} random token, "
-                            f"{1 - mask - rand:.0%} unchanged"],
-        ["Whole-word masking", "yes" if c("whole_word_mask") else "no"],
-        ["Gradient clipping", c("max_grad_norm") or "none"],
-        ["Mixed precision", c("mixed_precision")],
-        ["Seed", c("seed")],
-        ["Eval seed", c("eval_seed")],
-    ]
-    return _table(["Setting", "Value"], rows)
-
-
-def _usage(ref: str, mask_token: str) -> str:
-    def literal(text: str) -> str:  # a Python string literal in double quotes
-        return json.dumps(text, ensure_ascii=False)
-
-    return ("```python\nfrom transformers import pipeline\n\n"
-            f"fill = pipeline(\"fill-mask\", model={literal(ref)})\n"
-            f"print(fill({literal(f'The answer is {mask_token}.')}))\n```")
-
-
-def _eval_results(metrics: dict[str, Any], config: dict[str, Any]) -> list[Any]:
-    """The final perplexity as model-index metadata, when its corpus is a Hub dataset (the Hub
-    links results to datasets by id)."""
-    from huggingface_hub import EvalResult
-
-    source = config.get("eval_data") or config.get("data")
-    final = metrics.get("final")
-    if final is None or not source or not is_hub_dataset(source):
-        return []
-    return [EvalResult(task_type="fill-mask", task_name="Masked language modeling",
-                       dataset_type=source, dataset_name=source,
-                       dataset_config=None if config.get("eval_data") else config.get(
-                           "data_config"),
-                       metric_type="perplexity", metric_name="Fixed-mask perplexity",
-                       metric_value=round(final["perplexity"], 3))]
-
-
-def render_model_card(card: CardInfo, metrics: dict[str, Any], config: dict[str, Any], *,
-                      mask_token: str = "<mask>") -> ModelCard:
-    """The model card (a `huggingface_hub.ModelCard`) for a run: Hub metadata, what the model
-    is, fixed-mask results before and after, data, settings, command, hardware, usage."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from mlmkit import __version__  # at call time: the package imports this module's users first
-
-    ref = config.get("push_to_hub") or config.get("output") or "path/to/model"
-    name = config.get("push_to_hub") or Path(config.get("output") or "model").name
-    license_ = card.license or (None if card.from_scratch else base_license(card.base_model))
-    hub_datasets = [d for d in card.datasets if is_hub_dataset(d)]
-    evals = _eval_results(metrics, config)
-    data = ModelCardData(
-        base_model=card.base_model if is_hub_model(card.base_model) else None,
-        datasets=hub_datasets or None, license=license_, library_name="transformers",
-        pipeline_tag="fill-mask", tags=CARD_TAGS, model_name=name if evals else None,
-        eval_results=evals or None)
-    sections = [
-        f"# {name}", _intro(name, card, config),
-        "## Results", _results(card, metrics, config), _history(metrics),
-        "## Training data", _data(metrics, config),
-        "## Training", _hyperparameters(metrics, config, mask_token),
-        f"Trained for {_duration(card.train_seconds)} (optimizer steps only; evaluation and "
-        f"checkpoints not counted) on {card.hardware or 'unrecorded hardware'}, with mlmkit "
-        f"{__version__}. The command:",
-        f"```\n{card.command or 'not recorded'}\n```",
-        "## How to use", _usage(ref, mask_token),
-        "`metrics.json` holds every evaluation and `train_config.json` every setting of "
-        "the run.",
-    ]
-    body = "\n\n".join(s for s in sections if s)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _move_in(tmp: Path, out: Path) -> None:
@@ -350,7 +39,7 @@ def _move_in(tmp: Path, out: Path) -> None:
     written = sorted(tmp.iterdir(), key=lambda p: last.get(p.name, 0))
     for f in written:
         if f.is_file():
-            _fsync(f)  # on disk before the rename makes it visible
+            fsync_path(f)  # on disk before the rename makes it visible
     fresh = {f.name for f in written}
     for f in written:
         target = out / f.name
@@ -361,7 +50,7 @@ def _move_in(tmp: Path, out: Path) -> None:
         for stale in out.glob(pattern):
             if stale.name not in fresh and stale.is_file():
                 stale.unlink()
-    _fsync(out)
+    fsync_path(out)
 
 
 def export_model(model: Any, tokenizer: Any, out: Path, *, config: dict[str, Any],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,11 @@ from mlmkit.config import TrainConfig
 from mlmkit.corpus.masking import IGNORE_INDEX, Masker, MaskingCollator
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.convert import import_keras, keras_inputs, to_hf, to_keras, uses_segments
-from mlmkit.training.checkpoint import (
-    CHECKPOINTS,
-    check_output,
-    settings_record,
-    start_run_dir,
-    write_config,
-)
+from mlmkit.training.checkpoint import commit_checkpoint
 from mlmkit.training.loop import EpochBatches, Stopwatch
 from mlmkit.training.perplexity import Metrics, fixed_eval_dataset
+from mlmkit.training.recipe import Recipe, TrainResult, check_load_best, prepare_tokenizer_and_data
+from mlmkit.training.rundir import check_output, settings_record, start_run_dir
 
 # At import: the classes below derive from Keras', and a missing install is one line.
 keras, keras_hub = import_keras()
@@ -39,7 +34,6 @@ log = logging.getLogger("mlmkit")
 # Settings of the PyTorch path that this one does not implement: refused, never ignored.
 UNSUPPORTED = {
     "resume": "checkpoints are model directories here, without optimizer state",
-    "load_best": "not implemented for Keras yet",
     "compile": "torch.compile is the PyTorch path's",
     "push_to_hub": "not implemented for Keras yet; upload the directory with `hf upload`",
 }
@@ -193,60 +187,41 @@ def keras_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> Any:
 
 
 def describe_keras_hardware() -> str:
-    from mlmkit.training.export import describe_hardware
+    from mlmkit.training.card import describe_hardware
 
     return (f"{describe_hardware()}; Keras {keras.__version__} ({keras.backend.backend()} "
             f"backend), keras-hub {keras_hub.__version__}")
 
 
-def train_keras(cfg: TrainConfig, command: str | None = None) -> Any:
-    """`train(cfg)` with `cfg.backend == "keras"`; returns the same TrainResult."""
+def train_keras(cfg: TrainConfig, command: str | None = None) -> TrainResult:
+    """`train(cfg)` with `cfg.backend == "keras"`."""
     check_keras_settings(cfg)
-    return KerasRun(cfg, command or "mlmkit.train(...) (Python API)",
-                    check_output(cfg)).fit()
+    return KerasRun(cfg, command, check_output(cfg)).fit()
 
 
+class KerasRun(Recipe):
+    """One Keras training run, phase by phase as torch_recipe.Run: setup, base eval, fit (the
+    callback drives the recipe's cadence), export. Its checkpoints are Hugging Face model
+    directories (no optimizer state, hence no --resume), committed as the PyTorch path's."""
 
-def save_model_dir(keras_model: Any, hf_model: Any, tokenizer: Any, out: Path, step: int,
-                   keep: int) -> Path:
-    """A checkpoint as a standard HF model directory, checkpoints/step_N, complete or absent;
-    only the newest `keep` are kept."""
-    root = out / CHECKPOINTS
-    final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    to_hf(keras_model, hf_model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    steps = sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()),
-                   key=lambda p: int(p.name[5:]))
-    for stale in steps[: max(0, len(steps) - keep)]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    resumable = False
 
-
-
-class KerasRun:
-    """One Keras training run, phase by phase as `run.Run`: setup, base eval, fit (the
-    callback evaluates and checkpoints), export."""
-
-    def __init__(self, cfg: TrainConfig, command: str, out: Path) -> None:
+    def __init__(self, cfg: TrainConfig, command: str | None, out: Path) -> None:
         from mlmkit.training.tracking import progress_mode
 
-        self.cfg, self.command, self.out = cfg, command, out
+        super().__init__(cfg, command)
+        self.out = out
         self.progress = progress_mode(cfg.quiet)
-        self.step, self.history = 0, []
-        self.base: Metrics | None = None
-        self.best: dict[str, Any] | None = None
 
     def setup(self) -> None:
         from mlmkit.modeling.load import load_model
-        from mlmkit.training.torch_recipe import prepare_tokenizer_and_data
 
         cfg = self.cfg
+        check_load_best(cfg)
         self.tokenizer, model_config, self.corpus = prepare_tokenizer_and_data(
             cfg, self.progress == "bar")
         log.info("data: %s", self.corpus.describe())
+        check_load_best(cfg, len(self.corpus.eval))
         keras.utils.set_random_seed(cfg.seed)
         self.hf = load_model(cfg.model, model_config, from_scratch=cfg.from_scratch,
                              vocab_size=len(self.tokenizer))
@@ -266,17 +241,15 @@ class KerasRun:
         self.model.compile(optimizer=keras_optimizer(self.model, cfg, self.total_steps),
                            loss=loss, weighted_metrics=[])
 
-    def fit(self) -> Any:
+    def fit(self) -> TrainResult:
         from mlmkit.training.tracking import MetricsLog
 
         self.setup()
-        start_run_dir(self.out, self.cfg, fresh=True)
-        write_config(self.out, self.cfg)
+        start_run_dir(self.out, overwrite=self.cfg.overwrite)
         self.metrics = MetricsLog(self.out, None, [], settings_record(self.cfg), main=True,
                                   progress=self.progress, total_steps=self.total_steps)
         with self.metrics:
-            if not self.cfg.skip_base_eval:
-                self.base = self.measure(0, 0.0)
+            self.start()
             self.clock = Stopwatch()
             epochs = math.ceil(self.total_steps / self.batches_per_epoch)
             # keras.Model's fit, not keras-hub's override: that one only adds its
@@ -289,59 +262,42 @@ class KerasRun:
                             verbose=1 if self.progress == "bar" else 0)
         return self.finish()
 
-    def measure(self, step: int, epoch: float) -> Metrics | None:
+    # -- the recipe's hooks --------------------------------------------------------------------
+    def _score(self) -> Metrics | None:
         if self.eval_set is None:
             return None
-        m = keras_evaluate(self.model, self.eval_set.inputs, self.eval_set.labels, self.pad_id,
-                           self.cfg.eval_batch_size)
-        self.metrics.record({"event": "eval", "step": step, "epoch": round(epoch, 4),
-                             **m.to_dict()})
-        return m
+        return keras_evaluate(self.model, self.eval_set.inputs, self.eval_set.labels,
+                              self.pad_id, self.cfg.eval_batch_size)
 
-    def evaluate(self, epoch: float) -> None:
-        with self.clock.paused():
-            m = self.measure(self.step, epoch)
-        if m is not None:
-            self.history.append({"step": self.step, "epoch": round(epoch, 4),
-                                 "train_seconds": round(self.clock.seconds, 3), **m.to_dict()})
+    def _commit(self, state: dict[str, Any], protect: Path | None) -> Path:
+        return commit_checkpoint(self.out, self.state.step, self._write_model_dir, state,
+                                 self.cfg.save_total_limit, protect)
 
-    def checkpoint(self) -> None:
-        with self.clock.paused():
-            self.check_finite()
-            name = f"step_{self.step}"
-            last = self.history[-1] if self.history and self.history[-1]["step"] == self.step \
-                else None
-            if last and (self.best is None or last["perplexity"] < self.best["perplexity"]):
-                self.best = {"step": self.step, "loss": last["loss"],
-                             "perplexity": last["perplexity"], "checkpoint": name}
-            save_model_dir(self.model, self.hf, self.tokenizer, self.out, self.step,
-                           self.cfg.save_total_limit)
+    def _write_model_dir(self, path: Path) -> None:
+        to_hf(self.model, self.hf).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
 
-    def check_finite(self) -> None:
-        for v in self.model.trainable_variables:
-            if not np.isfinite(keras.ops.convert_to_numpy(v.value)).all():
-                raise MlmkitError(f"non-finite weights at step {self.step}: training diverged "
-                                  f"and nothing was exported from {self.out}; a lower "
-                                  "--learning-rate or --max-grad-norm usually prevents this")
+    def _restore(self, checkpoint: Path) -> None:
+        from mlmkit.modeling.load import load_model
 
-    def finish(self) -> Any:
-        from mlmkit.training.torch_recipe import TrainResult, export_result
+        # Into the Keras model, so that the export converts it as it converts the last step's.
+        self.model = to_keras(load_model(str(checkpoint)))
 
-        self.check_finite()
-        final = self.history[-1] if self.history else None
-        result = TrainResult(
-            output_dir=self.out, base=self.base, steps=self.step,
-            final=Metrics(**{k: final[k] for k in ("loss", "perplexity", "tokens", "blocks")})
-            if final else None, history=self.history, train_seconds=self.clock.seconds,
-            data=self.corpus.stats, best=self.best)
-        export_result(self.out, self.cfg, self.command, result, to_hf(self.model, self.hf),
-                      self.tokenizer, describe_keras_hardware())
-        return result
+    def _weights_finite(self) -> bool:
+        return all(np.isfinite(keras.ops.convert_to_numpy(v.value)).all()
+                   for v in self.model.trainable_variables)
+
+    def _hf_model(self) -> Any:
+        return to_hf(self.model, self.hf)
+
+    def _hardware(self) -> str:
+        return describe_keras_hardware()
 
 
 class RunCallback(keras.callbacks.Callback):
-    """What the PyTorch loop does around each step: the epoch's masks, log records, the
-    intervals' and epochs' evaluations and checkpoints, the stop at --max-steps."""
+    """The PyTorch loop's work around each step, on Keras' events: the epoch's masks, the train
+    loss of each batch for the log, and the recipe's cadence (evaluations, checkpoints, the
+    stop at --max-steps)."""
 
     def __init__(self, run: KerasRun) -> None:
         super().__init__()
@@ -351,12 +307,13 @@ class RunCallback(keras.callbacks.Callback):
         self.window = {"loss": 0.0, "blocks": 0, "batches": 0, "t0": self.run.clock.seconds}
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch, self.seen, self.loss_total = epoch, 0, 0.0
+        self.seen, self.loss_total = 0, 0.0
+        self.run.state.epoch, self.run.state.batch_in_epoch = epoch, 0
         self.run.data.set_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        run, cfg = self.run, self.run.cfg
-        run.step += 1
+        run = self.run
+        run.state.step += 1
         # Keras reports the epoch's running mean, weighted by batch size: the batch's own
         # loss is the difference of the running sums.
         blocks = len(run.data._keys[batch])
@@ -366,38 +323,18 @@ class RunCallback(keras.callbacks.Callback):
         w["blocks"] += blocks
         w["batches"] += 1
         self.seen, self.loss_total = self.seen + blocks, total
-        self.batch_in_epoch = batch + 1
-        done = run.step >= run.total_steps
-        if run.step % cfg.log_every == 0 or done:
-            self.log_train()
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and not done:
-            run.evaluate(self.epochs())
-        if cfg.save_every and run.step % cfg.save_every == 0 and not done:
-            run.checkpoint()
-        if done:
+        run.state.batch_in_epoch = batch + 1
+        if run.after_step(self.log_train):
             self.model.stop_training = True
-
-    def epochs(self) -> float:
-        return self.epoch + min(1.0, self.batch_in_epoch / self.run.batches_per_epoch)
 
     def log_train(self) -> None:
         run, w = self.run, self.window
         loss = w["loss"] / max(w["batches"], 1)
-        if not math.isfinite(loss):
-            raise MlmkitError(f"training loss is not finite at step {run.step}: training "
-                              f"diverged and nothing was exported from {run.out}; a lower "
-                              "--learning-rate or --max-grad-norm usually prevents this")
+        run.check_loss(loss)
         now = run.clock.seconds
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        run.metrics.record({"event": "train", "step": run.step, "epoch": round(self.epochs(), 4),
-                            "loss": loss, "lr": lr, "tokens_per_s": w["blocks"]
-                            * run.cfg.block_size / max(now - w["t0"], 1e-9)})
+        run.record_train(loss, lr, w["blocks"] * run.cfg.block_size / max(now - w["t0"], 1e-9))
         self.window = {"loss": 0.0, "blocks": 0, "batches": 0, "t0": now}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        run, cfg = self.run, self.run.cfg
-        done = run.step >= run.total_steps
-        if done or not cfg.eval_every:
-            run.evaluate(self.epochs())
-        if done or not cfg.save_every:
-            run.checkpoint()
+        self.run.after_epoch()

@@ -106,7 +106,7 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
         max_block_size,
         pick_device,
     )
-    from mlmkit.training.checkpoint import run_eval_settings
+    from mlmkit.training.rundir import run_eval_settings
 
     if cfg.data is None:
         run = run_eval_settings(cfg.model)

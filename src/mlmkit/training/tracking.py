@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import atomic_open
-from mlmkit.training.checkpoint import METRICS_LOG
+from mlmkit.training.rundir import METRICS_LOG
 
 log = logging.getLogger("mlmkit")
 

@@ -1,0 +1,239 @@
+"""A run's directory: which output directory a run may use (and delete), the settings it
+records there (train_config.json) and which of them a resume may change, the data settings
+`mlmkit eval` reuses, and a metrics log without the steps a resume replays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from mlmkit.config import TrainConfig
+from mlmkit.corpus.blocks import cache_root
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import (
+    RUN_MARKER,
+    atomic_open,
+    contains,
+    is_partial_write,
+    is_run_dir,
+    mark_run_dir,
+    probe_writable,
+    remove_partial_writes,
+    write_json,
+)
+from mlmkit.io.sources import describe_source, resolve_files
+
+log = logging.getLogger("mlmkit")
+
+CONFIG_FILE = "train_config.json"  # not config.json: that name belongs to the model
+METRICS_LOG = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+def _is_legacy_run(out: Path) -> bool:
+    """A run directory written by mlmkit before the marker file existed: its settings file
+    names mlmkit's own settings, and its training log is there."""
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(saved, dict) and {"model", "data", "block_size", "mlm_probability"}
+            <= set(saved) and (out / METRICS_LOG).is_file())
+
+
+def read_paths(model: str | None, data: Any = None, eval_data: Any = None,
+               cache: Path | None = None) -> list[tuple[str, Path]]:
+    """The local paths a command reads, by flag, which its output directory must never hold:
+    the model if it is a local path, the corpora's files, and `cache` (the block cache)."""
+    read = []
+    if model and Path(model).expanduser().exists():
+        read.append(("--model", Path(model).expanduser()))
+    for flag, source in (("--data", data), ("--eval-data", eval_data)):
+        try:  # None for a Hub id or in-memory data: nothing on disk to protect
+            read += [(flag, f) for f in resolve_files(source) or []]
+        except MlmkitError:
+            pass  # a missing corpus is reported by the data stage
+    if cache is not None:
+        read.append(("--cache-dir", cache))
+    return read
+
+
+def check_output(cfg: TrainConfig) -> Path:
+    """`check_output_dir` for a training run: its --output, --overwrite, --resume and inputs."""
+    return check_output_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume,
+                            inputs=read_paths(cfg.model, cfg.data, cfg.eval_data,
+                                              cache_root(cfg)))
+
+
+def check_output_dir(output: str | Path | None, *, overwrite: bool = False,
+                     resume: str | None = None, inputs: Iterable[tuple[str, Path]] = (),
+                     resumable: bool = True) -> Path:
+    """The output directory, once it is known that a command may write there: writable, empty
+    or one to resume, and with `overwrite` only a directory mlmkit wrote that holds none of
+    `inputs` ((flag, path) pairs, see `read_paths`). Nothing is touched here. `resumable`:
+    whether the command that writes it has a --resume to suggest."""
+    if not output:
+        raise MlmkitError("--output: no output directory given")
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MlmkitError(f"--output {out}: exists and is not a directory")
+    if overwrite and resume:
+        raise MlmkitError("--overwrite and --resume: choose one (--overwrite starts the run "
+                          "again, --resume continues it)")
+    probe_writable(out, "--output")
+    if not _has_content(out) or resume:
+        return out
+    if not overwrite:
+        hint = " or --resume latest to continue its training" if resumable else ""
+        raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
+                          f"to replace it{hint}")
+    if not (is_run_dir(out) or _is_legacy_run(out)):
+        raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {RUN_MARKER} "
+                          "marker), so --overwrite will not delete it; choose a new or empty "
+                          "directory")
+    for flag, path in inputs:
+        if contains(out, path):
+            raise MlmkitError(f"--output {out}: holds {flag} {path}, which this run reads; "
+                              "--overwrite would delete it; choose another --output")
+    return out
+
+
+def _has_content(out: Path) -> bool:
+    # A kill's leftover temporary files (say, of the marker itself) do not make a directory
+    # someone else's.
+    return out.is_dir() and any(not is_partial_write(p) for p in out.iterdir())
+
+
+def start_run_dir(out: Path, overwrite: bool) -> None:
+    """Called once every input is checked: only then may --overwrite cost the old run.
+    `overwrite`: replace the mlmkit run directory there (a fresh run with --overwrite)."""
+    if overwrite and _has_content(out) and (is_run_dir(out) or _is_legacy_run(out)):
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MlmkitError(f"--output {out}: cannot create: {e.strerror}") from None
+    remove_partial_writes(out)
+    mark_run_dir(out)
+
+
+def trim_metrics_log(out: Path, step: int) -> None:
+    """Keep the log's records up to `step`, the checkpoint a resume starts from: the steps
+    after it are run again and logged again. A torn last line (a kill mid-write) goes too."""
+    path = out / METRICS_LOG
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            kept.append(line + "\n")
+    with atomic_open(path) as fh:
+        fh.writelines(kept)
+
+
+def settings_record(cfg: Any) -> dict[str, Any]:
+    """A config as train_config.json holds it: every field, the corpora by name (a path or Hub
+    id as given; in-memory data by size and digest, not whole)."""
+    record = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    for name in ("data", "eval_data"):
+        if name in record:
+            record[name] = describe_source(record[name])
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in record.items()}
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    write_json(out / CONFIG_FILE, settings_record(cfg))
+
+
+# Settings a resumed run may change: they decide how long it runs, how often it evaluates,
+# saves and logs, and where results go, never what one step computes. Everything else must
+# match the run's train_config.json, or the resumed half would be another experiment.
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "max_steps", "eval_every", "save_every", "save_total_limit", "log_every",
+    "eval_batch_size", "load_best", "report_to", "push_to_hub", "quiet", "num_workers",
+    "cache_dir", "no_cache", "compile", "compile_mode", "skip_base_eval", "resume",
+    "overwrite", "output",
+})
+
+
+def run_dir_of(resume: str, output: str | None) -> Path:
+    """The run directory that --resume names: the directory itself, one of its checkpoints,
+    or with 'latest' the --output directory."""
+    if resume == "latest":
+        if not output:
+            raise MlmkitError("--resume latest: needs --output, the run directory (or pass the "
+                              "run directory itself: --resume RUN_DIR)")
+        run = Path(output).expanduser()
+    else:
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise MlmkitError(f"--resume {path}: no such run or checkpoint directory")
+        run = path.parent.parent if path.parent.name == CHECKPOINTS else path
+    if not (run / CONFIG_FILE).is_file():
+        raise MlmkitError(f"--resume {resume}: {run} is not an mlmkit run directory (no "
+                          f"{CONFIG_FILE})")
+    if output and resume != "latest" and not _same_dir(Path(output).expanduser(), run):
+        raise MlmkitError(f"--output {output} and --resume {resume}: a resumed run writes into "
+                          f"its own directory, {run}; leave --output out")
+    return run
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    """A run's saved settings, as they were written (`train_config.json`)."""
+    path = run / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MlmkitError(f"{path}: cannot read the run's settings ({e})") from None
+    if not isinstance(saved, dict):
+        raise MlmkitError(f"{path}: expected a JSON object of settings")
+    return saved
+
+
+def check_resume_settings(cfg: TrainConfig, saved: dict[str, Any], run: Path) -> None:
+    """One error naming every setting that differs from the run's own, if any does."""
+    defaults, given = settings_record(TrainConfig()), settings_record(cfg)
+    differ = []
+    for name in sorted(given):
+        if name in RESUMABLE_CHANGES:
+            continue
+        mine, theirs = given[name], saved.get(name, defaults[name])
+        if mine != theirs:
+            differ.append(f"--{name.replace('_', '-')} {mine!r} (the run's: {theirs!r})")
+    if differ:
+        raise MlmkitError(f"--resume {run}: {', '.join(differ)} differ from the run's "
+                          f"{CONFIG_FILE}; a resumed run keeps its settings except "
+                          "--epochs, --max-steps, the eval/save/log intervals and outputs "
+                          "(start a new run to change the others)")
+
+
+# The settings that decide which blocks a run held out and how they were masked: `mlmkit eval
+# --model RUN` reuses them, so that it prints the run's own number.
+EVAL_SETTINGS = ("data", "data_config", "split", "text_field", "limit", "eval_data",
+                 "line_by_line", "block_size", "eval_fraction", "pad_last_block", "seed",
+                 "mlm_probability", "mask_replace_prob", "random_replace_prob",
+                 "whole_word_mask", "eval_seed")
+
+
+def run_eval_settings(model: str) -> dict[str, Any] | None:
+    """The data and mask settings of the run that wrote `model`, or None if no run did."""
+    run = Path(model).expanduser()
+    if not (run / CONFIG_FILE).is_file():
+        return None
+    saved = read_run_config(run)
+    return {k: saved[k] for k in EVAL_SETTINGS if k in saved}

@@ -1,0 +1,29 @@
+"""`train`: the one entry point of training, which picks the recipe of `cfg.backend`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from mlmkit.config import TrainConfig, validate
+from mlmkit.training.recipe import TrainResult
+
+
+def train(cfg: TrainConfig | None = None, *, command: str | None = None,
+          **settings: Any) -> TrainResult:
+    """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`.
+
+    Settings come as a `TrainConfig`, as keywords (`train(model=..., data=..., output=...)`),
+    or both (keywords win). `data` may be a list of texts or a `datasets.Dataset`. Quiet unless
+    `quiet=False`. `command` is what the model card records as the command that ran.
+    """
+    cfg = replace(cfg, **settings) if cfg is not None else TrainConfig(**settings)
+    validate(cfg)
+    # Imported here: each recipe pulls in its own framework, and Keras may not be installed.
+    if cfg.backend == "keras":
+        from mlmkit.training.keras_recipe import train_keras
+
+        return train_keras(cfg, command=command)
+    from mlmkit.training.torch_recipe import train_torch
+
+    return train_torch(cfg, command=command)
