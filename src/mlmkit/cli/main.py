@@ -369,7 +369,8 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
 
 
 def _cmd_score(ns: argparse.Namespace) -> int:
-    from mlmkit.inference.score import Scorer, check_metric, rescore
+    from mlmkit.inference.params import check_metric
+    from mlmkit.inference.score import Scorer, rescore
 
     metric = check_metric(ns.metric)
     if ns.engine == "ray":

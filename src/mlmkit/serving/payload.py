@@ -16,8 +16,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from mlmkit.errors import MlmkitError
-from mlmkit.inference.fill import MASK_SPELLINGS, clip
-from mlmkit.inference.score import check_metric
+from mlmkit.inference.engine import clip
+from mlmkit.inference.fill import MASK_SPELLINGS
+from mlmkit.inference.params import check_metric
 
 if TYPE_CHECKING:
     from starlette.requests import Request
