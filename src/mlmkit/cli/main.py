@@ -263,8 +263,9 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
                    "parquet)")
 
 
-def _run_on_ray(ns: argparse.Namespace, command: str, options: dict[str, Any]) -> int:
-    """`--engine ray`: the input's records through `batch.run_batch`, into a directory."""
+def _run_on_ray(ns: argparse.Namespace, params: Any) -> int:
+    """`--engine ray`: the input's records through `batch.run_batch` for the task of `params`,
+    into a directory."""
     from mlmkit.batch.ray import BatchJob, BatchResources, run_batch
 
     if any(t != "-" for t in ns.texts) or ns.input in (None, "-"):
@@ -272,8 +273,8 @@ def _run_on_ray(ns: argparse.Namespace, command: str, options: dict[str, Any]) -
                           "on the command line or stdin")
     if not ns.output:
         raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
-    job = BatchJob(command, ns.model, options, dtype=ns.dtype, shard_rows=ns.shard_rows or 10_000,
-                   format=ns.format or "parquet")
+    job = BatchJob.of(params, ns.model, dtype=ns.dtype, shard_rows=ns.shard_rows or 10_000,
+                      format=ns.format or "parquet")
     given = {k: v for k, v in vars(ns).items() if k in RAY_FLAGS and v is not None}
     res = BatchResources(**{k: v for k, v in given.items() if k not in ("shard_rows", "format")},
                          device=ns.device, batch_size=getattr(ns, "batch_size", None),
@@ -346,16 +347,16 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def _cmd_fill(ns: argparse.Namespace) -> int:
-    from mlmkit.inference.fill import FillMask
+    from mlmkit.inference.params import FillParams
+    from mlmkit.inference.tasks import FILL
 
-    if ns.top_k < 1:
-        raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    params = FillParams(ns.top_k, ns.targets)  # checked before anything loads
     if ns.engine == "ray":
-        return _run_on_ray(ns, "fill", {"top_k": ns.top_k, "targets": ns.targets})
+        return _run_on_ray(ns, params)
     _refuse_ray_flags(ns)
     check_io_paths(ns.texts, ns.input, ns.output)
-    fm = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
-                  max_tokens=ns.max_tokens)
+    fm = FILL.load(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.batch_size,
+                   max_tokens=ns.max_tokens)
 
     def plain(res: list, out: Any) -> None:
         groups = res if res and isinstance(res[0], list) else [res]
@@ -364,34 +365,35 @@ def _cmd_fill(ns: argparse.Namespace) -> int:
             for r in recs:
                 out.write(f"{head}{r['score']:.4f}  {r['sequence']}\n")
 
-    return _write_results(ns, lambda texts: fm.stream(texts, ns.top_k, ns.targets), plain,
+    return _write_results(ns, lambda texts: FILL.run(fm, texts, params), plain,
                           LineTally("could not be filled"), "filling", gap=True)
 
 
 def _cmd_score(ns: argparse.Namespace) -> int:
-    from mlmkit.inference.params import check_metric
-    from mlmkit.inference.score import Scorer, rescore
+    from mlmkit.inference.params import RescoreParams, ScoreParams
+    from mlmkit.inference.tasks import task_for
 
-    metric = check_metric(ns.metric)
+    # Checked before anything loads; the task follows from the parameters' type.
+    params = (RescoreParams(ns.weight, ns.metric, ns.per_token) if ns.rescore
+              else ScoreParams(ns.metric, ns.per_token))
     if ns.engine == "ray":
-        extra = {"weight": ns.weight} if ns.rescore else {}
-        return _run_on_ray(ns, "rescore" if ns.rescore else "score",
-                           {"metric": metric, "per_token": ns.per_token, **extra})
+        return _run_on_ray(ns, params)
     _refuse_ray_flags(ns)
     check_io_paths(ns.texts, ns.input, ns.output)
     if ns.rescore and any(t != "-" for t in ns.texts):
         raise MlmkitError("--rescore: reads n-best records from --input or stdin, not texts on "
                           "the command line")
-    scorer = Scorer(ns.model, device=ns.device, dtype=ns.dtype, max_tokens=ns.max_tokens)
+    task = task_for(params)
+    scorer = task.load(ns.model, device=ns.device, dtype=ns.dtype, max_tokens=ns.max_tokens)
     if ns.rescore:
         return _write_results(
-            ns, lambda recs: rescore(scorer, recs, ns.weight, metric, ns.per_token), None,
-            LineTally("could not be rescored"), "rescoring", whole_record=True)
+            ns, lambda recs: task.run(scorer, recs, params), None,
+            LineTally("could not be rescored"), "rescoring", whole_record=task.reads_records)
 
     def plain(rec: dict, out: Any) -> None:
         out.write(f"{rec['pll']:12.4f}  {rec['pppl']:10.3f}  {rec['text']}\n")
 
-    return _write_results(ns, lambda texts: scorer.stream(texts, metric, ns.per_token), plain,
+    return _write_results(ns, lambda texts: task.run(scorer, texts, params), plain,
                           LineTally("could not be scored"), "scoring")
 
 
@@ -480,10 +482,14 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from mlmkit.serving.app import serve
+        from mlmkit.serving.app import check_limits, serve
     except ImportError as e:
         raise MlmkitError(f"serve needs {e.name}: pip install 'mlmkit[serve]'") from None
     from mlmkit.inference.fill import FillMask
+
+    # Before the model loads, and under the flags' names (FillMask would say batch_size).
+    check_limits(max_batch_size=ns.max_batch_size, max_wait_ms=ns.max_wait_ms,
+                 max_queue=ns.max_queue, body_timeout_s=ns.body_timeout_s)
 
     engine = FillMask(ns.model, device=ns.device, dtype=ns.dtype, batch_size=ns.max_batch_size)
     serve(engine, host=ns.host, port=ns.port, max_batch_size=ns.max_batch_size,
