@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ def _check_field(f: Any, value: Any) -> Any:
     if kind == "list[str]" and isinstance(value, str):
         value = [value]
     ok = {"bool": lambda v: isinstance(v, bool),
-          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+          "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
           and math.isfinite(v),
           "str": lambda v: isinstance(v, str),
           "list[str]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str)
@@ -81,7 +82,8 @@ def _check_field(f: Any, value: Any) -> Any:
         test(value, f.metadata[k]) for k, (_, test) in _BOUNDS.items() if k in f.metadata)
     if not good:
         raise MlmkitError(f"{flag_of(f.name)} {value!r}: expected {allowed(f)}")
-    return float(value) if kind == "float" else list(value) if kind == "list[str]" else value
+    convert = {"float": float, "int": int, "list[str]": list}.get(kind)  # numpy's numbers too
+    return convert(value) if convert else value
 
 
 def flag_of(name: str) -> str:
@@ -319,6 +321,10 @@ class ServeConfig(DeviceConfig):
                         group="server", ge=1)
     body_timeout_s: float = _f(10.0, "seconds a request's body may take to arrive whole before "
                                "it is answered 408", group="server", gt=0.0)
+    max_inputs: int = _f(64, "most texts in one request", group="server", ge=1)
+    max_text_chars: int = _f(2000, "longest text a request may send, in characters",
+                             group="server", ge=1)
+    max_top_k: int = _f(100, "largest top_k a request may ask for", group="server", ge=1)
     no_batching: bool = _f(False, "run every request on its own (for comparison)",
                            group="server")
 

@@ -702,3 +702,16 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_loads(
     code, _, err = run(capsys, *argv, "--device", device)
     assert_one_line_error(code, err, f"--device {device}: ", needle)
     assert not any(Path(os.environ["MLMKIT_CACHE"]).iterdir())  # no data was read either
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fill", "a <mask>", "--top-k", "0"], "top_k 0: expected a positive integer"),
+    (["fill", "a <mask>", "--batch-size", "0"], "--batch-size 0: expected an integer >= 1"),
+    (["score", "a b", "--rescore", "--weight", "nan"], "weight nan: expected a finite number"),
+    (["score", "a b", "--max-tokens", "-1"], "--max-tokens -1: expected an integer >= 1"),
+])
+def test_bad_task_settings_are_one_line_before_loading(capsys, tmp_path, argv, message):
+    # An empty directory for the model: loading it would fail, so each setting must be
+    # refused before anything loads.
+    code, out, err = run(capsys, argv[0], tmp_path, *argv[1:])
+    assert (code, out, err) == (2, "", f"error: {message}\n")

@@ -240,3 +240,31 @@ def test_without_ray_the_command_says_how_to_install_it(capsys, monkeypatch, tmp
     assert not (tmp_path / "out").exists()
     assert main(["score", str(tiny_bert), "x", "--workers", "2"]) == 2
     assert capsys.readouterr().err == "error: --workers: only with --engine ray\n"
+
+
+@pytest.mark.parametrize("flags, options, message", [
+    (["--batch-size", "0"], {}, "--batch-size 0: expected an integer >= 1"),
+    (["--max-tokens", "-5"], {}, "--max-tokens -5: expected an integer >= 1"),
+    ([], {"top_k": 0}, "top_k 0: expected a positive integer"),
+])
+def test_bad_settings_are_refused_before_ray_starts_or_a_file_is_written(
+        capsys, monkeypatch, tmp_path, tiny_bert, flags, options, message):
+    # Without Ray importable: a setting checked only on the actors would say "needs Ray Data"
+    # here, and with Ray it would start a cluster, write _job.json and fail every shard.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "in.txt").write_text("a <mask>\n")
+    out = tmp_path / "out"
+    if not options:
+        code = main(["fill", str(tiny_bert), "--input", str(tmp_path / "in.txt"), "--output",
+                     str(out), "--engine", "ray", *flags])
+        assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
+    from mlmkit.batch.ray import BatchJob, BatchResources, run_batch
+    from mlmkit.errors import MlmkitError
+
+    budget = {"batch_size": 0} if "--batch-size" in flags else (
+        {"max_tokens": -5} if flags else {})
+    job = BatchJob("fill", str(tiny_bert), {"top_k": 3, "targets": None, **options})
+    with pytest.raises(MlmkitError) as e:
+        run_batch(job, str(tmp_path / "in.txt"), out, BatchResources(**budget))
+    assert str(e.value) == message
+    assert not out.exists()

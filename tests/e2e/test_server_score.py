@@ -44,7 +44,7 @@ def close(got: dict, want: dict) -> bool:
 
 def test_answers_like_the_scorer_on_the_fill_engines_model(engine, scorer):
     app = create_app(engine)
-    assert app.state.batcher.scorer.model is engine.model  # one model in memory
+    assert app.state.batcher.engines[Scorer].model is engine.model  # one model in memory
 
     async def go(c):
         one = await c.post("/score", json={"inputs": SENTENCES[0]})

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mlmkit.errors import MlmkitError
-from mlmkit.inference.score import METRICS, Scorer, check_metric, plan_copies
+from mlmkit.inference.params import METRICS, check_metric
+from mlmkit.inference.score import Scorer, plan_copies
 from mlmkit.modeling.load import load_model, load_tokenizer
 from mlmkit.testing import reference_pll
 

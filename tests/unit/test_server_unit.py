@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from mlmkit.errors import MlmkitError
-from mlmkit.serving.app import ServerMetrics
+from mlmkit.inference.params import FillParams
+from mlmkit.serving.metrics import ServerMetrics
 from mlmkit.serving.payload import ApiError, Limits, parse_request, request_model
 
 LIMITS = Limits(max_inputs=3, max_text_chars=50, max_top_k=10)
@@ -19,14 +20,16 @@ def parse(payload, **kw):
 
 
 def test_parse_accepts_the_hf_payloads() -> None:
-    assert parse({"inputs": "a <mask>."}) == (["a <mask>."], True, 5, None)
+    assert parse({"inputs": "a <mask>."}) == (["a <mask>."], True, FillParams(5, None))
     assert parse({"inputs": ["a <mask>", "b [MASK]"], "parameters": {"top_k": 2}}) == (
-        ["a <mask>", "b [MASK]"], False, 2, None)
+        ["a <mask>", "b [MASK]"], False, FillParams(2, None))
     # What InferenceClient.fill_mask sends with its defaults, and with targets as one string.
-    assert parse({"inputs": "a <mask>", "parameters": {}})[2] == 5
-    assert parse({"inputs": "a <mask>", "parameters": {"targets": "x"}})[3] == ("x",)
-    assert parse({"inputs": "a <mask>", "parameters": None, "options": {"use_cache": 1}})[2] == 5
-    assert parse({"inputs": "a <mask>", "parameters": {"top_k": 10}}, vocab_size=4)[2] == 4
+    assert parse({"inputs": "a <mask>", "parameters": {}})[2].top_k == 5
+    assert parse({"inputs": "a <mask>", "parameters": {"targets": "x"}})[2].targets == ("x",)
+    assert parse({"inputs": "a <mask>", "parameters": None,
+                  "options": {"use_cache": 1}})[2].top_k == 5
+    assert parse({"inputs": "a <mask>", "parameters": {"top_k": 10}},
+                 vocab_size=4)[2].top_k == 4
     assert parse({"inputs": "a [M]"}, mask_token="[M]")[0] == ["a [M]"]
 
 
@@ -133,7 +136,8 @@ def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
     from mlmkit.serving.app import create_app
 
-    with pytest.raises(MlmkitError, match=next(iter(kw))):
+    # ServeConfig's rule, named as its flag: one rule for `mlmkit serve` and Python callers.
+    with pytest.raises(MlmkitError, match="--" + next(iter(kw)).replace("_", "-")):
         create_app(object(), **kw)
 
 
@@ -159,10 +163,28 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
                       "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
-                      "body_timeout_s": 3.0}
+                      "body_timeout_s": 3.0, "max_inputs": 64, "max_text_chars": 2000,
+                      "max_top_k": 100}
     from mlmkit.cli.flags import settings_from
     from mlmkit.config import ServeConfig
 
     cfg = settings_from(ServeConfig, build_parser().parse_args(["serve", "m"]))
     assert (cfg.host, cfg.port, cfg.no_batching, cfg.body_timeout_s) == ("127.0.0.1", 8000,
                                                                          False, 10.0)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch-size", "0"], "--max-batch-size 0: expected an integer >= 1"),
+    (["--max-wait-ms", "-1"], "--max-wait-ms -1.0: expected a finite number >= 0"),
+])
+def test_cli_serve_refuses_bad_limits_by_their_flag_before_loading(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, flags, message) -> None:
+    pytest.importorskip("fastapi")
+    import mlmkit.inference.fill
+    from mlmkit.cli.main import main
+
+    made = []
+    monkeypatch.setattr(mlmkit.inference.fill, "FillMask", lambda path, **kw: made.append(kw))
+    assert main(["serve", "some/model", *flags]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert made == []  # no model loaded for a setting that was never going to work

@@ -3,19 +3,20 @@ ray` and `run_batch(...)`, resumable after a lost node or a killed job, every re
 
 Ray Data runs a pool of actors (`map_batches` with a callable class: one model per actor, loaded
 once) over the shards of the input (fixed row ranges, `shards.py`). Each actor reads its shard
-straight from storage, runs the same `FillMask` / `Scorer` stream as `mlmkit fill` / `mlmkit
-score`, and writes the shard's records itself, so no text or record passes through the object
-store or the driver. Why not `read_text(...).map_batches(...).write_parquet(...)`: its blocks
-are not the same from one run to the next and carry no row numbers, and its readers stop at the
-first line that is not UTF-8 or not JSON; a job that resumes needs fixed row ranges, and a bad
-record must become an error in its place.
+straight from storage, runs the same task (`inference.tasks`: its engine, its stream) as
+`mlmkit fill` / `mlmkit score`, and writes the shard's records itself, so no text or record
+passes through the object store or the driver. Why not
+`read_text(...).map_batches(...).write_parquet(...)`: its blocks are not the same from one run
+to the next and carry no row numbers, and its readers stop at the first line that is not UTF-8
+or not JSON; a job that resumes needs fixed row ranges, and a bad record must become an error
+in its place.
 
 The output directory holds `part-NNNNNN.parquet` (or `.jsonl`) per shard, with `row` and
 `output` (the JSON line `mlmkit fill`/`score --output` writes for that record); `_shards/`,
 each shard's completion record, written only once its files are in place; `_job.json`, the
 settings and the shard plan; and, once all shards are done, `_errors.jsonl` and
-`_manifest.json`. Parquet readers skip names starting with `_`, so `pandas.read_parquet(DIR)`
-reads the records alone.
+`_manifest.json` (`job_dir.py` names them and decides what resumes). Parquet readers skip
+names starting with `_`, so `pandas.read_parquet(DIR)` reads the records alone.
 """
 
 from __future__ import annotations
@@ -31,22 +32,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlmkit.batch.job_dir import (
+    ERRORS,
+    JOB_FILE,
+    MANIFEST,
+    SHARDS,
+    finished_shard,
+    open_job_dir,
+    shard_marker,
+)
 from mlmkit.batch.shards import InputFile, Shard, count_rows, list_inputs, plan_shards, read_shard
 from mlmkit.errors import MlmkitError
+from mlmkit.inference.engine import check_budget
+from mlmkit.inference.tasks import Task, task_for, task_named
 from mlmkit.io.files import (
     atomic_open,
     atomic_write,
     file_entries,
     json_digest,
-    probe_writable,
-    read_sealed_json,
-    remove_partial_writes,
     write_sealed_json,
 )
 from mlmkit.io.inputs import LineTally, plural
 
 RAY_HINT = "--engine ray needs Ray Data: pip install 'mlmkit[ray]'"
-JOB_FILE, MANIFEST, ERRORS, SHARDS = "_job.json", "_manifest.json", "_errors.jsonl", "_shards"
 FORMATS = ("parquet", "jsonl")
 
 
@@ -54,8 +62,10 @@ FORMATS = ("parquet", "jsonl")
 class BatchJob:
     """What decides a job's output; a rerun into the same directory must repeat all of it.
 
-    `command`: "fill", "score" or "rescore"; `options`: fill's top_k and targets, score's
-    metric and per_token (and rescore's weight); `shard_rows`: rows per shard and output file.
+    `command`: the task's name, "fill", "score" or "rescore"; `options`: its parameters' fields
+    (fill's top_k and targets, score's metric and per_token, rescore's weight too), as the
+    job's settings store them; `shard_rows`: rows per shard and output file.
+    `BatchJob.of(params, model, ...)` builds one from typed parameters.
     """
 
     command: str
@@ -64,6 +74,20 @@ class BatchJob:
     dtype: str = "auto"
     shard_rows: int = 10_000
     format: str = "parquet"
+
+    @classmethod
+    def of(cls, params: Any, model: str, **settings: Any) -> BatchJob:
+        """The job running `params`' task (`FillParams`, `ScoreParams`, `RescoreParams`)."""
+        return cls(task_for(params).name, model, asdict(params), **settings)
+
+    @property
+    def task(self) -> Task:
+        return task_named(self.command)
+
+    @property
+    def params(self) -> Any:
+        """The task's parameters, checked (as any entry point's are) when built."""
+        return self.task.params_from(self.options)
 
 
 @dataclass(frozen=True)
@@ -115,8 +139,10 @@ def import_ray() -> Any:
 
 
 def check_job(job: BatchJob, res: BatchResources) -> None:
-    if job.command not in ("fill", "score", "rescore"):
-        raise MlmkitError(f"command {job.command!r}: expected fill, score or rescore")
+    """Refuse a bad setting in one line before any cluster starts or file is written: the
+    task's parameters and the engine's budgets by their own checks, then the job's."""
+    job.task.params_from(job.options)
+    check_budget(res.batch_size, res.max_tokens)
     if job.format not in FORMATS:
         raise MlmkitError(f"--format {job.format}: expected parquet or jsonl")
     for flag, value in (("--shard-rows", job.shard_rows), ("--workers", res.workers)):
@@ -131,21 +157,12 @@ def check_job(job: BatchJob, res: BatchResources) -> None:
 # ---------------------------------------------------------------------- one shard, on an actor
 
 def engine_stream(job: BatchJob, res: BatchResources) -> Callable[[Iterable], Iterable]:
-    """The engine's stream for the job, as `mlmkit fill` / `mlmkit score` build it: results in
-    input order, an `MlmkitError` in place of a record that failed."""
-    o = job.options
-    if job.command == "fill":
-        from mlmkit.inference.fill import FillMask
-
-        fm = FillMask(job.model, device=res.device, dtype=job.dtype, batch_size=res.batch_size,
-                      max_tokens=res.max_tokens)
-        return lambda texts: fm.stream(texts, o["top_k"], o.get("targets"))
-    from mlmkit.inference.score import Scorer, rescore
-
-    scorer = Scorer(job.model, device=res.device, dtype=job.dtype, max_tokens=res.max_tokens)
-    if job.command == "rescore":
-        return lambda recs: rescore(scorer, recs, o["weight"], o["metric"], o["per_token"])
-    return lambda texts: scorer.stream(texts, o["metric"], o["per_token"])
+    """The task's stream for the job, on an engine loaded once, as `mlmkit fill` / `mlmkit
+    score` run it: results in input order, an `MlmkitError` in place of a record that failed."""
+    task, params = job.task, job.params
+    engine = task.load(job.model, device=res.device, dtype=job.dtype, batch_size=res.batch_size,
+                       max_tokens=res.max_tokens)
+    return lambda items: task.run(engine, items, params)
 
 
 def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJob, out: Path,
@@ -156,7 +173,7 @@ def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJo
     pending: deque[tuple[int, str, str | None]] = deque()  # read, and not answered yet
 
     def items() -> Iterable[Any]:
-        for row, where, item, problem in read_shard(shard, tally, job.command == "rescore"):
+        for row, where, item, problem in read_shard(shard, tally, job.task.reads_records):
             pending.append((row, where, problem))
             yield item
 
@@ -175,7 +192,7 @@ def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJo
               "blank": tally.blank, "files": file_entries(out, names),
               "host": socket.gethostname(), "pid": os.getpid(), "started": started,
               "finished": time.time(), "seconds": round(time.perf_counter() - start, 3)}
-    write_sealed_json(_marker(out, shard.index), record)  # last: the shard is done
+    write_sealed_json(shard_marker(out, shard.index), record)  # last: the shard is done
     return record
 
 
@@ -224,75 +241,13 @@ class ShardWorker:
         return {"summary": np.array([json.dumps(d) for d in done], dtype=object)}
 
 
-# ---------------------------------------------------------------------- the job directory
-
-def _marker(out: Path, index: int) -> Path:
-    return out / SHARDS / f"{index:06d}.json"
-
-
-def finished_shard(out: Path, shard: Shard, digest: str) -> dict[str, Any] | None:
-    """The completion record of `shard` if it is done: sealed, of this job, and its files there
-    with their recorded sizes (a digest check would read the whole output again)."""
-    rec, _ = read_sealed_json(_marker(out, shard.index))
-    if rec is None or rec.get("job") != digest or not isinstance(rec.get("files"), dict):
-        return None
-    for name, entry in rec["files"].items():
-        p = out / name
-        if not p.is_file() or p.stat().st_size != entry.get("size"):
-            return None
-    return rec
-
+# ---------------------------------------------------------------------- the job record
 
 def _job_record(job: BatchJob, inputs: list[InputFile]) -> dict[str, Any]:
     # Options flat among the settings, so that a refusal names the one that differs; through
     # JSON, so that it compares equal to what a rerun reads back (tuples, ints).
     settings = {**{k: v for k, v in asdict(job).items() if k != "options"}, **job.options}
     return json.loads(json.dumps({"settings": settings, "inputs": [asdict(f) for f in inputs]}))
-
-
-def open_job_dir(out: Path, record: dict[str, Any]) -> list[Shard] | None:
-    """Make `out` ready for the job: a new or empty directory, or one an earlier run of the very
-    same job wrote (then its shard plan is returned). Refuses anything else, deleting nothing
-    but the temporary files of its own killed writes."""
-    if out.exists() and not out.is_dir():
-        raise MlmkitError(f"--output {out}: is a file; expected a directory (one file per "
-                          "shard goes there)")
-    probe_writable(out, "--output")
-    if not (out / JOB_FILE).exists():
-        if out.exists() and any(out.iterdir()):
-            raise MlmkitError(f"--output {out}: not empty and not written by an mlmkit batch "
-                              f"job (no {JOB_FILE}); expected a new or empty directory")
-        (out / SHARDS).mkdir(parents=True, exist_ok=True)
-        return None
-    old, problem = read_sealed_json(out / JOB_FILE)
-    if old is None:
-        raise MlmkitError(f"--output {out}: {problem}; expected the {JOB_FILE} an earlier run "
-                          "wrote (move the directory aside to start over)")
-    was, now = old.get("settings", {}), record["settings"]
-    diffs = [f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in sorted({*was, *now})
-             if was.get(k) != now.get(k)]
-    if diffs:
-        raise MlmkitError(f"--output {out}: holds a job with other settings ({'; '.join(diffs)})"
-                          "; expected the same arguments to resume it, or another --output")
-    if old.get("inputs") != record["inputs"]:
-        raise MlmkitError(f"--output {out}: its job read other input files (or they changed "
-                          f"since: {_first_difference(old.get('inputs'), record['inputs'])}); "
-                          "expected the same input to resume it, or another --output")
-    for d in (out, out / SHARDS):
-        remove_partial_writes(d)
-    return [Shard(**s) for s in old["shards"]]
-
-
-def _first_difference(was: Any, now: list[dict]) -> str:
-    was = {f["uri"]: f for f in was} if isinstance(was, list) else {}
-    for f in now:
-        w = was.get(f["uri"])
-        if w is None:
-            return f"{f['uri']} is new"
-        if w != f:
-            return (f"{f['uri']}: {w.get('size'):,} bytes there, {f['size']:,} here, or "
-                    "modified since")
-    return f"{len(set(was) - {f['uri'] for f in now})} of its files are gone"
 
 
 # ---------------------------------------------------------------------- the driver

@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.training.rundir import run_eval_settings
     from mlmkit.training.perplexity import run_eval
+    from mlmkit.training.rundir import run_eval_settings
 
     # A run's directory: by default its own data settings and held-out split, so the number
     # printed is the run's own.

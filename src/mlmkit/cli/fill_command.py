@@ -7,7 +7,6 @@ from typing import Any
 
 from mlmkit.cli.flags import add_command
 from mlmkit.cli.results import add_engine_flags, engine_settings, run_on_ray, write_results
-from mlmkit.errors import MlmkitError
 from mlmkit.io.inputs import LineTally, check_io_paths
 
 
@@ -35,15 +34,15 @@ def _plain(res: list, out: Any) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.inference.fill import FillMask
+    from mlmkit.inference.params import FillParams
+    from mlmkit.inference.tasks import FILL
 
-    if ns.top_k < 1:
-        raise MlmkitError(f"--top-k {ns.top_k}: expected a positive integer")
+    params = FillParams(ns.top_k, ns.targets)  # checked before anything loads
     engine, ray = engine_settings(ns)
     if ray.engine == "ray":
-        return run_on_ray(ns, "fill", {"top_k": ns.top_k, "targets": ns.targets}, engine, ray)
+        return run_on_ray(ns, params, engine, ray)
     check_io_paths(ns.texts, ns.input, ns.output)
-    fm = FillMask(ns.model, device=engine.device, dtype=engine.dtype,
-                  batch_size=engine.batch_size, max_tokens=engine.max_tokens)
-    return write_results(ns, lambda texts: fm.stream(texts, ns.top_k, ns.targets), _plain,
+    fm = FILL.load(ns.model, device=engine.device, dtype=engine.dtype,
+                   batch_size=engine.batch_size, max_tokens=engine.max_tokens)
+    return write_results(ns, lambda texts: FILL.run(fm, texts, params), _plain,
                          LineTally("could not be filled"), "filling", engine.quiet, gap=True)

@@ -35,9 +35,9 @@ def engine_settings(ns: argparse.Namespace) -> tuple[EngineConfig, RayConfig]:
     return settings_from(EngineConfig, ns), ray
 
 
-def run_on_ray(ns: argparse.Namespace, command: str, options: dict[str, Any],
-               engine: EngineConfig, ray: RayConfig) -> int:
-    """`--engine ray`: the input's records through `batch.run_batch`, into a directory."""
+def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: RayConfig) -> int:
+    """`--engine ray`: the input's records through `batch.run_batch` for the task of `params`,
+    into a directory."""
     from mlmkit.batch.ray import BatchJob, BatchResources, run_batch
 
     if any(t != "-" for t in ns.texts) or ns.input in (None, "-"):
@@ -45,8 +45,8 @@ def run_on_ray(ns: argparse.Namespace, command: str, options: dict[str, Any],
                           "on the command line or stdin")
     if not ns.output:
         raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
-    job = BatchJob(command, ns.model, options, dtype=engine.dtype, shard_rows=ray.shard_rows,
-                   format=ray.format)
+    job = BatchJob.of(params, ns.model, dtype=engine.dtype, shard_rows=ray.shard_rows,
+                      format=ray.format)
     res = BatchResources(address=ray.address, workers=ray.workers,
                          gpus_per_worker=ray.gpus_per_worker,
                          cpus_per_worker=ray.cpus_per_worker, device=engine.device,

@@ -36,23 +36,24 @@ def _plain(rec: dict, out: Any) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.inference.score import Scorer, check_metric, rescore
+    from mlmkit.inference.params import RescoreParams, ScoreParams
+    from mlmkit.inference.tasks import task_for
 
-    metric = check_metric(ns.metric)
+    # Checked before anything loads; the task follows from the parameters' type.
+    params = (RescoreParams(ns.weight, ns.metric, ns.per_token) if ns.rescore
+              else ScoreParams(ns.metric, ns.per_token))
     engine, ray = engine_settings(ns)
     if ray.engine == "ray":
-        extra = {"weight": ns.weight} if ns.rescore else {}
-        return run_on_ray(ns, "rescore" if ns.rescore else "score",
-                          {"metric": metric, "per_token": ns.per_token, **extra}, engine, ray)
+        return run_on_ray(ns, params, engine, ray)
     check_io_paths(ns.texts, ns.input, ns.output)
     if ns.rescore and any(t != "-" for t in ns.texts):
         raise MlmkitError("--rescore: reads n-best records from --input or stdin, not texts on "
                           "the command line")
-    scorer = Scorer(ns.model, device=engine.device, dtype=engine.dtype,
-                    max_tokens=engine.max_tokens)
-    if ns.rescore:
-        return write_results(
-            ns, lambda recs: rescore(scorer, recs, ns.weight, metric, ns.per_token), None,
-            LineTally("could not be rescored"), "rescoring", engine.quiet, whole_record=True)
-    return write_results(ns, lambda texts: scorer.stream(texts, metric, ns.per_token), _plain,
-                         LineTally("could not be scored"), "scoring", engine.quiet)
+    task = task_for(params)
+    scorer = task.load(ns.model, device=engine.device, dtype=engine.dtype,
+                       max_tokens=engine.max_tokens)
+    doing, tally = ("rescoring", "could not be rescored") if ns.rescore else (
+        "scoring", "could not be scored")
+    return write_results(ns, lambda items: task.run(scorer, items, params),
+                         None if ns.rescore else _plain, LineTally(tally), doing, engine.quiet,
+                         whole_record=task.reads_records)

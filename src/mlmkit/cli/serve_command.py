@@ -31,5 +31,6 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
                       batch_size=cfg.max_batch_size)
     serve(engine, host=cfg.host, port=cfg.port, max_batch_size=cfg.max_batch_size,
           max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, batching=not cfg.no_batching,
-          body_timeout_s=cfg.body_timeout_s)
+          body_timeout_s=cfg.body_timeout_s, max_inputs=cfg.max_inputs,
+          max_text_chars=cfg.max_text_chars, max_top_k=cfg.max_top_k)
     return 0

@@ -14,26 +14,30 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from mlmkit.errors import MlmkitError
-from mlmkit.modeling.load import inference_model, masked_logits, max_block_size
+from mlmkit.inference.engine import Engine, clip
+from mlmkit.inference.params import FillParams
+from mlmkit.modeling.load import masked_logits
 
 log = logging.getLogger("mlmkit")
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
 
 
-class FillMask:
+class FillMask(Engine):
     """Fill `<mask>` (or `[MASK]`) in texts with a masked LM.
 
     `FillMask(path_or_hub_id)(texts, top_k=5, targets=None)` -> the pipeline's records for one
     text, or a list of them for a list of texts.
     """
+
+    default_batch_size = (32, 256)  # more texts per pass is no faster on a CPU
+    default_max_tokens = (None, 16_384)
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int | None = None,
@@ -42,49 +46,21 @@ class FillMask:
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
         GPU."""
-        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
-            if value is not None and value < 1:
-                raise MlmkitError(f"{name} {value}: expected a positive integer")
-        self.model, tokenizer, self.device = inference_model(model, tokenizer, device, dtype,
-                                                             "FillMask")
-        gpu = self.device.type == "cuda"
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size or (256 if gpu else 32)
-        self.max_tokens = max_tokens or (16_384 if gpu else None)
-        self.mask_id = tokenizer.mask_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.max_length = max_block_size(self.model.config, tokenizer)
-        self._token_str = lru_cache(maxsize=200_000)(lambda i: tokenizer.decode([i]))
-        self._decode_batch = batch_decoder(tokenizer)
+        super().__init__(model, tokenizer, device, dtype, batch_size, max_tokens)
+        self._decode_batch = batch_decoder(self.tokenizer)
         self._warned_targets: set[str] = set()
 
     # ------------------------------------------------------------------ public API
 
     def __call__(self, texts: str | list[str], top_k: int = 5,
                  targets: str | list[str] | None = None) -> list:
-        single = isinstance(texts, str)
-        results = list(self.stream([texts] if single else texts, top_k, targets))
-        for r in results:
-            if isinstance(r, MlmkitError):
-                raise r
-        return results[0] if single else results
+        return self._answer(texts, FillParams(top_k, targets))
 
     def stream(self, texts: Iterable[str], top_k: int = 5, targets: str | list[str] | None = None,
                chunk: int = 1024) -> Iterator[list | MlmkitError]:
         """Results in input order for any number of texts with constant memory; a text that
         cannot be filled yields an `MlmkitError` in its place instead of stopping the rest."""
-        if top_k < 1:
-            raise MlmkitError(f"top_k {top_k}: expected a positive integer")
-        target_ids, stand_ins = (self._resolve_targets(targets) if targets is not None
-                                 else (None, {}))
-        buf: list[str] = []
-        for t in texts:
-            buf.append(t)
-            if len(buf) == chunk:
-                yield from self._fill_chunk(buf, top_k, target_ids, stand_ins)
-                buf = []
-        if buf:
-            yield from self._fill_chunk(buf, top_k, target_ids, stand_ins)
+        yield from self.results(texts, FillParams(top_k, targets), chunk)
 
     def target_ids(self, targets: str | list[str]) -> np.ndarray:
         """Vocabulary ids of `targets`, resolved as the pipeline does: a target that is not
@@ -97,8 +73,7 @@ class FillMask:
         """`target_ids`, and for each stand-in token the target word it replaced (the output
         records say it: "target")."""
         stand_ins: dict[int, str] = {}
-        if isinstance(targets, str):
-            targets = [targets]
+        targets = [targets] if isinstance(targets, str) else list(targets)
         vocab = self.tokenizer.get_vocab()
         ids = []
         for t in targets:
@@ -126,33 +101,27 @@ class FillMask:
                      not in targets}
         return np.array(sorted(set(ids))), stand_ins
 
-    # ------------------------------------------------------------------ engine
+    # ------------------------------------------------------------------ the task
 
-    def _fill_chunk(self, texts: list[str], top_k: int, target_ids: np.ndarray | None,
+    def _chunk_runner(self, params: FillParams) -> Callable[[list[Any]], list]:
+        target_ids, stand_ins = (self._resolve_targets(params.targets)
+                                 if params.targets is not None else (None, {}))
+        return lambda texts: self._fill_chunk(texts, params.top_k, target_ids, stand_ins)
+
+    def _normalize(self, text: str) -> str:
+        return MASK_SPELLINGS.sub(self.tokenizer.mask_token, text)
+
+    def _refusal(self, text: str, enc: Any, row: int) -> str | None:
+        if self.mask_id not in enc["input_ids"][row]:
+            return (f"no mask token in {clip(text)!r}: expected <mask> or [MASK] "
+                    f"({self.tokenizer.mask_token})")
+        return None
+
+    def _fill_chunk(self, texts: list[Any], top_k: int, target_ids: np.ndarray | None,
                     stand_ins: dict[int, str]) -> list[list | MlmkitError]:
         results: list[list | MlmkitError] = [None] * len(texts)  # type: ignore[list-item]
-        normalized = [MASK_SPELLINGS.sub(self.tokenizer.mask_token, t) if isinstance(t, str)
-                      else t for t in texts]
-        ok: list[int] = []
-        for i, t in enumerate(normalized):
-            if not isinstance(t, str):
-                results[i] = MlmkitError(f"input {i + 1}: expected a string, got "
-                                         f"{type(t).__name__}")
-            else:
-                ok.append(i)
-        enc = self.tokenizer([normalized[i] for i in ok], add_special_tokens=True,
-                             return_attention_mask=False)["input_ids"]
-        ids_of: dict[int, np.ndarray] = {}
-        for i, ids in zip(ok, enc):
-            arr = np.asarray(ids, dtype=np.int64)
-            if not (arr == self.mask_id).any():
-                results[i] = MlmkitError(f"no mask token in {clip(texts[i])!r}: expected <mask> "
-                                         f"or [MASK] ({self.tokenizer.mask_token})")
-            elif len(arr) > self.max_length:
-                results[i] = MlmkitError(f"{clip(texts[i])!r}: {len(arr)} tokens, more than the "
-                                         f"{self.max_length} the model accepts")
-            else:
-                ids_of[i] = arr
+        admitted, enc = self._admit(texts, results)
+        ids_of = {i: np.asarray(enc["input_ids"][row], dtype=np.int64) for i, row in admitted}
         order = sorted(ids_of, key=lambda i: len(ids_of[i]))  # length-sorted: little padding
         targets = None if target_ids is None else torch.from_numpy(target_ids).to(self.device)
         # Software pipeline: batch i+1 is queued on the device before batch i's records are
@@ -322,8 +291,3 @@ def batch_decoder(tokenizer: Any) -> Callable[[list[list[int]], bool], list[str]
 # (bytes split across tokens), special tokens inside the text.
 _PROBES = ["Hello , world ! It is n't a café ; he 's here ?", "<mask> . 🙂 <mask> 're ' s",
            "They 've said \"no\" ... (really ?) <mask>"]
-
-
-def clip(text: str, n: int = 60) -> str:
-    """`text` cut to `n` characters for an error message."""
-    return text if len(text) <= n else text[: n - 3] + "..."

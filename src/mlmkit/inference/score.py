@@ -21,30 +21,17 @@ a sentence's length. bench/score_speed.py measures the difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from mlmkit.errors import MlmkitError
-from mlmkit.inference.fill import clip
-from mlmkit.modeling.load import inference_model, masked_logits, max_block_size
-
-METRICS = ("original", "word-l2r", "whole-word")
-# minicons' names, accepted so that its users' scripts carry over
-_ALIASES = {"within_word_l2r": "word-l2r", "pll-word-l2r": "word-l2r", "pll": "original",
-            "whole_word": "whole-word"}
-
-
-def check_metric(metric: str) -> str:
-    """`metric` by its canonical name; an unknown one is an error naming the known ones."""
-    name = _ALIASES.get(metric, metric)
-    if name not in METRICS:
-        raise MlmkitError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
-    return name
+from mlmkit.inference.engine import Engine, clip
+from mlmkit.inference.params import RescoreParams, ScoreParams
+from mlmkit.modeling.load import masked_logits
 
 
 def plan_copies(word_ids: list[int | None], scored: list[int], metric: str
@@ -86,7 +73,7 @@ class _Sentence:
     logprobs: dict[int, float]  # position -> log p(true token)
 
 
-class Scorer:
+class Scorer(Engine):
     """Score sentences by pseudo-log-likelihood with a masked LM.
 
     `Scorer(path_or_hub_id)(texts, metric="original", per_token=False)` -> one record (dict)
@@ -95,54 +82,45 @@ class Scorer:
     ``token_logprobs`` of each scored token.
     """
 
+    default_max_tokens = (2_048, 32_768)
+    chunk_size = 512
+
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
                  dtype: str = "auto", max_tokens: int | None = None) -> None:
         """`max_tokens`: most tokens per forward pass, counted after padding (default 2,048 on
         a CPU, 32,768 on a GPU); the memory a batch needs is bounded by it, whatever the
         length of the sentences."""
-        if max_tokens is not None and max_tokens < 1:
-            raise MlmkitError(f"max_tokens {max_tokens}: expected a positive integer")
-        self.model, self.tokenizer, self.device = inference_model(model, tokenizer, device,
-                                                                  dtype, "Scorer")
-        if self.tokenizer.mask_token_id is None:
-            raise MlmkitError("the model's tokenizer has no mask token; PLL scoring needs one")
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise MlmkitError("PLL scoring needs a fast tokenizer (tokenizer.json) for the word "
-                              "boundaries of word-l2r and whole-word")
-        self.max_tokens = max_tokens or (32_768 if self.device.type == "cuda" else 2_048)
-        self.max_length = max_block_size(self.model.config, self.tokenizer)
-        self.mask_id = self.tokenizer.mask_token_id
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else 0
-        self._token_str = lru_cache(maxsize=200_000)(lambda i: self.tokenizer.decode([i]))
+        super().__init__(model, tokenizer, device, dtype, max_tokens=max_tokens)
 
     def __call__(self, texts: str | list[str], metric: str = "original",
                  per_token: bool = False) -> dict | list[dict]:
-        single = isinstance(texts, str)
-        results = list(self.stream([texts] if single else texts, metric, per_token))
-        for r in results:
-            if isinstance(r, MlmkitError):
-                raise r
-        return results[0] if single else results
+        return self._answer(texts, ScoreParams(metric, per_token))
 
     def stream(self, texts: Iterable[str], metric: str = "original", per_token: bool = False,
                chunk: int = 512) -> Iterator[dict | MlmkitError]:
         """Records in input order for any number of texts, with memory bounded by `chunk`
         texts; a text that cannot be scored yields an `MlmkitError` in its place instead of
         stopping the rest."""
-        metric = check_metric(metric)
-        buf: list[str] = []
-        for t in texts:
-            buf.append(t)
-            if len(buf) == chunk:
-                yield from self._score_chunk(buf, metric, per_token)
-                buf = []
-        if buf:
-            yield from self._score_chunk(buf, metric, per_token)
+        yield from self.results(texts, ScoreParams(metric, per_token), chunk)
 
-    # ------------------------------------------------------------------ engine
+    # ------------------------------------------------------------------ the task
 
-    def _score_chunk(self, texts: list[str], metric: str, per_token: bool
+    def _check_tokenizer(self) -> None:
+        if self.tokenizer.mask_token_id is None:
+            raise MlmkitError("the model's tokenizer has no mask token; PLL scoring needs one")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise MlmkitError("PLL scoring needs a fast tokenizer (tokenizer.json) for the word "
+                              "boundaries of word-l2r and whole-word")
+
+    def _refusal(self, text: str, enc: Any, row: int) -> str | None:
+        if all(enc["special_tokens_mask"][row]):
+            return f"{clip(text)!r}: no tokens to score; expected a non-empty text"
+        return None
+
+    def _chunk_runner(self, params: ScoreParams) -> Callable[[list[Any]], list]:
+        return lambda texts: self._score_chunk(texts, params.metric, params.per_token)
+
+    def _score_chunk(self, texts: list[Any], metric: str, per_token: bool
                      ) -> list[dict | MlmkitError]:
         results: list[dict | MlmkitError | None] = [None] * len(texts)
         sentences = self._plan(texts, metric, results)
@@ -156,27 +134,14 @@ class Scorer:
     def _plan(self, texts: list[Any], metric: str, results: list) -> list[_Sentence]:
         """Tokenize the texts and plan their copies; a text that cannot be scored gets its
         error in `results` now."""
-        ok = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        for i in set(range(len(texts))) - set(ok):
-            results[i] = MlmkitError(f"input {i + 1}: expected a string, got "
-                                     f"{type(texts[i]).__name__}")
-        enc = self.tokenizer([texts[i] for i in ok], add_special_tokens=True,
-                             return_special_tokens_mask=True, return_attention_mask=False)
+        admitted, enc = self._admit(texts, results, return_special_tokens_mask=True)
         sentences = []
-        for j, i in enumerate(ok):
-            ids = np.asarray(enc["input_ids"][j], dtype=np.int64)
-            scored = [p for p, s in enumerate(enc["special_tokens_mask"][j]) if not s]
-            if not scored:
-                results[i] = MlmkitError(f"{clip(texts[i])!r}: no tokens to score; expected "
-                                         "a non-empty text")
-            elif len(ids) > self.max_length:
-                results[i] = MlmkitError(f"{clip(texts[i])!r}: {len(ids)} tokens, more than "
-                                         f"the {self.max_length} the model accepts")
-            else:
-                word_ids = enc.word_ids(j)
-                masked, score_at = plan_copies(word_ids, scored, metric)
-                sentences.append(_Sentence(i, ids, masked, score_at,
-                                           count_words(word_ids, scored), {}))
+        for i, row in admitted:
+            scored = [p for p, s in enumerate(enc["special_tokens_mask"][row]) if not s]
+            word_ids = enc.word_ids(row)
+            masked, score_at = plan_copies(word_ids, scored, metric)
+            sentences.append(_Sentence(i, np.asarray(enc["input_ids"][row], dtype=np.int64),
+                                       masked, score_at, count_words(word_ids, scored), {}))
         return sentences
 
     def _batches(self, sentences: list[_Sentence]
@@ -280,9 +245,7 @@ def rescore(scorer: Scorer, records: Iterable[Any], weight: float = 1.0,
     other fields kept) gains ``best``, the text of the top candidate. A record that cannot be
     read, or with a candidate that cannot be scored, yields an `MlmkitError` in its place;
     all the candidates of all records go through the scorer's batches together."""
-    metric = check_metric(metric)
-    if not math.isfinite(weight):
-        raise MlmkitError(f"weight {weight}: expected a finite number")
+    params = RescoreParams(weight, metric, per_token)
     pending: list[tuple[Any, list[tuple[str, float]] | MlmkitError]] = []
 
     def texts() -> Iterator[str]:
@@ -295,7 +258,7 @@ def rescore(scorer: Scorer, records: Iterable[Any], weight: float = 1.0,
             pending.append((rec, cands))
             yield from (t for t, _ in cands)
 
-    scored = scorer.stream(texts(), metric, per_token)
+    scored = scorer.results(texts(), params.scoring)
     while True:
         try:
             first = next(scored)
@@ -308,7 +271,7 @@ def rescore(scorer: Scorer, records: Iterable[Any], weight: float = 1.0,
             return
         rec, cands = pending.pop(0)
         results = [first] + [next(scored) for _ in range(len(cands) - 1)]
-        yield _ranked(rec, cands, results, weight)
+        yield _ranked(rec, cands, results, params.weight)
 
 
 def _ranked(rec: dict, cands: list[tuple[str, float]], results: list, weight: float

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from mlmkit.errors import MlmkitError
-from mlmkit.inference.fill import MASK_SPELLINGS, clip
-from mlmkit.inference.score import check_metric
+from mlmkit.inference.engine import clip
+from mlmkit.inference.fill import MASK_SPELLINGS
+from mlmkit.inference.params import FillParams, InvalidParam, ScoreParams
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -115,18 +115,24 @@ def _request_models(limits: Limits) -> dict[str, type]:
     return {"fill": FillRequest, "score": ScoreRequest}
 
 
-def parse_score_request(body: bytes, limits: Limits) -> tuple[list[str], bool, str, bool]:
-    """Check a `/score` payload -> (texts, single, metric, per_token); an `ApiError` names what
-    is wrong."""
+def parse_score_request(body: bytes, limits: Limits) -> tuple[list[str], bool, ScoreParams]:
+    """Check a `/score` payload -> (texts, single, params); an `ApiError` names what is
+    wrong."""
     req = _validated(body, limits, score_request_model(limits), "score")
     single = isinstance(req.inputs, str)
-    params = req.parameters
+    p = req.parameters
+    params = _task_params(ScoreParams, metric=p.metric if p and p.metric else "original",
+                          per_token=bool(p and p.per_token))
+    return ([req.inputs] if single else req.inputs), single, params
+
+
+def _task_params(cls: type, **values: Any) -> Any:
+    """The task's parameters, checked by their own type (the one place their rules live); a
+    refusal names the field where the request has it."""
     try:
-        metric = check_metric(params.metric if params and params.metric else "original")
-    except MlmkitError as e:
-        raise ApiError(400, f"'parameters.metric': {e}") from None
-    return ([req.inputs] if single else req.inputs), single, metric, bool(
-        params and params.per_token)
+        return cls(**values)
+    except InvalidParam as e:
+        raise ApiError(400, f"'parameters.{e.field}': {e}") from None
 
 
 def _validated(body: bytes, limits: Limits, model: type, route: str) -> Any:
@@ -142,10 +148,9 @@ def _validated(body: bytes, limits: Limits, model: type, route: str) -> Any:
 
 
 def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
-                  vocab_size: int | None = None) -> tuple[list[str], bool, int,
-                                                          tuple[str, ...] | None]:
-    """Check a fill-mask payload -> (texts, single, top_k, targets); an `ApiError` names what
-    is wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
+                  vocab_size: int | None = None) -> tuple[list[str], bool, FillParams]:
+    """Check a fill-mask payload -> (texts, single, params); an `ApiError` names what is
+    wrong. `single` is whether `inputs` was one string (the answer is then not nested)."""
     req = _validated(body, limits, request_model(limits), "fill")
     single = isinstance(req.inputs, str)
     texts = [req.inputs] if single else req.inputs
@@ -158,9 +163,7 @@ def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
     if vocab_size:
         top_k = min(top_k, vocab_size)  # a tiny vocabulary has fewer candidates than asked
     targets = None if params is None else params.targets
-    if targets is not None:
-        targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    return texts, single, top_k, targets
+    return texts, single, _task_params(FillParams, top_k=top_k, targets=targets)
 
 
 def _too_large(size: int | None, limits: Limits) -> ApiError:

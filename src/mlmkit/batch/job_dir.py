@@ -1,0 +1,77 @@
+"""The directory a Ray batch job writes: what its files are called, whether a shard is done
+(its sealed completion record, its files there at their sizes), and whether a directory may
+take a job (new, empty, or the same job's earlier run, which then resumes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlmkit.batch.shards import Shard
+from mlmkit.errors import MlmkitError
+from mlmkit.io.files import probe_writable, read_sealed_json, remove_partial_writes
+
+JOB_FILE, MANIFEST, ERRORS, SHARDS = "_job.json", "_manifest.json", "_errors.jsonl", "_shards"
+
+
+def shard_marker(out: Path, index: int) -> Path:
+    return out / SHARDS / f"{index:06d}.json"
+
+
+def finished_shard(out: Path, shard: Shard, digest: str) -> dict[str, Any] | None:
+    """The completion record of `shard` if it is done: sealed, of this job, and its files there
+    with their recorded sizes (a digest check would read the whole output again)."""
+    rec, _ = read_sealed_json(shard_marker(out, shard.index))
+    if rec is None or rec.get("job") != digest or not isinstance(rec.get("files"), dict):
+        return None
+    for name, entry in rec["files"].items():
+        p = out / name
+        if not p.is_file() or p.stat().st_size != entry.get("size"):
+            return None
+    return rec
+
+
+def open_job_dir(out: Path, record: dict[str, Any]) -> list[Shard] | None:
+    """Make `out` ready for the job: a new or empty directory, or one an earlier run of the very
+    same job wrote (then its shard plan is returned). Refuses anything else, deleting nothing
+    but the temporary files of its own killed writes."""
+    if out.exists() and not out.is_dir():
+        raise MlmkitError(f"--output {out}: is a file; expected a directory (one file per "
+                          "shard goes there)")
+    probe_writable(out, "--output")
+    if not (out / JOB_FILE).exists():
+        if out.exists() and any(out.iterdir()):
+            raise MlmkitError(f"--output {out}: not empty and not written by an mlmkit batch "
+                              f"job (no {JOB_FILE}); expected a new or empty directory")
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+        return None
+    old, problem = read_sealed_json(out / JOB_FILE)
+    if old is None:
+        raise MlmkitError(f"--output {out}: {problem}; expected the {JOB_FILE} an earlier run "
+                          "wrote (move the directory aside to start over)")
+    was, now = old.get("settings", {}), record["settings"]
+    diffs = [f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in sorted({*was, *now})
+             if was.get(k) != now.get(k)]
+    if diffs:
+        raise MlmkitError(f"--output {out}: holds a job with other settings ({'; '.join(diffs)})"
+                          "; expected the same arguments to resume it, or another --output")
+    if old.get("inputs") != record["inputs"]:
+        raise MlmkitError(f"--output {out}: its job read other input files (or they changed "
+                          f"since: {_first_difference(old.get('inputs'), record['inputs'])}); "
+                          "expected the same input to resume it, or another --output")
+    for d in (out, out / SHARDS):
+        remove_partial_writes(d)
+    return [Shard(**s) for s in old["shards"]]
+
+
+def _first_difference(was: Any, now: list[dict]) -> str:
+    was = {f["uri"]: f for f in was} if isinstance(was, list) else {}
+    for f in now:
+        w = was.get(f["uri"])
+        if w is None:
+            return f"{f['uri']} is new"
+        if w != f:
+            return (f"{f['uri']}: {w.get('size'):,} bytes there, {f['size']:,} here, or "
+                    "modified since")
+    return f"{len(set(was) - {f['uri'] for f in now})} of its files are gone"
