@@ -142,3 +142,23 @@ def test_csv_json_and_parquet_shards_read_as_the_single_process_reader(tmp_path,
         plan = plan_shards(files, counts, shard_rows)
         got = [rec for s in plan for rec in read_shard(s, LineTally())]
         assert got == want, shard_rows
+
+
+@pytest.mark.parametrize("name", ["in.jsonl.gz", "in.csv", "in.json", "in.parquet"])
+def test_urls_read_through_pyarrow_as_local_paths(tmp_path, name):
+    """file:// goes the way s3:// and gs:// go (pyarrow's filesystem, fsspec's glob)."""
+    path = tmp_path / name
+    if name.startswith("in.jsonl"):
+        path.write_bytes(gzip.compress(corpus(3)))
+    else:
+        write_records(path, name.split(".")[1])
+    local = list(iter_inputs([], str(path), LineTally()))
+    url = f"file://{tmp_path}/*.{name.split('.', 1)[1]}"
+    files = list_inputs(url)
+    assert [f.uri for f in files] == [f"file://{path}"]
+    remote = list(iter_inputs([], url, LineTally()))
+    assert [(i.number, i.item, i.problem) for i in remote] == \
+        [(i.number, i.item, i.problem) for i in local]
+    plan = plan_shards(files, [count_rows(f.uri, f.kind, 3) for f in files], 3)
+    assert [r[2:] for s in plan for r in read_shard(s, LineTally())] == \
+        [(i.item, i.problem) for i in local]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlmkit.io.formats import Entry, iter_lines, line_entries, parquet_entries, read_entries
-from mlmkit.io.inputs import LineTally, entry_items, list_input_files
+from mlmkit.io.inputs import LineTally, entry_items, input_columns, list_input_files
 from mlmkit.io.locate import format_of, open_binary
 
 _READ_CHUNK = 1 << 24  # bytes per read while counting: large reads, few calls to S3
@@ -122,8 +122,7 @@ def read_shard(shard: Shard, tally: LineTally, whole_record: bool = False,
     """(row, where, item, problem) of each record of `shard`, as `mlmkit fill --input` reads
     them (blank lines counted in `tally` and skipped); `where` names the file and line (or
     Parquet row, or JSON array element) in messages, 1-based as `read_inputs` numbers them."""
-    columns = None if whole_record else [f.split(".", 1)[0] for f in text_fields or ["text"]]
-    entries = _shard_entries(shard, whole_record, columns)
+    entries = _shard_entries(shard, whole_record, input_columns(text_fields, whole_record))
     for it in entry_items(entries, shard.uri, tally, text_fields, whole_record, shard.first):
         yield shard.row + it.index - shard.first, it.where, it.item, it.problem
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -269,7 +268,3 @@ def read_entries(uri: str, fmt: str | None = None, columns: list[str] | None = N
         raise MlmkitError(f"{uri}: cannot read: {e}") from None
     except Exception as e:  # pyarrow and friends: still one line, naming the file
         raise MlmkitError(f"{uri}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
-
-
-def skip_entries(entries: Iterator[Entry], n: int) -> Iterator[Entry]:
-    return itertools.islice(entries, n, None)

@@ -14,7 +14,7 @@ from mlmkit.errors import MlmkitError
 from mlmkit.io.fields import FieldError, input_text
 from mlmkit.io.files import probe_writable
 from mlmkit.io.formats import BLANK, Entry, line_entries, read_entries
-from mlmkit.io.locate import FORMATS, ListedFile, is_url, list_files
+from mlmkit.io.locate import FORMATS, ListedFile, is_pattern, is_url, list_files
 
 
 class LineTally:
@@ -96,6 +96,11 @@ def list_input_files(input_path: str) -> list[ListedFile]:
     return list_files(input_path, recursive=False, known_only=False)
 
 
+def input_columns(text_fields: list[str] | None, whole_record: bool) -> list[str] | None:
+    """The top-level columns that hold the text (all, for whole records): what Parquet reads."""
+    return None if whole_record else [f.split(".", 1)[0] for f in text_fields or ["text"]]
+
+
 def iter_inputs(texts: list[str], input_path: str | None, tally: LineTally,
                 jsonl: bool | None = None, whole_record: bool = False,
                 text_fields: list[str] | None = None) -> Iterator[InputItem]:
@@ -113,7 +118,7 @@ def iter_inputs(texts: list[str], input_path: str | None, tally: LineTally,
         yield from (InputItem(i, f"text {i}", t, None) for i, t in enumerate(texts, 1))
         return
     itself = (input_path, os.path.abspath(os.path.expanduser(input_path)))
-    columns = None if whole_record else [f.split(".", 1)[0] for f in text_fields or ["text"]]
+    columns = input_columns(text_fields, whole_record)
     for f in list_input_files(input_path):
         fmt = f.fmt or ".txt"
         if jsonl is not None and fmt in (".txt", ".jsonl"):
@@ -152,7 +157,7 @@ def check_io_paths(texts: list[str], input_path: str | None, output: str | None)
         # `read_inputs` reads directories; the command asks for a glob, which says which files.
         raise MlmkitError(f"--input {input_path}: is a directory; {expected} (such as "
                           f"'{Path(input_path) / '*.jsonl'}')")
-    if reading and not is_url(input_path) and not any(c in input_path for c in "*?[") \
+    if reading and not is_url(input_path) and not is_pattern(input_path) \
             and not Path(input_path).exists():  # /dev/stdin and other pipes are welcome
         raise MlmkitError(f"--input {input_path}: file not found; {expected}")
     inputs = list_input_files(input_path) if reading else []

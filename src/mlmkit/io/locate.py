@@ -33,6 +33,12 @@ def is_url(spec: str) -> bool:
     return "://" in spec
 
 
+def is_pattern(spec: str) -> bool:
+    """Whether `spec` is a glob (a file name holding these characters must be escaped:
+    'a[[]1].txt')."""
+    return any(c in spec for c in _WILD)
+
+
 @dataclass(frozen=True)
 class ListedFile:
     """One file of a spec: its path or URL, and its size and mtime when listed."""
@@ -68,7 +74,7 @@ def list_files(spec: str, *, recursive: bool, known_only: bool, flag: str = "--i
     named = f"{flag} {spec}".lstrip()
     local = not is_url(spec)
     path = str(Path(spec).expanduser()) if local else spec
-    if local and not any(c in path for c in _WILD) and not os.path.isdir(path):
+    if local and not is_pattern(path) and not os.path.isdir(path):
         if not os.path.exists(path):  # checked here: /dev/stdin and other pipes are files too
             raise MlmkitError(f"{named}: not found; expected a file, a directory or a glob "
                               f"of {what}")
@@ -78,7 +84,7 @@ def list_files(spec: str, *, recursive: bool, known_only: bool, flag: str = "--i
         return [ListedFile(os.path.abspath(path), st.st_size, st.st_mtime_ns)]
     files = [f for f in _list_remote(spec, recursive, flag) if not known_only or f.fmt]
     if not files:
-        kind = "the pattern matches" if any(c in path for c in _WILD) else "it holds"
+        kind = "the pattern matches" if is_pattern(path) else "it holds"
         raise MlmkitError(f"{named}: no files match ({kind} no {what}); expected a file, a "
                           "directory or a glob")
     return sorted(files, key=lambda f: f.uri)

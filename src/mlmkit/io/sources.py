@@ -30,7 +30,7 @@ from mlmkit.errors import MlmkitError
 from mlmkit.io.fields import TextStats, Where, record_texts
 from mlmkit.io.formats import BLANK, read_entries
 from mlmkit.io.hub import OFFLINE, first_line, offline, reach
-from mlmkit.io.locate import format_of, list_files
+from mlmkit.io.locate import format_of, is_pattern, list_files
 
 log = logging.getLogger("mlmkit")
 
@@ -50,7 +50,7 @@ def resolve_files(source: Any) -> list[Path] | None:
 
 
 def _looks_local(source: str) -> bool:
-    return (any(c in source for c in "*?[") or source.startswith((".", "/", "~"))
+    return (is_pattern(source) or source.startswith((".", "/", "~"))
             or format_of(source) != "" or source.endswith(".gz"))
 
 
