@@ -232,7 +232,8 @@ def corpus_texts(data: Any, text_field: list[str] | None = None, limit: int | No
     or records, a datasets.Dataset, local files or a Hub dataset id; `text_field` picks and
     joins fields as there."""
     from mlmkit.config import DataConfig
-    from mlmkit.io.sources import TextStats, describe_source, iter_texts
+    from mlmkit.io.fields import TextStats
+    from mlmkit.io.sources import describe_source, iter_texts
 
     if isinstance(data, str) and not data.strip():
         raise MlmkitError("--data: no corpus given; expected files, a Hub dataset id or texts")

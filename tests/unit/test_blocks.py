@@ -12,7 +12,8 @@ import mlmkit.corpus.blocks
 from mlmkit.config import DataConfig
 from mlmkit.corpus.blocks import load_blocks
 from mlmkit.errors import MlmkitError
-from mlmkit.io.sources import TextStats, is_eval_record, iter_texts
+from mlmkit.io.fields import TextStats
+from mlmkit.io.sources import is_eval_record, iter_texts
 
 N = 40
 

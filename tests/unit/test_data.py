@@ -12,7 +12,8 @@ import pytest
 
 from mlmkit.config import DataConfig
 from mlmkit.errors import MlmkitError
-from mlmkit.io.sources import TextStats, describe_source, is_eval_record, iter_texts, resolve_files
+from mlmkit.io.fields import TextStats
+from mlmkit.io.sources import describe_source, is_eval_record, iter_texts, resolve_files
 
 N = 40
 
@@ -187,7 +188,7 @@ def test_held_out_split_is_deterministic_and_about_a_fifth():
 def test_json_array_streams_across_chunk_boundaries(chunk):
     import io
 
-    from mlmkit.io.sources import _iter_json_array
+    from mlmkit.io.formats import iter_json_array as _iter_json_array
 
     items = [{"text": "é" * i, "n": -i * 1000, "x": [1.5, None]} for i in range(200)] + [7, []]
     for indent in (None, 2):

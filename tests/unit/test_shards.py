@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import random
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from mlmkit.batch import shards as shards_module
 from mlmkit.batch.shards import count_rows, list_inputs, plan_shards, read_shard
 from mlmkit.errors import MlmkitError
-from mlmkit.io.inputs import LineTally, numbered_lines
+from mlmkit.io.inputs import LineTally, iter_inputs, numbered_lines
 
 
 def corpus(seed: int) -> bytes:
@@ -104,3 +105,60 @@ def test_globs_and_directories_list_files_as_the_shell(tmp_path):
         list_inputs(f"{tmp_path}/*.parquet")
     with pytest.raises(MlmkitError, match=r"not found; expected a file, a directory or a glob"):
         list_inputs(str(tmp_path / "missing.txt"))
+
+
+def write_records(path, kind: str) -> None:
+    """Records of every kind a reader must keep apart, in a CSV, JSON array or Parquet file."""
+    texts = [f"text {i} <mask>" for i in range(11)]
+    if kind == "csv":
+        texts[3] = "two\nlines <mask>"  # one record, two lines
+        body = "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)).encode()
+        body = body.replace(b"text 6", b"text \xff6")  # not UTF-8: a problem row
+        path.write_bytes(b"id,text\n" + body)
+    elif kind == "json":
+        recs: list = [{"text": t} for t in texts]
+        recs[4], recs[8] = {"text": 4}, "a bare string <mask>"
+        path.write_text(json.dumps(recs, indent=1))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts[:5] + [None] + texts[6:]}), path,
+                       row_group_size=3)
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "parquet"])
+def test_csv_json_and_parquet_shards_read_as_the_single_process_reader(tmp_path, kind):
+    path = tmp_path / f"in.{kind}"
+    write_records(path, kind)
+    files = list_inputs(str(path))
+    assert [f.kind for f in files] == [kind]
+    want = [(it.index, it.where, it.item, it.problem)
+            for it in iter_inputs([], str(path), LineTally())]
+    assert len(want) == 11 and sum(w[3] is not None for w in want) == 1
+    for shard_rows in (1, 2, 4, 1000):
+        counts = [count_rows(f.uri, f.kind, shard_rows) for f in files]
+        assert counts[0][0] == 11
+        plan = plan_shards(files, counts, shard_rows)
+        got = [rec for s in plan for rec in read_shard(s, LineTally())]
+        assert got == want, shard_rows
+
+
+@pytest.mark.parametrize("name", ["in.jsonl.gz", "in.csv", "in.json", "in.parquet"])
+def test_urls_read_through_pyarrow_as_local_paths(tmp_path, name):
+    """file:// goes the way s3:// and gs:// go (pyarrow's filesystem, fsspec's glob)."""
+    path = tmp_path / name
+    if name.startswith("in.jsonl"):
+        path.write_bytes(gzip.compress(corpus(3)))
+    else:
+        write_records(path, name.split(".")[1])
+    local = list(iter_inputs([], str(path), LineTally()))
+    url = f"file://{tmp_path}/*.{name.split('.', 1)[1]}"
+    files = list_inputs(url)
+    assert [f.uri for f in files] == [f"file://{path}"]
+    remote = list(iter_inputs([], url, LineTally()))
+    assert [(i.number, i.item, i.problem) for i in remote] == \
+        [(i.number, i.item, i.problem) for i in local]
+    plan = plan_shards(files, [count_rows(f.uri, f.kind, 3) for f in files], 3)
+    assert [r[2:] for s in plan for r in read_shard(s, LineTally())] == \
+        [(i.item, i.problem) for i in local]

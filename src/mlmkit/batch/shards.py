@@ -4,21 +4,24 @@ cut into shards of a fixed number of rows, and each shard's records read back by
 
 The cut depends only on the files' contents and the shard size, so a rerun of a killed job gets
 the same shards and can skip the finished ones. Rows are lines (blank ones included, so a row
-is a position, not a parse) or Parquet rows, numbered from 0 across the files in sorted order.
+is a position, not a parse), Parquet rows, or CSV and JSON records, numbered from 0 across the
+files in sorted order. The files are listed, and their records read, as `mlmkit fill --input`
+lists and reads them (io/inputs.py), so both engines see the same records.
 """
 
 from __future__ import annotations
 
-import re
+import io
+import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlmkit.errors import MlmkitError
-from mlmkit.io.inputs import LineTally, numbered_lines
+from mlmkit.io.formats import Entry, iter_lines, line_entries, parquet_entries, read_entries
+from mlmkit.io.inputs import LineTally, entry_items, input_columns, list_input_files
+from mlmkit.io.locate import format_of, open_binary
 
 _READ_CHUNK = 1 << 24  # bytes per read while counting: large reads, few calls to S3
 
@@ -31,7 +34,7 @@ class InputFile:
     uri: str
     size: int
     mtime_ns: int | None
-    kind: str  # "text" (a text a line), "jsonl" ('text' field) or "parquet" ('text' column)
+    kind: str  # "text" (a text a line), or "jsonl", "json", "csv", "parquet" (records)
 
 
 @dataclass(frozen=True)
@@ -52,102 +55,38 @@ class Shard:
         return asdict(self)
 
 
+_FORMAT_OF_KIND = {"text": ".txt", "jsonl": ".jsonl", "json": ".json", "csv": ".csv",
+                   "parquet": ".parquet"}
+
+
 def file_kind(name: str) -> str:
-    """What a file holds, by its name: .parquet, .jsonl(.gz), else text lines (.txt(.gz), ...)."""
-    base = name[:-3] if name.endswith(".gz") else name
-    if base.endswith(".parquet"):
-        return "parquet"
-    return "jsonl" if base.endswith(".jsonl") else "text"
-
-
-def _filesystem(uri: str) -> tuple[Any, str]:
-    from pyarrow import fs as pafs
-
-    if "://" not in uri:
-        uri = str(Path(uri).expanduser().absolute())
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... by filesystem
-        raise MlmkitError(f"--input {uri}: cannot open its filesystem ({e})") from None
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` within one path segment, `**` across segments (as the shell's globstar)."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
-            j = pattern.index("]", i + 1)
-            out.append(pattern[i:j + 1])
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
+    """What a file holds, by its name: .parquet, .jsonl, .json, .csv (each optionally .gz),
+    else text lines (.txt(.gz), ...)."""
+    fmt = format_of(name)
+    return next((k for k, f in _FORMAT_OF_KIND.items() if f == fmt and k != "text"), "text")
 
 
 def list_inputs(spec: str) -> list[InputFile]:
-    """The files of `spec` (a file, a directory's files, or a glob), sorted by path; hidden
-    files (names starting with . or _) of a directory or glob are left out, as pyarrow does."""
-    from pyarrow import fs as pafs
-
-    fs, path = _filesystem(spec)
-    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
-    wild = next((i for i, c in enumerate(path) if c in "*?["), None)
-    if wild is None:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise MlmkitError(f"--input {spec}: not found; expected a file, a directory or a "
-                              "glob of .txt, .jsonl or .parquet files")
-        if info.type == pafs.FileType.File:  # named itself: taken even if hidden
-            return [InputFile(scheme + info.path, info.size, info.mtime_ns,
-                              file_kind(info.base_name))]
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    else:
-        base = path[:path.rfind("/", 0, wild) + 1] or "/"
-        match = _glob_regex(path)
-        infos = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True,
-                                                                allow_not_found=True))
-                 if match.match(i.path)]
-    files = [InputFile(scheme + i.path, i.size, i.mtime_ns, file_kind(i.base_name))
-             for i in infos
-             if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))]
-    if not files:
-        raise MlmkitError(f"--input {spec}: no files match; expected a file, a directory or a "
-                          "glob of .txt, .jsonl or .parquet files")
-    return sorted(files, key=lambda f: f.uri)
-
-
-def _open_bytes(uri: str, seekable: bool = False) -> Any:
-    """The file's bytes, decompressed for .gz (which cannot seek)."""
-    fs, path = _filesystem(uri)
-    if uri.endswith(".gz"):
-        return fs.open_input_stream(path, compression="gzip")
-    return fs.open_input_file(path) if seekable else fs.open_input_stream(path)
+    """The files of `spec` (a file, a directory's files, or a glob), sorted by path, as
+    `mlmkit fill --input` lists them; hidden files (names starting with . or _) of a
+    directory or glob are left out, as pyarrow does."""
+    return [InputFile(f.uri, f.size, f.mtime_ns, file_kind(f.uri))
+            for f in list_input_files(spec)]
 
 
 def count_rows(uri: str, kind: str, shard_rows: int) -> tuple[int, list[int]]:
-    """(rows in the file, byte offset of each shard's first line). One pass over the bytes
-    (numpy finds the newlines); for Parquet the footer alone, offsets empty."""
+    """(rows in the file, byte offset of each shard's first line). For text lines one pass
+    over the bytes (numpy finds the newlines); for Parquet the footer alone; CSV and JSON
+    records are counted by reading them. Offsets only for text lines."""
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        fs, path = _filesystem(uri)
-        with fs.open_input_file(path) as fh:
+        with open_binary(uri, seekable=True) as fh:
             return pq.ParquetFile(fh).metadata.num_rows, []
+    if kind in ("csv", "json"):
+        return sum(1 for _ in read_entries(uri, _FORMAT_OF_KIND[kind])), []
     offsets, lines, pos, last = [0], 0, 0, b"\n"
-    with _open_bytes(uri) as fh:
+    with open_binary(uri) as fh:
         while chunk := fh.read(_READ_CHUNK):
             nl = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
             # Shard boundaries whose line starts right after a newline of this chunk.
@@ -177,26 +116,35 @@ def plan_shards(files: list[InputFile], counts: list[tuple[int, list[int]]],
     return shards
 
 
-def read_shard(shard: Shard, tally: LineTally, whole_record: bool = False
+def read_shard(shard: Shard, tally: LineTally, whole_record: bool = False,
+               text_fields: list[str] | None = None
                ) -> Iterator[tuple[int, str, Any, str | None]]:
-    """(row, where, item, problem) of each record of `shard`, as `numbered_lines` gives them
-    (blank lines counted in `tally` and skipped); `where` names the file and line (or Parquet
-    row) in messages, 1-based as `mlmkit fill --input` numbers lines."""
+    """(row, where, item, problem) of each record of `shard`, as `mlmkit fill --input` reads
+    them (blank lines counted in `tally` and skipped); `where` names the file and line (or
+    Parquet row, or JSON array element) in messages, 1-based as `read_inputs` numbers them."""
+    entries = _shard_entries(shard, whole_record, input_columns(text_fields, whole_record))
+    for it in entry_items(entries, shard.uri, tally, text_fields, whole_record, shard.first):
+        yield shard.row + it.index - shard.first, it.where, it.item, it.problem
+
+
+def _shard_entries(shard: Shard, whole_record: bool, columns: list[str] | None
+                   ) -> Iterator[Entry]:
     if shard.kind == "parquet":
-        yield from _parquet_rows(shard, whole_record)
-        return
-    with _open_bytes(shard.uri, seekable=True) as fh:
+        return parquet_entries(shard.uri, shard.first, shard.rows, columns)
+    if shard.kind in ("csv", "json"):
+        # Records are found by reading from the file's start: each shard pays for those
+        # before it, which text lines (byte offsets) and Parquet (row groups) do not.
+        entries = read_entries(shard.uri, _FORMAT_OF_KIND[shard.kind])
+        return itertools.islice(entries, shard.first, shard.first + shard.rows)
+    with open_binary(shard.uri, seekable=True) as fh:
         if shard.uri.endswith(".gz"):
             _skip(fh, shard.start)  # no seeking in a gzip stream
         else:
             fh.seek(shard.start)
         data = fh.read() if shard.end < 0 else fh.read(shard.end - shard.start)
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    jsonl = whole_record or shard.kind == "jsonl"
-    for n, item, problem in numbered_lines(lines[:shard.rows], jsonl, tally, whole_record):
-        yield shard.row + n - 1, f"{shard.uri}: line {shard.first + n}", item, problem
+    lines = itertools.islice(iter_lines(io.BytesIO(data)), shard.rows)
+    return line_entries(lines, whole_record or shard.kind == "jsonl", shard.first + 1,
+                        shard.start, shard.uri.endswith(".gz"))
 
 
 def _skip(fh: Any, n: int) -> None:
@@ -205,32 +153,3 @@ def _skip(fh: Any, n: int) -> None:
         if not got:
             break
         n -= got
-
-
-def _parquet_rows(shard: Shard, whole_record: bool
-                  ) -> Iterator[tuple[int, str, Any, str | None]]:
-    import pyarrow.parquet as pq
-
-    fs, path = _filesystem(shard.uri)
-    with fs.open_input_file(path) as fh:
-        pf = pq.ParquetFile(fh)
-        meta = pf.metadata
-        starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-        end = shard.first + shard.rows
-        groups = [i for i in range(meta.num_row_groups)
-                  if starts[i] < end and starts[i + 1] > shard.first]
-        columns = None if whole_record or "text" not in pf.schema_arrow.names else ["text"]
-        table = pf.read_row_groups(groups, columns=columns)
-    first = shard.first - int(starts[groups[0]]) if groups else 0
-    records = table.slice(first, shard.rows).to_pylist()
-    for j, rec in enumerate(records):
-        where = f"{shard.uri}: row {shard.first + j + 1}"
-        row = shard.row + j
-        if whole_record:
-            yield row, where, rec, None
-        elif "text" not in rec:
-            yield row, where, None, "no 'text' column"
-        elif not isinstance(rec["text"], str):
-            yield row, where, None, f"the text is not a string but {type(rec['text']).__name__}"
-        else:
-            yield row, where, rec["text"], None

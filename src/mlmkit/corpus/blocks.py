@@ -26,6 +26,7 @@ import numpy as np
 
 from mlmkit.config import DataConfig
 from mlmkit.errors import MlmkitError
+from mlmkit.io.fields import TextStats, record_pieces, record_texts
 from mlmkit.io.files import (
     cache_dir,
     check_entries,
@@ -33,14 +34,7 @@ from mlmkit.io.files import (
     read_sealed_json,
     write_sealed_json,
 )
-from mlmkit.io.sources import (
-    Source,
-    TextStats,
-    is_eval_record,
-    iter_records,
-    record_pieces,
-    record_texts,
-)
+from mlmkit.io.sources import Source, is_eval_record, iter_records
 
 log = logging.getLogger("mlmkit")
 

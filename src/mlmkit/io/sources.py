@@ -1,19 +1,17 @@
-"""Read a corpus record by record, pick and join its text fields, split off held-out records.
+"""A corpus for training, record by record: local files, a Hub dataset or in-memory data;
+slices of its split, its identity for the cache, and the held-out records.
 
-Local files are read by our own streaming readers rather than `datasets.load_dataset`: they
-start in milliseconds instead of building an Arrow cache, keep memory flat on corpora larger
-than RAM, and let errors name the exact file and line. Hub datasets go through `datasets`. In the
-Python API a corpus may also be in memory: a list of texts or records, or a `datasets.Dataset`.
-Turning the texts into blocks of token ids is blocks.py's business.
+Local files are read by our own streaming readers (formats.py) rather than
+`datasets.load_dataset`: they start in milliseconds instead of building an Arrow cache, keep
+memory flat on corpora larger than RAM, and let errors name the exact file and line. Hub
+datasets go through `datasets`. In the Python API a corpus may also be in memory: a list of
+texts or records, or a `datasets.Dataset`. Turning the texts into blocks of token ids is
+blocks.py's business.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
-import gzip
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -21,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,200 +27,45 @@ import numpy as np
 
 from mlmkit.config import DataConfig
 from mlmkit.errors import MlmkitError
+from mlmkit.io.fields import TextStats, Where, record_texts
+from mlmkit.io.formats import BLANK, read_entries
 from mlmkit.io.hub import OFFLINE, first_line, offline, reach
+from mlmkit.io.locate import format_of, is_pattern, list_files
 
 log = logging.getLogger("mlmkit")
 
-FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
-
-# --------------------------------------------------------------------------- reading records
-
-
-def _format_of(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    for fmt in FORMATS:
-        if name.endswith(fmt):
-            return fmt
-    return ""
-
-
-def _looks_local(source: str) -> bool:
-    return (
-        any(c in source for c in "*?[")
-        or source.startswith((".", "/", "~"))
-        or _format_of(Path(source)) != ""
-        or source.endswith(".gz")
-    )
+# --------------------------------------------------------------------------- local files
 
 
 def resolve_files(source: Any) -> list[Path] | None:
-    """Local files named by a path, directory or glob; None when `source` is a Hub id, in-memory
-    data or None."""
+    """Local files named by a path, directory (its subdirectories too) or glob; None when
+    `source` is a Hub id, in-memory data or None."""
     if source is None or is_in_memory(source):
         return None
     source = os.fspath(source)
-    expanded = os.path.expanduser(source)
-    p = Path(expanded)
-    if p.is_file():
-        if not _format_of(p):
-            raise MlmkitError(f"{source}: unsupported file type; expected one of "
-                              f"{', '.join(FORMATS)} (optionally .gz)")
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and _format_of(f))
-        if not files:
-            raise MlmkitError(f"{source}: directory holds no {', '.join(FORMATS)} files")
-        return files
-    if any(c in expanded for c in "*?["):
-        files = sorted(Path(f) for f in glob.glob(expanded, recursive=True)
-                       if Path(f).is_file() and _format_of(Path(f)))
-        if not files:
-            raise MlmkitError(f"{source}: the pattern matches no {', '.join(FORMATS)} files")
-        return files
-    if _looks_local(source):
-        raise MlmkitError(f"{source}: file or directory not found")
-    return None
+    if not _looks_local(source) and not os.path.exists(os.path.expanduser(source)):
+        return None
+    return [Path(f.uri) for f in list_files(source, recursive=True, known_only=True, flag="")]
 
 
-def _open_bytes(path: Path) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
-
-
-def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
-    """Where a file's first invalid UTF-8 byte is, by line. The decoder's own position counts
-    from the start of its read buffer, not of the file, so the file is decoded again line by
-    line (UTF-8 never puts a newline byte inside a character); only this error path pays."""
-    offset = 0
-    try:
-        with _open_bytes(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as bad:
-                    where = f"offset {offset + bad.start:,}" + (
-                        " of the decompressed data" if path.name.lower().endswith(".gz") else "")
-                    hint = (" (it looks like UTF-16)"
-                            if lineno == 1 and line[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
-                    return (f"{path}: line {lineno}: byte {line[bad.start]:#04x} at {where} is "
-                            f"not UTF-8; expected UTF-8 text{hint}")
-                offset += len(line)
-    except (OSError, EOFError):
-        pass
-    return f"{path}: cannot read: {e}; expected UTF-8 text"
-
-
-# A record comes with its place: (file, line or element number, kind of number), or for
-# in-memory data (its name, index, "index"), shown as data[12].
-Where = tuple[str, int, str]
+def _looks_local(source: str) -> bool:
+    return (is_pattern(source) or source.startswith((".", "/", "~"))
+            or format_of(source) != "" or source.endswith(".gz"))
 
 
 def _read_file(path: Path) -> Iterator[tuple[Where, dict[str, Any]]]:
-    fmt = _format_of(path)
-    name = str(path)
-    try:
-        if fmt == ".parquet":
-            import pyarrow.parquet as pq
-
-            n = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-                for rec in batch.to_pylist():
-                    n += 1
-                    yield (name, n, "row"), rec
-            return
-        with _open_text(path) as fh:
-            if fmt == ".txt":
-                for i, line in enumerate(fh, 1):
-                    yield (name, i, "line"), {"text": line.rstrip("\n")}
-            elif fmt == ".csv":
-                reader = csv.DictReader(fh)
-                for rec in reader:
-                    yield (name, reader.line_num, "line"), rec
-            else:
-                head = fh.read(1)
-                while head and head.isspace():
-                    head = fh.read(1)
-                if fmt == ".json" and head == "[":
-                    for i, rec in enumerate(_iter_json_array(fh, name), 1):
-                        yield (name, i, "record"), rec
-                    return
-                first = head + fh.readline()
-                for i, line in enumerate([first] if head else [], 1):
-                    yield (name, i, "line"), _parse_json_line(line, name, i)
-                for i, line in enumerate(fh, 2):
-                    if line.strip():
-                        yield (name, i, "line"), _parse_json_line(line, name, i)
-    except MlmkitError:
-        raise
-    except UnicodeDecodeError as e:
-        raise MlmkitError(_not_utf8(path, e)) from None
-    except (OSError, EOFError, csv.Error) as e:
-        raise MlmkitError(f"{name}: cannot read: {e}") from None
-    except Exception as e:  # pyarrow and friends: still one line, naming the file
-        raise MlmkitError(f"{name}: cannot read as {fmt}: {str(e).splitlines()[0]}") from None
-
-
-def _iter_json_array(fh: io.TextIOBase, name: str, chunk: int = 1 << 20) -> Iterator[Any]:
-    """The elements of a top-level JSON array (its '[' already read), decoded one at a time from
-    a buffer of about one element plus `chunk` characters: a corpus stored as one multi-GB array
-    never sits in memory whole, which `json.load` would need."""
-    decoder = json.JSONDecoder()
-    buf, pos, eof, n = "", 0, False, 0
-
-    def more() -> None:
-        nonlocal buf, pos, eof
-        data = fh.read(chunk)
-        eof = not data
-        buf, pos = buf[pos:] + data, 0
-
-    def next_char() -> str:
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos].isspace():
-                pos += 1
-            if pos < len(buf):
-                return buf[pos]
-            if eof:
-                raise MlmkitError(f"{name}: the JSON array ends after element {n} without ']'")
-            more()
-
-    if next_char() == "]":
-        return
-    while True:
-        while True:
-            try:
-                value, end = decoder.raw_decode(buf, pos)
-                if end < len(buf) or eof:  # a number at the buffer's end may continue
-                    break
-            except json.JSONDecodeError as e:
-                if eof:
-                    raise MlmkitError(f"{name}: element {n + 1} of the JSON array: invalid JSON "
-                                      f"({e.msg})") from None
-            more()
-        pos, n = end, n + 1
-        yield value
-        c = next_char()
-        pos += 1
-        if c == "]":
-            return
-        if c != ",":
-            raise MlmkitError(f"{name}: after element {n} of the JSON array: expected ',' or "
-                              f"']', found {c!r}")
-        next_char()
-
-
-def _parse_json_line(line: str, name: str, lineno: int) -> dict[str, Any]:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MlmkitError(f"{name}: line {lineno}: invalid JSON ({e.msg}); expected one JSON "
-                          "object per line") from None
+    """The records of a file for training: the first one that cannot be read stops the run,
+    with its place; blank JSON lines are no records, blank text lines are (empty ones)."""
+    name, fmt = str(path), format_of(str(path))
+    for e in read_entries(name, fmt):
+        if e.problem is not None:
+            raise MlmkitError(f"{name}: {e.unit} {e.number}: {e.problem.detail}" if e.unit
+                              else e.problem.detail)
+        if fmt == ".txt":
+            yield (name, e.number, "line"), {"text": "" if e.value is BLANK else e.value}
+        elif e.value is not BLANK:
+            yield (name, e.number, e.unit), e.value
 
 
 def _load_hub(cfg: DataConfig) -> Any:
@@ -376,111 +219,12 @@ def _take(it: Iterator, limit: int | None) -> Iterator:
         yield x
 
 
-# --------------------------------------------------------------------------- picking text
-
-
-def _paths(rec: Any, prefix: str = "") -> list[str]:
-    out = []
-    if isinstance(rec, dict):
-        for k, v in rec.items():
-            out.append(f"{prefix}{k}")
-            if isinstance(v, dict):
-                out.extend(_paths(v, f"{prefix}{k}."))
-    return out
-
-
-def _where(w: Where) -> str:
-    return f"{w[0]}[{w[1]}]" if w[2] == "index" else f"{w[0]}: {w[2]} {w[1]}"
-
-
-def get_field(rec: dict[str, Any], path: str, where: Where) -> str:
-    """The text at a dotted path; lists of strings are joined with a space, as the guide does."""
-    return " ".join(_field_strings(rec, path, where))
-
-
-def _field_strings(rec: dict[str, Any], path: str, where: Where) -> list[str]:
-    """The strings at a dotted path: one, a list's, or none for a missing or null value."""
-    value: Any = rec
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and all(isinstance(v, dict) for v in value) and value:
-            if not all(part in v for v in value):
-                value = None
-                break
-            value = [v[part] for v in value]
-        else:
-            fields_ = ", ".join(_paths(rec)) or "(none: the record is not an object)"
-            raise MlmkitError(f"{_where(where)}: no field {path!r}; fields here: {fields_}")
-    if isinstance(value, str):
-        return [value]
-    if value is None:
-        return []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    kind = type(value).__name__
-    if isinstance(value, list):
-        kind = "list of " + ", ".join(sorted({type(v).__name__ for v in value if
-                                                not isinstance(v, str)}))
-    raise MlmkitError(f"{_where(where)}: field {path!r} holds a {kind}; expected text or a list "
-                      "of text")
-
-
-def default_text_field(rec: dict[str, Any], where: Where) -> str:
-    if not isinstance(rec, dict):
-        raise MlmkitError(f"{_where(where)}: expected an object with text fields, got "
-                          f"{type(rec).__name__}")
-    if "text" in rec:
-        return "text"
-    strings = [k for k, v in rec.items() if isinstance(v, str)]
-    if len(strings) == 1:
-        return strings[0]
-    raise MlmkitError(f"{_where(where)}: no 'text' field and no single text field to pick; name "
-                      f"one with --text-field (fields here: {', '.join(_paths(rec))})")
-
-
-@dataclass
-class TextStats:
-    records: int = 0
-    empty: int = 0
-    fields: list[str] = field(default_factory=list)
+# --------------------------------------------------------------------------- texts
 
 
 def iter_texts(cfg: DataConfig, stats: TextStats | None = None) -> Iterator[tuple[int, str]]:
     """(record number, text) for every non-empty record; empty ones are counted in `stats`."""
     return record_texts(iter_records(cfg).records, cfg.text_field, stats or TextStats())
-
-
-def record_texts(records: Iterable[tuple[Where, Any]], text_fields: list[str],
-                 stats: TextStats) -> Iterator[tuple[int, str]]:
-    """(record number, text) for every non-empty record: its fields' strings joined with a
-    space, a list's strings too; empty records are counted in `stats`."""
-    for i, strings in _record_strings(records, text_fields, stats):
-        yield i, " ".join(t for t in (" ".join(f) for f in strings) if t)
-
-
-def record_pieces(records: Iterable[tuple[Where, Any]], text_fields: list[str],
-                  stats: TextStats) -> Iterator[tuple[int, list[str]]]:
-    """(record number, its strings one by one: each field's, each of a list's) for every
-    non-empty record, for what must not run on across them, such as lines."""
-    for i, strings in _record_strings(records, text_fields, stats):
-        yield i, [t for f in strings for t in f]
-
-
-def _record_strings(records: Iterable[tuple[Where, Any]], text_fields: list[str],
-                    stats: TextStats) -> Iterator[tuple[int, list[list[str]]]]:
-    stats.fields = list(text_fields)
-    for i, (where, rec) in enumerate(records):
-        if not isinstance(rec, dict):
-            raise MlmkitError(f"{_where(where)}: expected an object, got {type(rec).__name__}")
-        if not stats.fields:
-            stats.fields = [default_text_field(rec, where)]
-        stats.records += 1
-        strings = [_field_strings(rec, f, where) for f in stats.fields]
-        if any(t.strip() for f in strings for t in f):
-            yield i, strings
-        else:
-            stats.empty += 1
 
 
 # --------------------------------------------------------------------------- in-memory data
