@@ -34,11 +34,6 @@ def test_fill_reads_parquet_csv_and_globs(capsys, tiny_roberta, tmp_path):
     assert code == 0 and out.splitlines() == want.splitlines()[:2]
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "inference/fill.py FillMask._fill_chunk and inference/score.py Scorer's chunk call the "
-    "tokenizer on an empty list when no text of a chunk is a string; transformers' fast "
-    "tokenizer raises IndexError on []. The reader gives the error records; the engines "
-    "must skip tokenizing an empty list"))
 @pytest.mark.parametrize("kind", ["txt", "parquet"])
 def test_fill_input_of_only_unreadable_records_gives_an_error_record_each(
         capsys, tiny_roberta, tmp_path, kind):
@@ -53,4 +48,20 @@ def test_fill_input_of_only_unreadable_records_gives_an_error_record_each(
     code, _, err = run(capsys, "fill", tiny_roberta, "--input", src, "--output", dst, "--quiet")
     recs = [json.loads(x) for x in dst.read_text().splitlines()]
     assert code == 1 and "1 of 1 line could not be filled" in err
-    assert recs[0]["line"] == 1 and recs[0]["error"].startswith(f"{src}: line 1: ")
+    unit = "line" if kind == "txt" else "row"  # each record named by its own place
+    assert recs[0]["line"] == 1 and recs[0]["error"].startswith(f"{src}: {unit} 1: ")
+
+
+def test_a_glob_names_the_file_of_a_bad_record_and_text_field_picks_the_text(capsys, tiny_roberta,
+                                                                           tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"q": {"t": "The cat sat on the <mask>."}})
+                                      + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"q": {"t": "A <mask> day."}}) + "\n"
+                                      + json.dumps({"q": {"u": "x"}}) + "\n")
+    dst = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "fill", tiny_roberta, "--input", tmp_path / "*.jsonl",
+                       "--text-field", "q.t", "--output", dst, "--quiet")
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert code == 1 and "1 of 3 lines could not be filled" in err
+    assert [len(r) for r in recs[:2]] == [5, 5]  # top 5 of each text read from q.t
+    assert recs[2]["line"] == 2 and recs[2]["error"].startswith(f"{tmp_path / 'b.jsonl'}: line 2: ")

@@ -98,3 +98,17 @@ def test_tasks_run_the_engines_own_streams(tiny_bert) -> None:
     assert ranked["id"] == 1 and {c["text"] for c in ranked["candidates"]} == {SENTENCES[0],
                                                                              SENTENCES[2]}
     assert all(c["total"] == c["score"] + 2.0 * c["pll"] for c in ranked["candidates"])
+
+
+@pytest.mark.parametrize("engine", [FillMask, Scorer])
+def test_a_chunk_with_no_string_gives_an_error_each_and_the_next_chunk_runs(tiny_bert, engine
+                                                                             ) -> None:
+    # Nothing to tokenize in the first chunk: the tokenizer must not be called on [] (a fast
+    # tokenizer raises IndexError there), and the stream goes on to the next chunk.
+    e = engine(str(tiny_bert), device="cpu")
+    e.chunk_size = 2
+    text = "The cat sat on the [MASK]."
+    out = list(e.stream([None, 7, text]))
+    assert [type(r) for r in out[:2]] == [MlmkitError, MlmkitError]
+    assert "expected a string, got NoneType" in str(out[0])
+    assert not isinstance(out[2], MlmkitError)

@@ -64,7 +64,8 @@ class BatchJob:
 
     `command`: the task's name, "fill", "score" or "rescore"; `options`: its parameters' fields
     (fill's top_k and targets, score's metric and per_token, rescore's weight too), as the
-    job's settings store them; `shard_rows`: rows per shard and output file.
+    job's settings store them; `shard_rows`: rows per shard and output file; `text_fields`:
+    the dotted fields holding each record's text (None: 'text').
     `BatchJob.of(params, model, ...)` builds one from typed parameters.
     """
 
@@ -74,6 +75,11 @@ class BatchJob:
     dtype: str = "auto"
     shard_rows: int = 10_000
     format: str = "parquet"
+    text_fields: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.text_fields is not None:  # a list from the CLI or _job.json, kept as a tuple
+            object.__setattr__(self, "text_fields", tuple(self.text_fields))
 
     @classmethod
     def of(cls, params: Any, model: str, **settings: Any) -> BatchJob:
@@ -173,7 +179,9 @@ def run_shard(stream: Callable[[Iterable], Iterable], shard: Shard, job: BatchJo
     pending: deque[tuple[int, str, str | None]] = deque()  # read, and not answered yet
 
     def items() -> Iterable[Any]:
-        for row, where, item, problem in read_shard(shard, tally, job.task.reads_records):
+        fields = list(job.text_fields) if job.text_fields else None
+        for row, where, item, problem in read_shard(shard, tally, job.task.reads_records,
+                                                    text_fields=fields):
             pending.append((row, where, problem))
             yield item
 
@@ -246,7 +254,9 @@ class ShardWorker:
 def _job_record(job: BatchJob, inputs: list[InputFile]) -> dict[str, Any]:
     # Options flat among the settings, so that a refusal names the one that differs; through
     # JSON, so that it compares equal to what a rerun reads back (tuples, ints).
-    settings = {**{k: v for k, v in asdict(job).items() if k != "options"}, **job.options}
+    # text_fields only when given, so a job directory written before it existed still matches.
+    settings = {**{k: v for k, v in asdict(job).items() if k != "options"
+                   and not (k == "text_fields" and v is None)}, **job.options}
     return json.loads(json.dumps({"settings": settings, "inputs": [asdict(f) for f in inputs]}))
 
 

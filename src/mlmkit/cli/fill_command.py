@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from mlmkit.cli.flags import add_command
-from mlmkit.cli.results import add_engine_flags, engine_settings, run_on_ray, write_results
+from mlmkit.cli.results import (
+    add_engine_flags,
+    add_input_flags,
+    engine_settings,
+    run_on_ray,
+    write_results,
+)
 from mlmkit.io.inputs import LineTally, check_io_paths
 
 
@@ -15,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("model", help="Hub id or local model directory")
     f.add_argument("texts", nargs="*", help="texts with a mask, written <mask> or [MASK] "
                    "whatever the model's own mask token; '-' or none reads stdin")
-    f.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field); "
-                   "'-' or /dev/stdin reads stdin")
-    f.add_argument("--output", help="write JSON lines here instead of stdout")
+    add_input_flags(f)
     f.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
     f.add_argument("--targets", nargs="+", help="restrict candidates to these words")
     f.add_argument("--json", action="store_true", help="print the pipeline's records as JSON "

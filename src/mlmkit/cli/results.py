@@ -15,7 +15,7 @@ from mlmkit.cli.flags import Parser, add_settings_flags, settings_from
 from mlmkit.config import EngineConfig, RayConfig
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import atomic_open
-from mlmkit.io.inputs import LineTally, input_name, read_inputs
+from mlmkit.io.inputs import InputItem, LineTally, iter_inputs
 
 RAY_ONLY = tuple(f for f in RayConfig.__dataclass_fields__ if f != "engine")
 
@@ -35,6 +35,19 @@ def engine_settings(ns: argparse.Namespace) -> tuple[EngineConfig, RayConfig]:
     return settings_from(EngineConfig, ns), ray
 
 
+def add_input_flags(p: Parser, records: str = "") -> None:
+    """--input, --text-field and --output: what `fill` and `score` read and write."""
+    p.add_argument("--input", metavar="PATH", help="texts to read: a file (.txt one a line, "
+                   ".jsonl, .json, .csv, .parquet; .gz too) or a glob of them, local or a "
+                   "URL pyarrow reads (s3://, gs://)" + records + "; '-' or /dev/stdin reads "
+                   "stdin, a text a line")
+    p.add_argument("--text-field", nargs="+", metavar="FIELD", help="dotted field(s) of "
+                   "each record holding the text, e.g. answers.text; lists of strings and "
+                   "several fields are joined with a space (default: text)")
+    p.add_argument("--output", metavar="FILE", help="write JSON lines here instead of stdout "
+                   "(with --engine ray: a directory)")
+
+
 def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: RayConfig) -> int:
     """`--engine ray`: the input's records through `batch.run_batch` for the task of `params`,
     into a directory."""
@@ -46,7 +59,7 @@ def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: R
     if not ns.output:
         raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
     job = BatchJob.of(params, ns.model, dtype=engine.dtype, shard_rows=ray.shard_rows,
-                      format=ray.format)
+                      format=ray.format, text_fields=ns.text_field)
     res = BatchResources(address=ray.address, workers=ray.workers,
                          gpus_per_worker=ray.gpus_per_worker,
                          cpus_per_worker=ray.cpus_per_worker, device=engine.device,
@@ -70,14 +83,13 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
     run leaves any earlier file of that name as it was."""
     as_json = ns.json or bool(ns.output) or plain is None
     typed = ns.input is None and any(t != "-" for t in ns.texts)
-    name = input_name(ns.input)
-    pending: deque[tuple[int, str | None]] = deque()  # read, and not written yet
+    pending: deque[InputItem] = deque()  # read, and not written yet
 
     def items() -> Iterator[Any]:
-        for n, item, problem in read_inputs(ns.texts, ns.input, tally, jsonl=True if
-                                            whole_record else None, whole_record=whole_record):
-            pending.append((n, problem))
-            yield item
+        for it in iter_inputs(ns.texts, ns.input, tally, jsonl=True if whole_record else None,
+                              whole_record=whole_record, text_fields=ns.text_field):
+            pending.append(it)
+            yield it.item
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
@@ -88,15 +100,16 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
             bar = stack.enter_context(tqdm(desc=doing, unit=" lines"))
         shown = 0
         for res in run(items()):
-            n, problem = pending.popleft()
+            it = pending.popleft()
+            problem = it.problem
             tally.lines += 1
             if problem is not None or isinstance(res, MlmkitError):
                 if typed:
                     raise res
                 tally.failed += 1
-                message = f"{name}: line {n}: {problem or res}"
+                message = f"{it.where}: {problem or res}"
                 if as_json:
-                    out.write(json.dumps({"line": n, "error": message}) + "\n")
+                    out.write(json.dumps({"line": it.number, "error": message}) + "\n")
                 else:
                     print(f"error: {message}", file=sys.stderr)
             elif as_json:

@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from mlmkit.cli.flags import add_command
-from mlmkit.cli.results import add_engine_flags, engine_settings, run_on_ray, write_results
+from mlmkit.cli.results import (
+    add_engine_flags,
+    add_input_flags,
+    engine_settings,
+    run_on_ray,
+    write_results,
+)
 from mlmkit.errors import MlmkitError
 from mlmkit.io.inputs import LineTally, check_io_paths
 
@@ -15,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = add_command(sub, "score")
     c.add_argument("model", help="Hub id or local model directory")
     c.add_argument("texts", nargs="*", help="texts to score; '-' or none reads stdin")
-    c.add_argument("--input", help="file of texts: .txt (one per line) or .jsonl ('text' field; "
-                   "with --rescore, n-best records); '-' or /dev/stdin reads stdin")
-    c.add_argument("--output", help="write JSON lines here instead of stdout")
+    add_input_flags(c, ' (with --rescore: n-best records, JSON lines)')
     c.add_argument("--metric", default="original", help="original (one token masked at a "
                    "time), word-l2r (also the later pieces of its word) or whole-word "
                    "(default: original)")

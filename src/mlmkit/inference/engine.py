@@ -92,6 +92,8 @@ class Engine:
             else:
                 results[i] = MlmkitError(f"input {i + 1}: expected a string, got "
                                          f"{type(t).__name__}")
+        if not ok:  # a fast tokenizer raises IndexError on an empty list
+            return [], {"input_ids": []}
         enc = self.tokenizer([self._normalize(texts[i]) for i in ok], add_special_tokens=True,
                              return_attention_mask=False, **encode)
         admitted = []
