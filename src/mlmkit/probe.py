@@ -4,6 +4,7 @@ uncertainty: `probe_models` for a table, `run_probes` for the training loop's ho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,8 @@ def probe_models(models: Sequence[ModelLike] | ModelLike, task: str | None, inpu
                  multi_token: bool = False, limit: int | None = None,
                  tokenizer: Any = None, device: str = "auto", dtype: str = "auto",
                  max_tokens: int | None = None, progress: bool = False,
-                 resamples: int = 1000, seed: int = 0) -> ProbeReport:
+                 resamples: int = 1000, seed: int = 0, keep_items: bool = False
+                 ) -> ProbeReport:
     """Probe each of `models` (paths, Hub ids, (model, tokenizer) pairs, or model objects with
     `tokenizer`) on `input`; model 1 is the base the others are compared with.
 
@@ -152,6 +154,8 @@ def probe_models(models: Sequence[ModelLike] | ModelLike, task: str | None, inpu
     task "bias": CrowS-Pairs CSV (sent_more, sent_less, stereo_antistereo, bias_type): the
     share of pairs preferring the stereotype, by the paper's metric.
     task None: guessed from the first record's fields. `limit`: first records only.
+    `keep_items`: each model's result also lists every item's outcome (key: line, or
+    line.sentence for cloze; None where not scored), e.g. to see which pairs changed.
     Differences: bootstrap 95% interval (`resamples`, `seed`) and, for 0/1 outcomes,
     McNemar's exact p. Models run one after the other, each loaded once."""
     if isinstance(models, (str, Path, tuple)) or not isinstance(models, Sequence):
@@ -174,7 +178,12 @@ def probe_models(models: Sequence[ModelLike] | ModelLike, task: str | None, inpu
                              f"{task} [{i + 1}] {Path(names[i]).name}"))
         if not runs[0].keys:  # nothing to score: no use loading the other models
             break
-    return _report(task, path, names, runs, opts, resamples, seed)
+    report = _report(task, path, names, runs, opts, resamples, seed)
+    if keep_items:
+        for res, run in zip(report.results, runs):
+            res["items"] = {"keys": run.keys, **{
+                m: [None if math.isnan(v) else v for v in run.values[m]] for m in run.metrics}}
+    return report
 
 
 def _bad_list(names: list[str], runs: list[TaskRun]) -> list[dict[str, Any]]:

@@ -74,6 +74,8 @@ def _json_lines(path: Path, fh: io.TextIOBase) -> Iterator[Record]:
 
 def _table(path: Path, fh: io.TextIOBase, delimiter: str) -> Iterator[Record]:
     reader = csv.DictReader(fh, delimiter=delimiter)
+    if reader.fieldnames is None:  # reads the header, so that line_num counts it
+        return
     start = reader.line_num + 1
     for row in reader:
         # A quoted field may span lines: the record is named by the line it starts on.
