@@ -162,6 +162,8 @@ def run_cloze(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
         metrics += ("mt_p@1", f"mt_p@{k}", "mt_mrr")
     run = TaskRun(metrics)
     fill = eng.fill
+    if fill.tokenizer.mask_token is None:
+        raise MlmkitError("the model's tokenizer has no mask token; the cloze probe needs one")
     for chunk in _chunks(_fact_items(path, opts, run, bar, fill.tokenizer), CHUNK):
         tops = list(fill.stream([f.text for f in chunk], top_k=k))
         ok = [i for i, t in enumerate(tops) if not isinstance(t, MlmkitError)]

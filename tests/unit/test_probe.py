@@ -323,6 +323,20 @@ def test_cli_table_json_output_and_exit_codes(tiny_bert, tmp_path, capsys):
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1
 
 
+def test_pairs_from_any_two_columns_of_a_gzipped_tsv(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "mine.tsv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("kind\tok\tnot_ok\n" "agr\tThe dogs bark.\tThe dogs barks.\n"
+                 "agr\tShe runs.\tShe run.\n" "isl\tWho left?\tWho left him?\n")
+    assert _cli(["probe", str(tiny_bert), "--task", "pairs", "--input", str(path),
+                 "--good-field", "ok", "--bad-field", "not_ok", "--group-field", "kind",
+                 "--metric", "whole-word", "--json", "--device", "cpu", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    acc = report["results"][0]["metrics"]["accuracy"]
+    assert report["items"] == 3 and report["options"]["metric"] == "whole-word"
+    assert {g: s["n"] for g, s in acc["groups"]["kind"].items()} == {"agr": 2, "isl": 1}
+
+
 def test_run_probes_on_an_in_memory_model_in_training(tiny_bert, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
