@@ -39,7 +39,7 @@ def _peak_rss_mib() -> float:
 
 
 def _run(task: str, path: Path, model: object, tok: object, args: argparse.Namespace) -> dict:
-    from mlmkit.probe import probe_models
+    from mlmkit.probing.run import probe_models
 
     start, t0 = cpu_seconds(), time.perf_counter()
     report = probe_models([(model, tok)], task, path, device=args.device, limit=args.limit,
@@ -72,7 +72,7 @@ def main() -> None:
     args = p.parse_args()
     info, command = print_header("probe_bench.py")
     from mlmkit import Scorer
-    from mlmkit.probe import probe_models
+    from mlmkit.probing.run import probe_models
 
     t0 = time.perf_counter()
     scorer = Scorer(args.model, device=args.device)

@@ -23,6 +23,11 @@ _EXPORTS = {
     "TrainState": "training.recipe", "train": "training.runner",
     "VocabAudit": "vocab", "VocabExtension": "vocab", "audit_vocab": "vocab",
     "extend_vocab": "vocab",
+    "FillParams": "inference.params", "ScoreParams": "inference.params",
+    "RescoreParams": "inference.params",
+    "ProbeReport": "probing.run", "probe_models": "probing.run", "run_probes": "probing.run",
+    "BatchJob": "batch.ray", "BatchResources": "batch.ray", "run_batch": "batch.ray",
+    "create_app": "serving.app", "serve": "serving.app",
 }
 __all__ = [*sorted(_EXPORTS, key=str.lower), "__version__"]
 

@@ -4,7 +4,6 @@ counted by line; the paired statistics give known answers; the CLI and the train
 
 from __future__ import annotations
 
-import argparse
 import csv
 import difflib
 import gzip
@@ -19,9 +18,8 @@ import pytest
 import torch
 
 from mlmkit import MlmkitError, Scorer
-from mlmkit.probe import guess_task, probe_models, run_probes
-from mlmkit.probe_cli import add_probe_parser, run_probe_command
-from mlmkit.probe_stats import mcnemar_exact, paired_bootstrap
+from mlmkit.probing.run import guess_task, probe_models, run_probes
+from mlmkit.probing.stats import mcnemar_exact, paired_bootstrap
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 BLIMP = SHARED / "blimp-sample" / "blimp-8-paradigms.jsonl.gz"
@@ -251,9 +249,9 @@ def test_bad_records_are_counted_by_line_and_the_rest_scored(tiny_bert, tmp_path
     assert report.bad_count == 5 and sorted(bad) == [2, 3, 4, 5, 8]
     assert report.items == 3  # lines 1, 7 and 8 (8 read, then not scored)
     assert report.results[0]["metrics"]["accuracy"]["n"] == 2
-    assert f"{path}:2: not JSON" in bad[2]["error"]
+    assert f"{path}: line 2: invalid JSON" in bad[2]["error"]
     assert "a JSON list" in bad[3]["error"]
-    assert "no field 'sentence_bad'" in bad[4]["error"] and f"{path}:4" in bad[4]["error"]
+    assert "no field 'sentence_bad'" in bad[4]["error"] and f"{path}: line 4" in bad[4]["error"]
     assert "field 'sentence_good'" in bad[5]["error"] and "non-empty" in bad[5]["error"]
     assert "field 'sentence_bad'" in bad[8]["error"] and bad[8]["model"] == str(tiny_bert)
     assert all("\n" not in b["error"] for b in report.bad)
@@ -262,7 +260,7 @@ def test_bad_records_are_counted_by_line_and_the_rest_scored(tiny_bert, tmp_path
     rows = "sent_more,sent_less,stereo_antistereo,bias_type\n" \
            "A man cried.,A woman cried.,sideways,gender\nA,B,stereo\n"
     (tmp_path / "bias.csv").write_text(rows, encoding="utf-8")
-    with pytest.raises(MlmkitError, match=r"bias.csv:2: field 'stereo_antistereo'.*all 2"):
+    with pytest.raises(MlmkitError, match=r"bias.csv: line 2: field 'stereo_antistereo'.*all 2"):
         probe_models([str(tiny_bert)], None, tmp_path / "bias.csv", device="cpu")
     with pytest.raises(MlmkitError, match="no such file"):
         probe_models([str(tiny_bert)], "pairs", tmp_path / "absent.jsonl")
@@ -295,9 +293,9 @@ def _pairs_file(path: Path, extra: list | None = None) -> Path:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mlmkit")
-    add_probe_parser(parser.add_subparsers(dest="command", required=True))
-    return run_probe_command(parser.parse_args(argv))
+    from mlmkit.cli.main import main
+
+    return main(argv)
 
 
 def test_cli_table_json_output_and_exit_codes(tiny_bert, tmp_path, capsys):
@@ -317,7 +315,7 @@ def test_cli_table_json_output_and_exit_codes(tiny_bert, tmp_path, capsys):
     assert (c["diff"], c["ci95"], c["mcnemar"]["p"]) == (0.0, [0.0, 0.0], 1.0)
     bad = _pairs_file(tmp_path / "bad.jsonl", ["{oops"])
     assert _cli(["probe", m, "--input", str(bad), "--device", "cpu", "--quiet"]) == 1
-    assert "bad.jsonl:5: not JSON" in capsys.readouterr().err
+    assert "bad.jsonl: line 5: invalid JSON" in capsys.readouterr().err
     assert _cli(["probe", m, "--input", str(tmp_path / "nope.jsonl"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1
@@ -356,3 +354,23 @@ def test_run_probes_on_an_in_memory_model_in_training(tiny_bert, tmp_path):
                                                            by_path[str(bias)])):
         ma, mb = a["results"][0]["metrics"], b["results"][0]["metrics"]
         assert {k: v["value"] for k, v in ma.items()} == {k: v["value"] for k, v in mb.items()}
+
+
+def test_pairs_read_from_tsv_and_parquet_as_from_json_lines(tiny_bert, tmp_path):
+    # The probes read through mlmkit's one reader: every format gives the same report.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = [{"sentence_good": "the cat sat .", "sentence_bad": "the cat sit .", "UID": "a"},
+            {"sentence_good": "dogs bark .", "sentence_bad": "dogs barks .", "UID": "b"}]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("sentence_good\tsentence_bad\tUID\n"
+                   + "".join(f"{r['sentence_good']}\t{r['sentence_bad']}\t{r['UID']}\n"
+                             for r in recs))
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "p.parquet")
+    got = [probe_models([str(tiny_bert)], "pairs", p, device="cpu")
+           for p in (jl, tsv, tmp_path / "p.parquet")]
+    assert [r.items for r in got] == [2, 2, 2] and [r.bad_count for r in got] == [0, 0, 0]
+    assert got[0].results == got[1].results == got[2].results

@@ -34,7 +34,7 @@ class InputFile:
     uri: str
     size: int
     mtime_ns: int | None
-    kind: str  # "text" (a text a line), or "jsonl", "json", "csv", "parquet" (records)
+    kind: str  # "text" (a text a line), or "jsonl", "json", "csv", "tsv", "parquet" (records)
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,12 @@ class Shard:
         return asdict(self)
 
 
-_FORMAT_OF_KIND = {"text": ".txt", "jsonl": ".jsonl", "json": ".json", "csv": ".csv",
+_FORMAT_OF_KIND = {"text": ".txt", "jsonl": ".jsonl", "json": ".json", "csv": ".csv", "tsv": ".tsv",
                    "parquet": ".parquet"}
 
 
 def file_kind(name: str) -> str:
-    """What a file holds, by its name: .parquet, .jsonl, .json, .csv (each optionally .gz),
+    """What a file holds, by its name: .parquet, .jsonl, .json, .csv, .tsv (optionally .gz),
     else text lines (.txt(.gz), ...)."""
     fmt = format_of(name)
     return next((k for k, f in _FORMAT_OF_KIND.items() if f == fmt and k != "text"), "text")
@@ -83,7 +83,7 @@ def count_rows(uri: str, kind: str, shard_rows: int) -> tuple[int, list[int]]:
 
         with open_binary(uri, seekable=True) as fh:
             return pq.ParquetFile(fh).metadata.num_rows, []
-    if kind in ("csv", "json"):
+    if kind in ("csv", "tsv", "json"):
         return sum(1 for _ in read_entries(uri, _FORMAT_OF_KIND[kind])), []
     offsets, lines, pos, last = [0], 0, 0, b"\n"
     with open_binary(uri) as fh:
@@ -131,7 +131,7 @@ def _shard_entries(shard: Shard, whole_record: bool, columns: list[str] | None
                    ) -> Iterator[Entry]:
     if shard.kind == "parquet":
         return parquet_entries(shard.uri, shard.first, shard.rows, columns)
-    if shard.kind in ("csv", "json"):
+    if shard.kind in ("csv", "tsv", "json"):
         # Records are found by reading from the file's start: each shard pays for those
         # before it, which text lines (byte offsets) and Parquet (row groups) do not.
         entries = read_entries(shard.uri, _FORMAT_OF_KIND[shard.kind])

@@ -117,4 +117,13 @@ examples:
   curl -s localhost:8000/ -d '{"inputs": "The Milky Way is a <mask> galaxy.",
                               "parameters": {"top_k": 3}}'
   mlmkit serve my-model --host 0.0.0.0 --device cuda --max-batch-size 64"""),
+    "probe": ("minimal pairs (BLiMP), cloze facts (LAMA) and bias pairs (CrowS-Pairs), base vs "
+              "tuned", """\
+Probe masked LMs on minimal pairs (BLiMP), cloze facts (LAMA) or bias pairs (CrowS-Pairs).
+With several models, model 1 is the base: the others' differences from it come with a paired
+bootstrap 95% interval and McNemar's exact p, so a change can be told from noise.""", """\
+examples:
+  mlmkit probe bert-base-uncased --task pairs --input blimp.jsonl.gz
+  mlmkit probe base/ tuned/ --task bias --input crows_pairs_anonymized.csv --json
+  mlmkit probe base/ --task cloze --input TREx/P19.jsonl --top-k 10 --multi-token"""),
 }

@@ -17,6 +17,7 @@ from mlmkit.cli import (
     demo_command,
     eval_command,
     fill_command,
+    probe_command,
     score_command,
     serve_command,
     train_command,
@@ -30,7 +31,7 @@ log = logging.getLogger("mlmkit")
 
 COMMANDS = {"train": train_command, "eval": eval_command, "fill": fill_command,
             "score": score_command, "demo": demo_command, "vocab": vocab_command,
-            "serve": serve_command}
+            "serve": serve_command, "probe": probe_command}
 
 
 def build_parser() -> Parser:

@@ -102,9 +102,10 @@ def line_entries(lines: Iterable[bytes | str], as_json: bool, first: int = 1, of
                     f"invalid JSON ({e.msg}); expected one JSON object per line"))
 
 
-def csv_entries(fh: BinaryIO, gz: bool = False) -> Iterator[Entry]:
-    """A dict per CSV record under its header's names, numbered by its first line (a quoted
-    field may hold newlines); a record with a line that is not UTF-8 is a problem."""
+def csv_entries(fh: BinaryIO, gz: bool = False, delimiter: str = ",") -> Iterator[Entry]:
+    """A dict per CSV record (TSV with `delimiter` tab) under its header's names, numbered by
+    its first line (a quoted field may hold newlines); a record with a line that is not UTF-8
+    is a problem."""
     bad: dict[int, Problem] = {}  # lines that are not UTF-8, by number
     read = 0
 
@@ -120,7 +121,7 @@ def csv_entries(fh: BinaryIO, gz: bool = False) -> Iterator[Entry]:
                 yield raw.decode("utf-8", "replace")
             offset += len(raw)
 
-    reader = csv.DictReader(text_lines())
+    reader = csv.DictReader(text_lines(), delimiter=delimiter)
     while True:
         start = reader.line_num + 1
         try:
@@ -258,8 +259,8 @@ def read_entries(uri: str, fmt: str | None = None, columns: list[str] | None = N
             yield from _json_entries(uri, gz)
         else:
             with open_binary(uri) as fh:
-                if fmt == ".csv":
-                    yield from csv_entries(fh, gz)
+                if fmt in (".csv", ".tsv"):
+                    yield from csv_entries(fh, gz, "\t" if fmt == ".tsv" else ",")
                 else:
                     yield from line_entries(iter_lines(fh), fmt == ".jsonl", gz=gz)
     except MlmkitError:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from mlmkit.errors import MlmkitError
 
-FORMATS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+FORMATS = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")
 _WILD = "*?["
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from . import FillMask, MlmkitError
-from .probe_read import text_field
-from .probe_tasks import (
+from mlmkit.errors import MlmkitError
+from mlmkit.inference.fill import FillMask
+from mlmkit.probing.records import place, text_field
+from mlmkit.probing.tasks import (
     CHUNK,
     MASK_SPELLINGS,
     Engines,
@@ -57,7 +58,7 @@ def object_token(tok: Any, masked: str, obj: str) -> tuple[int | None, str]:
 def _fact_items(path: str, opts: Options, run: TaskRun, bar: Any, tok: Any
                 ) -> Iterator[_Fact]:
     for line, rec in _records(path, opts, run, bar):
-        where = f"{path}:{line}"
+        where = place(path, line)
         sents = rec.get("masked_sentences")
         try:
             obj = text_field(rec, "obj_label", where).strip()
@@ -183,7 +184,7 @@ def run_cloze(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
                     values[i] = v
         for i, f in enumerate(chunk):
             if isinstance(tops[i], MlmkitError):
-                run.fail(f.line, "score", f"{path}:{f.line}: sentence {f.key}: {tops[i]}")
+                run.fail(f.line, "score", f"{place(path, f.line)}: sentence {f.key}: {tops[i]}")
             run.add(f.key, f.groups, **values.get(i, {}))
     return run
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from . import MlmkitError
-from .probe_cloze import NOT_ONE_TOKEN, count_facts, run_cloze
-from .probe_read import first_fields
-from .probe_stats import compare, summarize
-from .probe_table import format_report
-from .probe_tasks import Engines, Options, TaskRun, run_bias, run_pairs
+from mlmkit.errors import MlmkitError
+from mlmkit.probing.cloze import NOT_ONE_TOKEN, count_facts, run_cloze
+from mlmkit.probing.records import first_fields
+from mlmkit.probing.stats import compare, summarize
+from mlmkit.probing.table import format_report
+from mlmkit.probing.tasks import Engines, Options, TaskRun, run_bias, run_pairs
 
 TASKS: dict[str, Callable[..., TaskRun]] = {"pairs": run_pairs, "cloze": run_cloze,
                                             "bias": run_bias}

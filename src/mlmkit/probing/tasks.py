@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from . import FillMask, MlmkitError, Scorer
-from .probe_read import group_of, read_records, text_field
+from mlmkit.errors import MlmkitError
+from mlmkit.inference.fill import FillMask
+from mlmkit.inference.score import Scorer
+from mlmkit.probing.records import group_of, place, read_records, text_field
 
 CHUNK = 256  # items per call to an engine's stream: their texts are all that is held at once
 MASK_SPELLINGS = re.compile(r"\[MASK\]|<mask>")  # what FillMask accepts, whatever the model's
@@ -131,8 +133,8 @@ def _pair_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_P
     group = opts.group_field or "UID"
     for line, rec in _records(path, opts, run, bar):
         try:
-            a = text_field(rec, opts.good_field, f"{path}:{line}")
-            b = text_field(rec, opts.bad_field, f"{path}:{line}")
+            a = text_field(rec, opts.good_field, place(path, line))
+            b = text_field(rec, opts.bad_field, place(path, line))
         except MlmkitError as e:
             run.fail(line, "record", str(e))
             continue
@@ -148,7 +150,7 @@ def run_pairs(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
         results = list(eng.scorer.stream(texts, opts.metric))
         for i, p in enumerate(chunk):
             good, bad = results[2 * i], results[2 * i + 1]
-            err = next((f"{path}:{p.line}: field {f!r}: {r}" for f, r in
+            err = next((f"{place(path, p.line)}: field {f!r}: {r}" for f, r in
                         ((opts.good_field, good), (opts.bad_field, bad))
                         if isinstance(r, MlmkitError)), None)
             if err:
@@ -167,7 +169,7 @@ BIAS_FIELDS = ("sent_more", "sent_less", "stereo_antistereo")
 def _bias_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_Pair]:
     group = opts.group_field or "bias_type"
     for line, rec in _records(path, opts, run, bar):
-        where = f"{path}:{line}"
+        where = place(path, line)
         try:
             more, less, direction = (text_field(rec, f, where) for f in BIAS_FIELDS)
             if direction not in ("stereo", "antistereo"):
@@ -232,7 +234,7 @@ def run_bias(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
                         raise MlmkitError(f"field {f!r}: {r}")
                 s_more, s_less = _bias_scores(tok, more, less)
             except MlmkitError as e:
-                run.fail(p.line, "score", f"{path}:{p.line}: {e}")
+                run.fail(p.line, "score", f"{place(path, p.line)}: {e}")
                 run.add(str(p.line), p.groups)
                 continue
             s_more, s_less = round(s_more, 3), round(s_less, 3)
