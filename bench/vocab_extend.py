@@ -97,7 +97,8 @@ def ppl_by_size(args: argparse.Namespace, argv: list[str] | None) -> int:
     by the largest extension, so none has a word added by any)."""
     from transformers import AutoTokenizer
 
-    from mlmkit.vocab import corpus_texts, extend_vocab
+    from mlmkit.vocab.audit import corpus_texts
+    from mlmkit.vocab.extend import extend_vocab
 
     info, command = print_header("vocab_extend.py", argv)
     sizes = sorted(int(n) for n in args.ppl_at.split(","))
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from mlmkit.vocab import audit_vocab, corpus_texts, extend_vocab
+    from mlmkit.vocab.audit import audit_vocab, corpus_texts
+    from mlmkit.vocab.extend import extend_vocab
 
     info, command = print_header("vocab_extend.py", argv)
     cpu_start, wall_start = cpu_seconds(), time.perf_counter()

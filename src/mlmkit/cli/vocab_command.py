@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.vocab import audit_vocab, extend_vocab, format_audit
+    from mlmkit.vocab.audit import audit_vocab, format_audit
+    from mlmkit.vocab.extend import extend_vocab
 
     data = {"text_field": ns.text_field, "limit": ns.limit, "split": ns.split}
     if ns.vocab_command == "audit":

@@ -4,18 +4,14 @@ Texts are concatenated and cut into full blocks, as the masked-language-modeling
 group_texts does, or with --line-by-line each non-blank line is a block of its own, as
 run_mlm.py's --line_by_line. Blocks are written to flat binary files and memory-mapped, so a
 second run with the same corpus, tokenizer and settings skips tokenization entirely; it checks
-the files' sizes and sha256 digests first, and rebuilds an entry that fails.
+the files' sizes and sha256 digests first (corpus/cache.py), and rebuilds an entry that fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,24 +21,25 @@ from typing import Any
 import numpy as np
 
 from mlmkit.config import DataConfig
+from mlmkit.corpus.cache import (
+    BLOCK_FILES,
+    cache_key,
+    cache_root,
+    entry_layout,
+    entry_problems,
+    install_entry,
+    refuse_foreign,
+)
 from mlmkit.errors import MlmkitError
 from mlmkit.io.fields import TextStats, record_pieces, record_texts
 from mlmkit.io.files import (
-    cache_dir,
-    check_entries,
     file_entries,
-    read_sealed_json,
     write_sealed_json,
 )
 from mlmkit.io.sources import Source, is_eval_record, iter_records
 
 log = logging.getLogger("mlmkit")
 
-# Part of every cache key, with every setting that shapes the blocks (line by line or
-# concatenated among them, so neither kind of entry is ever served for the other). 2 added the
-# sizes and digests of the block files to meta.json, so entries from 1, which have none, are
-# rebuilt rather than trusted.
-CACHE_VERSION = "2"
 _TOKENIZE_BATCH = 1000  # records
 
 
@@ -128,14 +125,6 @@ class Corpus:
         return "; ".join(parts)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def cache_root(cfg: DataConfig) -> Path:
-    return cache_dir(cfg.cache_dir) / "blocks"
-
-
 def _backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
     from tokenizers import Tokenizer
 
@@ -218,15 +207,6 @@ def _public_stats(stats: dict[str, Any], source: str, eval_source: str, held_out
             **{k: v for k, v in stats.items() if k not in drop}}
 
 
-def _cache_key(cfg: DataConfig, source: Source, tokenizer: Any) -> str:
-    f = cfg.eval_fraction
-    split = [f, cfg.seed] if 0 < f < 1 else [f]  # all or none held out: the seed changes nothing
-    layout = ["lines"] if cfg.line_by_line else ["concatenated", cfg.pad_last_block]
-    key_src = json.dumps([CACHE_VERSION, source.ident, tokenizer_fingerprint(tokenizer),
-                          cfg.text_field, cfg.limit, cfg.block_size, layout, split])
-    return hashlib.sha256(key_src.encode()).hexdigest()[:24]
-
-
 def _load_entry(cfg: DataConfig, source: Source, tokenizer: Any, progress: bool) -> Corpus:
     """One cache entry: the blocks of `source`, split by `cfg.eval_fraction` (0: all for
     training, 1: all for evaluation)."""
@@ -241,18 +221,18 @@ def _load_entry(cfg: DataConfig, source: Source, tokenizer: Any, progress: bool)
         corpus.cache_path, corpus._tmp = None, tmp
         return corpus
 
-    final = cache_root(cfg) / _cache_key(cfg, source, tokenizer)
-    layout = _layout(cfg)
+    final = cache_root(cfg) / cache_key(cfg, source, tokenizer)
+    layout = entry_layout(cfg)
     if os.path.lexists(final):
-        meta, problems = _entry_problems(final, layout)
+        meta, problems = entry_problems(final, layout)
         if meta is not None:
             return _open_corpus(final, meta)
-        _refuse_foreign(final, problems)
+        refuse_foreign(final, problems)
         log.warning("block cache %s: %s; rebuilding", final, "; ".join(problems))
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as work:
         meta = _tokenize_into(Path(work), source, cfg, tokenizer, progress)
-        _install(Path(work), final, layout)
+        install_entry(Path(work), final, layout)
     return _open_corpus(final, meta)
 
 
@@ -305,7 +285,7 @@ def _tokenize_into(work: Path, source: Source, cfg: DataConfig, tokenizer: Any,
         **dataclasses.asdict(counts),
         "train_blocks": writers["train"].blocks, "eval_blocks": writers["eval"].blocks,
         "train_tokens": writers["train"].tokens, "eval_tokens": writers["eval"].tokens,
-        "dropped_tokens": dropped, "files": file_entries(work, _BLOCK_FILES),
+        "dropped_tokens": dropped, "files": file_entries(work, BLOCK_FILES),
     }
     # Last, and atomically: a directory without a valid meta.json is never trusted.
     write_sealed_json(work / "meta.json", meta)
@@ -378,11 +358,6 @@ def _check_enough(source: Source, cfg: DataConfig, stats: TextStats,
                           f"block of {cfg.block_size}; add text, lower --block-size or {fix}")
 
 
-def _layout(cfg: DataConfig) -> dict[str, Any]:
-    """What the blocks of an entry for `cfg` must be: meta.json says it, and loading checks it."""
-    return {"block_size": cfg.block_size, "line_by_line": cfg.line_by_line}
-
-
 def _open_corpus(path: Path, meta: dict[str, Any]) -> Corpus:
     arrays = {}
     for split in ("train", "eval"):
@@ -394,110 +369,3 @@ def _open_corpus(path: Path, meta: dict[str, Any]) -> Corpus:
     return Corpus(train=arrays["train"], eval=arrays["eval"], stats=stats, cache_path=path)
 
 
-# --------------------------------------------------------------------------- cache integrity
-# An entry is <cache>/blocks/<key>/ holding exactly _ENTRY_FILES. It is built in a temporary
-# directory beside it and renamed into place whole, so readers never see half of one.
-
-_BLOCK_FILES = ("train.bin", "eval.bin")
-_ENTRY_FILES = (*_BLOCK_FILES, "meta.json")
-_META_COUNTS = ("records", "empty_records", "train_records", "eval_records", "block_size",
-                "train_blocks", "eval_blocks", "train_tokens", "eval_tokens", "dropped_tokens",
-                "lines", "blank_lines", "truncated_lines")
-
-
-def _entry_problems(path: Path, layout: dict[str, Any]) -> tuple[dict[str, Any] | None,
-                                                                 list[str]]:
-    """The meta of the cache entry at `path`, or None and what is wrong with the entry, one
-    phrase per fault; `layout` is what its blocks must be (see `_layout`). The block files are
-    hashed whole: about 1 s per GB, against minutes per GB for tokenizing, buys never training
-    on a flipped byte."""
-    meta, problem = read_sealed_json(path / "meta.json")
-    if meta is None:
-        return None, [problem]
-    problems = _meta_problems(meta) or _layout_problems(meta, layout) or check_entries(
-        path, {n: meta["files"][n] for n in _BLOCK_FILES})
-    return (None, problems) if problems else (meta, [])
-
-
-def _meta_problems(meta: dict[str, Any]) -> list[str]:
-    """Whether a meta.json that matches its own digest still describes blocks that fit the
-    sizes it records: the memory maps are shaped from it, so a wrong writer must not get by."""
-    bad = [k for k in _META_COUNTS if not (type(meta.get(k)) is int and meta[k] >= 0)]
-    if meta.get("block_size") == 0:
-        bad.append("block_size")
-    if meta.get("dtype") not in ("uint16", "int32"):
-        bad.append("dtype")
-    if type(meta.get("line_by_line")) is not bool:
-        bad.append("line_by_line")
-    files = meta.get("files")
-    if not (isinstance(files, dict) and all(isinstance(files.get(n), dict) for n in _BLOCK_FILES)):
-        bad.append("files")
-    if bad:
-        return [f"meta.json has no valid {', '.join(bad)}"]
-    problems = []
-    for split in ("train", "eval"):
-        n, size = meta[f"{split}_blocks"], files[f"{split}.bin"].get("size")
-        want = n * meta["block_size"] * np.dtype(meta["dtype"]).itemsize
-        if size != want:
-            problems.append(f"meta.json records {size} bytes for {split}.bin, but {n:,} blocks "
-                            f"of {meta['block_size']} {meta['dtype']} take {want:,}")
-    return problems
-
-
-def _layout_problems(meta: dict[str, Any], layout: dict[str, Any]) -> list[str]:
-    # The key already tells the layouts apart; this catches an entry put under another's name.
-    def kind(d: dict[str, Any]) -> str:
-        return (f"{'line-by-line' if d['line_by_line'] else 'concatenated'} blocks of "
-                f"{d['block_size']}")
-
-    if all(meta[k] == v for k, v in layout.items()):
-        return []
-    return [f"meta.json describes {kind(meta)} tokens, not the {kind(layout)} asked for"]
-
-
-def _refuse_foreign(final: Path, problems: list[str]) -> None:
-    """Stop before rebuilding over a path that holds what mlmkit did not write there: such a
-    thing is never deleted."""
-    fix = "move it away or pass --no-cache"
-    if final.is_symlink() or not final.is_dir():
-        raise MlmkitError(f"block cache {final}: not a directory mlmkit made; {fix}")
-    try:
-        foreign = sorted(set(os.listdir(final)) - set(_ENTRY_FILES))
-    except OSError as e:
-        raise MlmkitError(f"block cache {final}: cannot list it: {e.strerror}; {fix}") from None
-    if foreign:
-        raise MlmkitError(f"block cache {final}: {'; '.join(problems)}, and it holds "
-                          f"{', '.join(foreign)}, which mlmkit did not write; {fix}")
-
-
-def _install(work: Path, final: Path, layout: dict[str, Any]) -> None:
-    """Move the finished entry `work` to `final`. A broken entry there is renamed aside first and
-    deleted only once the new one is in place, so `final` is always absent, the old entry or a
-    whole new one; processes racing here all end up with identical blocks at `final`."""
-    try:
-        os.rename(work, final)
-        return
-    except OSError:
-        pass  # `final` exists: the broken entry, or one another process has just installed
-    if _entry_problems(final, layout)[0] is not None:
-        return  # another process won the race; its blocks are identical to ours
-    aside = final.with_name(f".broken-{final.name}-{secrets.token_hex(4)}")
-    with contextlib.suppress(OSError):  # a racing process may have moved it aside already
-        os.rename(final, aside)
-    try:
-        os.rename(work, final)
-    except OSError as e:
-        if _entry_problems(final, layout)[0] is None:  # not another process's identical entry
-            raise MlmkitError(f"block cache {final}: cannot replace the damaged entry: "
-                              f"{e.strerror}") from None
-    finally:
-        _discard_entry(aside)
-
-
-def _discard_entry(path: Path) -> None:
-    # Only the files an entry is made of; anything else stays, and with it the directory.
-    for name in _ENTRY_FILES:
-        with contextlib.suppress(OSError):
-            (path / name).unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmkit.config import TrainConfig
-from mlmkit.corpus.blocks import cache_root
+from mlmkit.corpus.cache import cache_root
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import (
     RUN_MARKER,

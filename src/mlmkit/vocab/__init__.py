@@ -1,0 +1,2 @@
+"""How well a tokenizer fits a corpus (`audit`), and adding its costliest words as whole-word
+tokens (`extend`)."""
