@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlmkit.errors import MlmkitError
-from mlmkit.modeling.keras.convert import Tie, match_hf_layers
+from mlmkit.modeling.keras.convert import Tie, match_hf_layers, require_tied
 
 
 def check_config(config: Any) -> None:
@@ -16,9 +16,7 @@ def check_config(config: Any) -> None:
         raise MlmkitError(f"--backend keras: position_embedding_type "
                           f"{config.position_embedding_type!r}; keras-hub's BERT has absolute "
                           "positions only")
-    if not getattr(config, "tie_word_embeddings", True):
-        raise MlmkitError("--backend keras: tie_word_embeddings false; keras-hub's masked-LM "
-                          "head projects with the input embeddings, so the decoder must be tied")
+    require_tied(config)
 
 
 def build(config: Any) -> Any:

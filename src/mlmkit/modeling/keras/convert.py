@@ -31,6 +31,14 @@ INSTALL_HINT = ("pip install 'mlmkit[keras]' (with TensorFlow, as the guide); wi
                 f"pip install --no-deps keras-hub=={KERAS_HUB_TESTED}, then KERAS_BACKEND=torch")
 
 
+def require_tied(config: Any) -> None:
+    """keras-hub's masked-LM heads project with the input embeddings: every architecture
+    converted needs a tied decoder."""
+    if not getattr(config, "tie_word_embeddings", True):
+        raise MlmkitError("--backend keras: tie_word_embeddings false; keras-hub's masked-LM "
+                          "head projects with the input embeddings, so the decoder must be tied")
+
+
 def import_keras() -> tuple[Any, Any]:
     """(keras, keras_hub), or an MlmkitError saying how to install them. Without
     KERAS_BACKEND and without TensorFlow, the torch backend: mlmkit always has torch, and Keras'

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.bert import dense_ties, head_ties, norm_ties
-from mlmkit.modeling.keras.convert import Tie, match_hf_layers
+from mlmkit.modeling.keras.convert import Tie, match_hf_layers, require_tied
 
 # DistilBERT's LayerNorms use 1e-12 whatever the config says (transformers' modeling code).
 EPSILON = 1e-12
 
 
 def check_config(config: Any) -> None:
-    if not getattr(config, "tie_word_embeddings", True):
-        raise MlmkitError("--backend keras: tie_word_embeddings false; keras-hub's masked-LM "
-                          "head projects with the input embeddings, so the decoder must be tied")
+    require_tied(config)
 
 
 def build(config: Any) -> Any:

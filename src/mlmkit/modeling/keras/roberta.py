@@ -15,7 +15,7 @@ import numpy as np
 
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.bert import encoder_ties, head_ties, norm_ties
-from mlmkit.modeling.keras.convert import Tie, match_hf_layers
+from mlmkit.modeling.keras.convert import Tie, match_hf_layers, require_tied
 
 POSITIONS = "roberta.embeddings.position_embeddings.weight"
 TOKEN_TYPES = "roberta.embeddings.token_type_embeddings.weight"
@@ -33,9 +33,7 @@ def check_config(config: Any) -> None:
     if config.type_vocab_size != 1:
         raise MlmkitError(f"--backend keras: type_vocab_size {config.type_vocab_size}; "
                           "keras-hub's RoBERTa has no token types (RoBERTa's own: 1)")
-    if not getattr(config, "tie_word_embeddings", True):
-        raise MlmkitError("--backend keras: tie_word_embeddings false; keras-hub's masked-LM "
-                          "head projects with the input embeddings, so the decoder must be tied")
+    require_tied(config)
 
 
 def build(config: Any) -> Any:
