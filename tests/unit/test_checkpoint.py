@@ -1,6 +1,7 @@
-"""Run directories are safe: --overwrite deletes only mlmkit's own runs and never an input,
-every flipped or cut byte in a checkpoint is caught and the previous checkpoint resumes to the
-uninterrupted run's exact weights and log, and a diverged run exports nothing."""
+"""Run directories are safe: --overwrite deletes only mlmkit's own runs and never an input
+(model, data, config file, the current directory), every flipped or cut byte in a checkpoint
+is caught and the previous checkpoint resumes to the uninterrupted run's exact weights and
+log, and a diverged run exports nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlmkit import MlmkitError, TrainConfig, train
+from mlmkit.cli.main import main
 from mlmkit.io.files import verify_manifest
 from mlmkit.training.checkpoint import find_checkpoint
 from mlmkit.training.rundir import trim_metrics_log
@@ -244,3 +246,27 @@ def test_overwrite_check_protects_the_eval_corpus_and_takes_in_memory_data(sampl
         check_output(cfg)
     for data in (["a text", "another"], datasets.Dataset.from_list([{"text": "a"}])):
         assert check_output(replace(cfg, data=data, eval_data=data)) == out
+
+
+def test_overwrite_never_deletes_the_config_file_or_the_current_directory(
+        tiny_roberta, sample_path, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    train(quick(tiny_roberta, sample_path, out))
+    (out / "run.yaml").write_text("max_steps: 1\n")
+    before = sorted(p.name for p in out.rglob("*"))
+    argv = ["train", "--model", str(tiny_roberta), "--data", str(sample_path), "--text-field",
+            "answers.text", "--limit", "40", "--max-steps", "1", "--quiet", "--overwrite"]
+    capsys.readouterr()
+    assert main([*argv, "--config", str(out / "run.yaml"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"holds --config {out / 'run.yaml'}" in err, err
+    # `--output .` (or `..`) from inside the run: deleting it would pull the ground from under
+    # the command itself.
+    monkeypatch.chdir(out / "checkpoints")
+    assert main([*argv, "--output", ".."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the current directory" in err, err
+    monkeypatch.chdir(out)
+    with pytest.raises(MlmkitError, match="holds the current directory"):
+        train(quick(tiny_roberta, sample_path, ".", overwrite=True))
+    assert sorted(p.name for p in out.rglob("*")) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+from pathlib import Path
 
 from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
 from mlmkit.config import TrainConfig
@@ -30,7 +31,8 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         base = {k: v for k, v in read_run_config(run_dir).items()
                 if k not in ("output", "resume", "overwrite")}
     cfg = settings_from(TrainConfig, ns, base)
-    r = train(cfg, command="mlmkit " + shlex.join(argv))
+    reads = [("--config", Path(ns.config))] if getattr(ns, "config", None) else []
+    r = train(cfg, command="mlmkit " + shlex.join(argv), reads=reads)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: print once
         return 0
     if r.finished_before:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +194,11 @@ def describe_keras_hardware() -> str:
             f"backend), keras-hub {keras_hub.__version__}")
 
 
-def train_keras(cfg: TrainConfig, command: str | None = None) -> TrainResult:
+def train_keras(cfg: TrainConfig, command: str | None = None,
+                reads: Sequence[tuple[str, Path]] = ()) -> TrainResult:
     """`train(cfg)` with `cfg.backend == "keras"`."""
     check_keras_settings(cfg)
-    return KerasRun(cfg, command, check_output(cfg)).fit()
+    return KerasRun(cfg, command, check_output(cfg, reads)).fit()
 
 
 class KerasRun(Recipe):

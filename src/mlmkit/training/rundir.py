@@ -5,6 +5,7 @@ records there (train_config.json) and which of them a resume may change, the dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -51,7 +52,8 @@ def _is_legacy_run(out: Path) -> bool:
 def read_paths(model: str | None, data: Any = None, eval_data: Any = None,
                cache: Path | None = None) -> list[tuple[str, Path]]:
     """The local paths a command reads, by flag, which its output directory must never hold:
-    the model if it is a local path, the corpora's files, and `cache` (the block cache)."""
+    the model if it is a local path, the corpora's files, `cache` (the block cache), and the
+    current directory (deleting it under the running command fails every relative path)."""
     read = []
     if model and Path(model).expanduser().exists():
         read.append(("--model", Path(model).expanduser()))
@@ -62,14 +64,18 @@ def read_paths(model: str | None, data: Any = None, eval_data: Any = None,
             pass  # a missing corpus is reported by the data stage
     if cache is not None:
         read.append(("--cache-dir", cache))
+    with contextlib.suppress(OSError):  # a current directory already deleted: none to keep
+        read.append(("the current directory", Path.cwd()))
     return read
 
 
-def check_output(cfg: TrainConfig) -> Path:
-    """`check_output_dir` for a training run: its --output, --overwrite, --resume and inputs."""
+def check_output(cfg: TrainConfig, reads: Iterable[tuple[str, Path]] = ()) -> Path:
+    """`check_output_dir` for a training run: its --output, --overwrite, --resume and inputs,
+    with `reads`, the (flag, path) pairs its caller reads besides the settings (the CLI's
+    --config file)."""
     return check_output_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume,
-                            inputs=read_paths(cfg.model, cfg.data, cfg.eval_data,
-                                              cache_root(cfg)))
+                            inputs=[*read_paths(cfg.model, cfg.data, cfg.eval_data,
+                                                cache_root(cfg)), *reads])
 
 
 def check_output_dir(output: str | Path | None, *, overwrite: bool = False,

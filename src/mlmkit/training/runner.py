@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from mlmkit.config import TrainConfig, validate
@@ -10,12 +12,14 @@ from mlmkit.training.recipe import TrainResult
 
 
 def train(cfg: TrainConfig | None = None, *, command: str | None = None,
-          **settings: Any) -> TrainResult:
+          reads: Sequence[tuple[str, Path]] = (), **settings: Any) -> TrainResult:
     """Fine-tune (or pre-train) a masked LM on a corpus and save it to `cfg.output`.
 
     Settings come as a `TrainConfig`, as keywords (`train(model=..., data=..., output=...)`),
     or both (keywords win). `data` may be a list of texts or a `datasets.Dataset`. Quiet unless
-    `quiet=False`. `command` is what the model card records as the command that ran.
+    `quiet=False`. `command` is what the model card records as the command that ran; `reads`,
+    the (flag, path) pairs of files the caller read the settings from (a config file), which
+    --overwrite then never deletes, as it never deletes the model or data.
     """
     cfg = replace(cfg, **settings) if cfg is not None else TrainConfig(**settings)
     validate(cfg)
@@ -23,7 +27,7 @@ def train(cfg: TrainConfig | None = None, *, command: str | None = None,
     if cfg.backend == "keras":
         from mlmkit.training.keras_recipe import train_keras
 
-        return train_keras(cfg, command=command)
+        return train_keras(cfg, command=command, reads=reads)
     from mlmkit.training.torch_recipe import train_torch
 
-    return train_torch(cfg, command=command)
+    return train_torch(cfg, command=command, reads=reads)

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,14 @@ class RunInterrupted(KeyboardInterrupt):
     go on."""
 
 
-def train_torch(cfg: TrainConfig, command: str | None = None) -> TrainResult:
+def train_torch(cfg: TrainConfig, command: str | None = None,
+                reads: Sequence[tuple[str, Path]] = ()) -> TrainResult:
     """`train(cfg)` on PyTorch and Accelerate."""
     # TF32 matmuls for the run only: left on, they would change every later float32 result
     # in the process (a FillMask, another benchmark arm).
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        return Run(cfg, command=command).fit()
+        return Run(cfg, command=command, reads=reads).fit()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
@@ -74,10 +76,12 @@ def train_torch(cfg: TrainConfig, command: str | None = None) -> TrainResult:
 class Run(Recipe):
     """One training run. Each phase is a method; `fit` calls them in order."""
 
-    def __init__(self, cfg: TrainConfig, command: str | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, command: str | None = None,
+                 reads: Sequence[tuple[str, Path]] = ()) -> None:
         if cfg.train_tokenizer:
             cfg = replace(cfg, from_scratch=True)
         super().__init__(cfg, command)
+        self.reads = reads  # besides the settings' paths: kept safe from --overwrite
         self.resume_from: Path | None = None
         self.stop_requested = False
 
@@ -86,7 +90,7 @@ class Run(Recipe):
         cfg = self.cfg
         if cfg.resume:
             self._check_resume()
-        self.out = check_output(self.cfg)
+        self.out = check_output(self.cfg, self.reads)
         check_load_best(cfg)
         self._accelerator()
         with self.accelerator.main_process_first():
