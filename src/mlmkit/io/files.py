@@ -9,9 +9,12 @@ or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -108,12 +111,14 @@ def check_entries(root: Path, entries: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def write_manifest(root: Path) -> None:
-    """Record every file under `root` (recursively, but not the manifest itself); written last,
-    so a directory with a manifest is a complete one."""
-    names = [str(p.relative_to(root)) for p in root.rglob("*")
-             if p.is_file() and p.name != MANIFEST]
-    write_sealed_json(root / MANIFEST, {"files": file_entries(root, names)})
+def write_manifest(root: Path, names: Iterable[str] | None = None, **fields: Any) -> None:
+    """Record the files `names` under `root` (by default every file under it, recursively, but
+    not the manifest itself) and `fields`; written last, so a directory with a manifest is a
+    complete one."""
+    if names is None:
+        names = [str(p.relative_to(root)) for p in root.rglob("*")
+                 if p.is_file() and p.name != MANIFEST]
+    write_sealed_json(root / MANIFEST, {**fields, "files": file_entries(root, names)})
 
 
 def json_digest(obj: Any) -> str:
@@ -144,16 +149,89 @@ def read_sealed_json(path: Path | str) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
-def verify_manifest(root: Path) -> list[str]:
-    """Problems with the directory `root` against its manifest; empty when it is intact."""
+def read_manifest(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The manifest of `root` and [] when every file it names matches it; else None and the
+    problems, one phrase each."""
     if not (root / MANIFEST).is_file():
-        return [f"no {MANIFEST} (the directory was not finished)"]
+        return None, [f"no {MANIFEST} (the directory was not finished)"]
     manifest, problem = read_sealed_json(root / MANIFEST)
     if manifest is None:
-        return [problem]
+        return None, [problem]
     if not isinstance(manifest.get("files"), dict):
-        return [f"{MANIFEST} is unreadable (no files)"]
-    return check_entries(root, manifest["files"])
+        return None, [f"{MANIFEST} is unreadable (no files)"]
+    problems = check_entries(root, manifest["files"])
+    return (None, problems) if problems else (manifest, [])
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Problems with the directory `root` against its manifest; empty when it is intact."""
+    return read_manifest(root)[1]
+
+
+def apply_umask(root: Path) -> None:
+    """Give every file under `root` the mode a new file gets from the umask: some writers
+    (safetensors' `save_file`, `mkstemp`) create theirs 0600, which would leave a model
+    directory that only its owner can read, unlike every other file of it."""
+    mode = 0o666 & ~_umask()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
+class WriteFailed(MlmkitError):
+    """Files mlmkit was writing could not be written (a full disk, most often); the message
+    names what and the disk."""
+
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how Rust writers (safetensors) name one
+# torch's zip writer fails with a RuntimeError naming neither the file nor the errno.
+_TORCH_WRITER = ("inline_container", "PytorchStreamWriter")
+_NEARLY_FULL = 1 << 20  # bytes: below this, a write that failed without an errno hit a full disk
+
+
+def write_failure(what: str, where: Path, e: BaseException) -> str | None:
+    """`e`, raised while writing `what` under the directory `where`, as one phrase naming it,
+    the reason (ENOSPC for a full disk) and the disk with its free space; None when `e` is not
+    a failed write (a bug, an interrupt). Called before the partial files are removed: the
+    free space then is what the write met."""
+    from safetensors import SafetensorError
+
+    text = str(e)
+    torch_writer = isinstance(e, RuntimeError) and any(w in text for w in _TORCH_WRITER)
+    if not (isinstance(e, (OSError, SafetensorError, MlmkitError)) or torch_writer):
+        return None
+    # An MlmkitError of a failed write (atomic_open's) keeps the OSError as its context.
+    code = next((x.errno for x in _chain(e) if isinstance(x, OSError) and x.errno), None)
+    if code is None and (found := _OS_ERROR_IN_TEXT.search(text)):
+        code = int(found.group(1))
+    if code is None and isinstance(e, (OSError, MlmkitError)):
+        return None
+    disk = where.absolute()
+    while not disk.exists() or not (disk.is_mount() or disk == disk.parent):
+        disk = disk.parent
+    free = shutil.disk_usage(disk).free
+    if code is None and free < _NEARLY_FULL:
+        code = errno.ENOSPC
+    reason = (f"{os.strerror(code)} ({errno.errorcode.get(code, code)})" if code
+              else (text.strip().splitlines() or [type(e).__name__])[0])
+    return f"cannot write {what}: {reason} on the disk mounted at {disk} ({_size(free)} free)"
+
+
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """`e` and the exceptions it was raised from or while handling (an MlmkitError made of
+    an OSError keeps the OSError as its context)."""
+    seen = 0
+    while e is not None and seen < 10:
+        yield e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def cache_dir(chosen: str | None = None) -> Path:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from mlmkit.errors import MlmkitError
-from mlmkit.io.files import verify_manifest, write_json, write_manifest
+from mlmkit.io.files import (
+    WriteFailed,
+    apply_umask,
+    verify_manifest,
+    write_failure,
+    write_json,
+    write_manifest,
+)
 from mlmkit.training.rundir import CHECKPOINTS
 
 log = logging.getLogger("mlmkit")
@@ -67,18 +74,31 @@ def commit_checkpoint(out: Path, step: int, write: Callable[[Path], None],
     """checkpoints/step_N, complete or absent: `write(tmp)` fills a temporary directory (on
     every process), then the main process adds the state file and the manifest, renames it
     into place and syncs the directory. Older checkpoints past `keep` are removed only after
-    the new one is in place, except `protect` (the best one, with --load-best). `barrier`
+    the new one is in place, except `protect` (the best one, with --load-best). A write that
+    fails (a full disk) removes the temporary directory and raises `WriteFailed`. `barrier`
     waits for every process (several write their parts of one checkpoint)."""
     root = out / CHECKPOINTS
     final, tmp = root / f"step_{step}", root / f".tmp-step_{step}"
     if main:
         shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
     barrier()
-    write(tmp)
-    barrier()
+    try:
+        write(tmp)
+        barrier()
+        if main:
+            write_json(tmp / STATE_FILE, state, indent=None)
+            apply_umask(tmp)
+            write_manifest(tmp)
+    except BaseException as e:
+        if not main:
+            raise
+        failure = write_failure(f"checkpoint {final}", root, e)
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk is not left fuller
+        if failure is None:
+            raise
+        log.debug("checkpoint write failed", exc_info=True)
+        raise WriteFailed(f"{failure}; its partial files were removed") from e
     if main:
-        write_json(tmp / STATE_FILE, state, indent=None)
-        write_manifest(tmp)
         if final.exists():  # a damaged one skipped on resume, now written again
             old = root / f".old-step_{step}"
             shutil.rmtree(old, ignore_errors=True)

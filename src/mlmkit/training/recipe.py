@@ -17,7 +17,7 @@ from typing import Any
 from mlmkit.config import TrainConfig, parse_overrides
 from mlmkit.corpus.blocks import Corpus, load_blocks
 from mlmkit.errors import MlmkitError
-from mlmkit.io.files import write_json
+from mlmkit.io.files import WriteFailed, write_json
 from mlmkit.io.sources import iter_texts
 from mlmkit.modeling.load import load_model_config, load_tokenizer, max_block_size
 from mlmkit.training.checkpoint import STATE_FILE, read_state, verify_checkpoint
@@ -107,8 +107,9 @@ def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult
                     + ([record["eval_data"]] if record["eval_data"] else []),
                     command=command, hardware=hardware, train_seconds=result.train_seconds,
                     from_scratch=cfg.from_scratch)
-    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card)
+    # The curves first: the export's manifest, written last, then vouches for them too.
     plot_curves(out / "metrics.jsonl", out / "curves.png")
+    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card)
 
 
 def check_load_best(cfg: TrainConfig, eval_blocks: int | None = None) -> None:
@@ -244,7 +245,10 @@ class Recipe:
                           "perplexity": evaluated["perplexity"], "checkpoint": name}
             protect = self.out / CHECKPOINTS / s.best["checkpoint"] if (
                 self.cfg.load_best and s.best) else None
-            self.last_saved = self._commit(asdict(s), protect)
+            try:
+                self.last_saved = self._commit(asdict(s), protect)
+            except WriteFailed as e:
+                raise MlmkitError(f"{e}; {self._kept()}") from e
         return self.last_saved
 
     def _load_best(self) -> dict[str, Any] | None:
@@ -260,15 +264,17 @@ class Recipe:
         return best
 
     # -- divergence ----------------------------------------------------------------------------
-    def diverged(self, what: str) -> MlmkitError:
+    def _kept(self) -> str:
+        """Where a run that stops on an error can go on from."""
         if self.last_saved is None:
-            where = "no checkpoint was saved before it"
-        else:
-            where = f"the last good checkpoint, {self.last_saved}, is kept" + (
-                " (--resume latest continues from it)" if self.resumable else "")
+            return "no checkpoint was saved before it"
+        return f"the last good checkpoint, {self.last_saved}, is kept" + (
+            " (--resume latest continues from it)" if self.resumable else "")
+
+    def diverged(self, what: str) -> MlmkitError:
         return MlmkitError(f"{what}: training diverged and nothing was exported from "
-                           f"{self.out}; {where}; a lower --learning-rate or --max-grad-norm "
-                           "usually prevents this")
+                           f"{self.out}; {self._kept()}; a lower --learning-rate or "
+                           "--max-grad-norm usually prevents this")
 
     def check_loss(self, loss: float) -> None:
         """Raise if `loss`, the training loss of the steps since the last log, is not finite."""
@@ -286,7 +292,15 @@ class Recipe:
         exported = self._load_best() if self.cfg.load_best else None
         result = self.result(exported)
         if self.main:
-            self.export(result)
+            try:
+                self.export(result)
+            except WriteFailed as e:
+                # The final checkpoint says the run finished; a resume finds no whole export
+                # beside it (`export_problems`) and writes it then.
+                hint = ("the final checkpoint, {}, is kept: free space, then --resume latest "
+                        "exports it" if self.resumable else
+                        "the final checkpoint, {}, holds the trained model")
+                raise MlmkitError(f"{e}; {hint.format(self.last_saved)}") from e
         self._barrier()
         if self.cfg.push_to_hub and self.main:
             from mlmkit.training.export import push_to_hub
@@ -303,6 +317,13 @@ class Recipe:
         return TrainResult(output_dir=self.out, base=Metrics(**s.base) if s.base else None,
                            final=final, history=s.history, steps=s.step,
                            train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
+
+    def export_problems(self) -> list[str]:
+        """What keeps the run directory from holding this run's complete export (empty when
+        nothing does): a finished run is done only once its export is whole."""
+        from mlmkit.training.export import check_export
+
+        return check_export(self.out, self.state.step)
 
     def export(self, result: TrainResult) -> None:
         export_result(self.out, self.cfg, self.command, result, self._hf_model(),

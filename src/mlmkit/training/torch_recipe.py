@@ -222,7 +222,13 @@ class Run(Recipe):
             if self.resume_from is not None:
                 self.resume(self.resume_from)
                 if self.state.finished and self.state.step >= self.total_steps:
-                    return self._already_finished()
+                    if not self._export_missing():
+                        return self._already_finished()
+                    return self.finish()
+                if self.main:
+                    # Only settings a resume may change can differ; the file says what ran
+                    # last. Not for a finished run: it is part of the export checked above.
+                    write_config(self.out, self.cfg)
             else:
                 self.start()
             self.clock = Stopwatch(self.state.train_seconds)  # goes on from a checkpoint's time
@@ -242,8 +248,6 @@ class Run(Recipe):
         self.state = TrainState.load(checkpoint)
         self.last_saved = checkpoint
         if self.main:
-            # Only settings a resume may change can differ; the file says what ran last.
-            write_config(self.out, self.cfg)
             log.info("resuming from %s (step %d of %d)", checkpoint, self.state.step,
                      self.total_steps)
             if self.state.finished and self.total_steps > self.state.step:
@@ -251,11 +255,25 @@ class Run(Recipe):
                             "learning-rate schedule recomputed for the new length",
                             self.state.step, self.total_steps)
 
+    def _export_missing(self) -> bool:
+        """Whether the finished run's export is missing or damaged (a kill or a full disk
+        after its final checkpoint), as the main process finds it: every process must agree."""
+        from accelerate.utils import broadcast_object_list
+
+        problems = self.export_problems() if self.main else None
+        problems = broadcast_object_list([problems])[0]
+        if problems and self.main:
+            log.warning("%s finished at step %d but its export is not whole (%s); exporting "
+                        "it from %s", self.out, self.state.step, "; ".join(problems),
+                        self.resume_from)
+        return bool(problems)
+
     def _already_finished(self) -> TrainResult:
         s = self.state
         if self.main:
-            log.info("%s finished at step %d (%g epochs); nothing to do: pass a larger --epochs "
-                     "or --max-steps to train it further", self.out, s.step, self.cfg.epochs)
+            log.info("%s finished at step %d (epoch %.2f); nothing to do: pass a larger "
+                     "--epochs or --max-steps to train it further", self.out, s.step,
+                     self.epochs())
         result = self.result()
         result.finished_before = True
         return result
