@@ -163,6 +163,10 @@ class Recipe:
     def _barrier(self) -> None:
         """Wait for every process (one process: nothing to wait for)."""
 
+    def _agree(self, value: Any) -> Any:
+        """The main process's `value`, on every process (one process: `value`)."""
+        return value
+
     # -- measuring -----------------------------------------------------------------------------
     def epochs(self) -> float:
         # Capped at the epoch's end: with several processes the last round of batches can
@@ -318,12 +322,26 @@ class Recipe:
                            final=final, history=s.history, steps=s.step,
                            train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
 
-    def export_problems(self) -> list[str]:
-        """What keeps the run directory from holding this run's complete export (empty when
-        nothing does): a finished run is done only once its export is whole."""
+    def end_finished_run(self) -> TrainResult:
+        """A resumed run that had finished: nothing to do once its export is whole; else (a
+        kill or a full disk after its final checkpoint) the export, now."""
         from mlmkit.training.export import check_export
 
-        return check_export(self.out, self.state.step)
+        s = self.state
+        # Decided by the main process, which writes the export: every process must agree.
+        problems = self._agree(check_export(self.out, s.step) if self.main else None)
+        if problems:
+            if self.main:
+                log.warning("%s finished at step %d but its export is not whole (%s); exporting "
+                            "it from %s", self.out, s.step, "; ".join(problems), self.last_saved)
+            return self.finish()
+        if self.main:
+            log.info("%s finished at step %d (epoch %.2f); nothing to do: pass a larger "
+                     "--epochs or --max-steps to train it further", self.out, s.step,
+                     self.epochs())
+        result = self.result()
+        result.finished_before = True
+        return result
 
     def export(self, result: TrainResult) -> None:
         export_result(self.out, self.cfg, self.command, result, self._hf_model(),

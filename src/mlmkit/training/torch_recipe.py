@@ -222,9 +222,7 @@ class Run(Recipe):
             if self.resume_from is not None:
                 self.resume(self.resume_from)
                 if self.state.finished and self.state.step >= self.total_steps:
-                    if not self._export_missing():
-                        return self._already_finished()
-                    return self.finish()
+                    return self.end_finished_run()
                 if self.main:
                     # Only settings a resume may change can differ; the file says what ran
                     # last. Not for a finished run: it is part of the export checked above.
@@ -254,29 +252,6 @@ class Run(Recipe):
                 log.warning("the run had finished at step %d; training on to step %d with the "
                             "learning-rate schedule recomputed for the new length",
                             self.state.step, self.total_steps)
-
-    def _export_missing(self) -> bool:
-        """Whether the finished run's export is missing or damaged (a kill or a full disk
-        after its final checkpoint), as the main process finds it: every process must agree."""
-        from accelerate.utils import broadcast_object_list
-
-        problems = self.export_problems() if self.main else None
-        problems = broadcast_object_list([problems])[0]
-        if problems and self.main:
-            log.warning("%s finished at step %d but its export is not whole (%s); exporting "
-                        "it from %s", self.out, self.state.step, "; ".join(problems),
-                        self.resume_from)
-        return bool(problems)
-
-    def _already_finished(self) -> TrainResult:
-        s = self.state
-        if self.main:
-            log.info("%s finished at step %d (epoch %.2f); nothing to do: pass a larger "
-                     "--epochs or --max-steps to train it further", self.out, s.step,
-                     self.epochs())
-        result = self.result()
-        result.finished_before = True
-        return result
 
     def train_epoch(self) -> None:
         """From the sampler's position to the end of the epoch (or of training): steps, the
@@ -363,6 +338,11 @@ class Run(Recipe):
 
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def _agree(self, value: Any) -> Any:
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
 
     # -- interruptions and failures ------------------------------------------------------------
     @contextlib.contextmanager
