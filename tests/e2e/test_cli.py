@@ -286,7 +286,7 @@ def argv_of(pairs) -> list[str]:
 def test_run_mlm_names_build_the_same_config(capsys, monkeypatch, tmp_path):
     captured = []
 
-    def fake_train(cfg, command=None):
+    def fake_train(cfg, command=None, reads=()):
         captured.append(cfg)
         return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0)
 
