@@ -238,6 +238,10 @@ def test_without_ray_the_command_says_how_to_install_it(capsys, monkeypatch, tmp
     assert (code, capsys.readouterr().err) == (
         2, "error: --engine ray needs Ray Data: pip install 'mlmkit[ray]'\n")
     assert not (tmp_path / "out").exists()
+    code = main(["fill", str(tiny_bert), "--input", str(tmp_path / "in.txt"), "--output", "-",
+                 "--engine", "ray"])  # stdout is no directory: no directory named '-' either
+    assert (code, capsys.readouterr().err) == (
+        2, "error: --engine ray: needs --output DIR (a directory for the shards' files)\n")
     assert main(["score", str(tiny_bert), "x", "--workers", "2"]) == 2
     assert capsys.readouterr().err == "error: --workers: only with --engine ray\n"
 
