@@ -120,3 +120,14 @@ def test_fill_refuses_to_write_over_the_file_on_its_stdin(capsys, tiny_roberta, 
         os.close(saved)
         os.close(fd)
     assert src.read_text() == "The sun is a <mask> star.\n"
+
+
+def test_score_input_of_only_unreadable_lines_gives_an_error_record_each(capsys, tiny_roberta,
+                                                                        tmp_path):
+    src, dst = tmp_path / "x.txt", tmp_path / "out.jsonl"
+    src.write_bytes(b"\xff\n" * 50)
+    code, _, err = run(capsys, "score", tiny_roberta, "--input", src, "--output", dst, "--quiet")
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert code == 1 and "50 of 50 lines could not be scored" in err, err
+    assert [r["line"] for r in recs] == list(range(1, 51))
+    assert all(r["error"].startswith(f"{src}: line {r['line']}: not UTF-8") for r in recs)

@@ -270,7 +270,8 @@ def probe_writable(path: Path | str, flag: str, shown: Path | str | None = None)
     if not where.is_dir():
         raise MlmkitError(f"{flag} {path}: {where} is a file, not a directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=where, prefix=".mlmkit-probe-")
+        # Named as atomic_open's temporaries, so a kill's leftover is known as ours.
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".probe.{_TMP_TAG}", suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
