@@ -4,6 +4,9 @@ lines are all unreadable gives an error record for each rather than a traceback.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 
 import pytest
 
@@ -65,3 +68,66 @@ def test_a_glob_names_the_file_of_a_bad_record_and_text_field_picks_the_text(cap
     assert code == 1 and "1 of 3 lines could not be filled" in err
     assert [len(r) for r in recs[:2]] == [5, 5]  # top 5 of each text read from q.t
     assert recs[2]["line"] == 2 and recs[2]["error"].startswith(f"{tmp_path / 'b.jsonl'}: line 2: ")
+
+
+def test_fill_writes_into_a_device_a_fifo_or_dash_and_refuses_a_socket(capsys, tiny_roberta,
+                                                                        tmp_path):
+    fill = ["fill", tiny_roberta, "The sun is a <mask> star.", "--top-k", "2", "--quiet"]
+    code, want, _ = run(capsys, *fill, "--json")
+    assert code == 0 and len(want.splitlines()) == 1
+    try:  # first a node of our own: a wrong implementation replaces it, not /dev/null
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        assert run(capsys, *fill, "--output", tmp_path / "null")[0] == 0
+        assert stat.S_ISCHR(os.lstat(tmp_path / "null").st_mode)
+    except PermissionError:
+        pass  # not root: /dev is not ours to write in anyway
+    assert run(capsys, *fill, "--output", "/dev/null")[0] == 0
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    assert run(capsys, *fill, "--output", "-") == (0, want, "")
+    os.mkfifo(tmp_path / "pipe")
+    reader = os.open(tmp_path / "pipe", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert run(capsys, *fill, "--output", tmp_path / "pipe")[0] == 0
+        assert os.read(reader, 1 << 16).decode() == want
+    finally:
+        os.close(reader)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    try:
+        code, out, err = run(capsys, *fill, "--output", tmp_path / "sock")
+    finally:
+        sock.close()
+    assert (code, out, err) == (2, "", f"error: --output {tmp_path / 'sock'}: is a socket; "
+                                "expected a regular file, a character device or a FIFO\n")
+    assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)
+
+
+def test_fill_refuses_to_write_over_the_file_on_its_stdin(capsys, tiny_roberta, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("The sun is a <mask> star.\n")
+    (tmp_path / "alias.txt").symlink_to(src)
+    saved, fd = os.dup(0), os.open(src, os.O_RDONLY)
+    try:
+        os.dup2(fd, 0)  # `mlmkit fill M --output in.txt < in.txt`
+        for argv in ([], ["-"], ["--input", "-"]):
+            for out in (src, tmp_path / "alias.txt"):
+                code, _, err = run(capsys, "fill", tiny_roberta, *argv, "--output", out)
+                assert (code, err) == (2, f"error: --output {out}: is the file on stdin; "
+                                       "writing it would destroy the texts being read; choose "
+                                       "another output file\n")
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(fd)
+    assert src.read_text() == "The sun is a <mask> star.\n"
+
+
+def test_score_input_of_only_unreadable_lines_gives_an_error_record_each(capsys, tiny_roberta,
+                                                                        tmp_path):
+    src, dst = tmp_path / "x.txt", tmp_path / "out.jsonl"
+    src.write_bytes(b"\xff\n" * 50)
+    code, _, err = run(capsys, "score", tiny_roberta, "--input", src, "--output", dst, "--quiet")
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert code == 1 and "50 of 50 lines could not be scored" in err, err
+    assert [r["line"] for r in recs] == list(range(1, 51))
+    assert all(r["error"].startswith(f"{src}: line {r['line']}: not UTF-8") for r in recs)

@@ -238,6 +238,10 @@ def test_without_ray_the_command_says_how_to_install_it(capsys, monkeypatch, tmp
     assert (code, capsys.readouterr().err) == (
         2, "error: --engine ray needs Ray Data: pip install 'mlmkit[ray]'\n")
     assert not (tmp_path / "out").exists()
+    code = main(["fill", str(tiny_bert), "--input", str(tmp_path / "in.txt"), "--output", "-",
+                 "--engine", "ray"])  # stdout is no directory: no directory named '-' either
+    assert (code, capsys.readouterr().err) == (
+        2, "error: --engine ray: needs --output DIR (a directory for the shards' files)\n")
     assert main(["score", str(tiny_bert), "x", "--workers", "2"]) == 2
     assert capsys.readouterr().err == "error: --workers: only with --engine ray\n"
 
@@ -268,3 +272,21 @@ def test_bad_settings_are_refused_before_ray_starts_or_a_file_is_written(
         run_batch(job, str(tmp_path / "in.txt"), out, BatchResources(**budget))
     assert str(e.value) == message
     assert not out.exists()
+
+
+def test_a_shard_of_only_unreadable_lines_is_an_error_each_and_a_start_killed_early_resumes(
+        capsys, tmp_path, cluster, tiny_bert):
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_bytes(b"\xff\n" * 50)
+    # What a job killed before its _job.json leaves (earlier versions made _shards/ first).
+    (out / "_shards").mkdir(parents=True)
+    argv = ["fill", str(tiny_bert), "--input", str(src), "--output", str(out), "--engine", "ray",
+            "--address", cluster, "--workers", "1", "--shard-rows", "50", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "50 records in 1 shard (0 already done, skipped): 0 written" in err, err
+    errors = [json.loads(ln) for ln in (out / "_errors.jsonl").read_text().splitlines()]
+    assert [e["row"] for e in errors] == list(range(50))
+    assert all(e["error"].startswith(f"{src}: line {e['row'] + 1}: not UTF-8") for e in errors)
+    assert main(argv) == 1
+    assert "(1 already done, skipped)" in capsys.readouterr().err

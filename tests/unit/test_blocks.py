@@ -117,6 +117,56 @@ def test_second_load_hits_the_cache(sample_path, roberta_tokenizer, monkeypatch,
     assert calls and other.cache_path != first.cache_path and other.train.shape[1] == 16
 
 
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_a_corpus_edited_with_its_size_and_mtime_kept_is_tokenized_again(
+        tmp_path, sample_texts, roberta_tokenizer, kind):
+    import os
+
+    path = tmp_path / f"corpus.{kind}"
+    texts = [t.replace("\n", " ") for t in sample_texts[:30]]
+
+    def write(lines):
+        data = "".join((json.dumps({"text": t}) if kind != "txt" else t) + "\n" for t in lines)
+        with open(path, "r+" if path.exists() else "w") as fh:  # in place: the same inode
+            fh.write(data)
+
+    write(texts)
+    st = os.stat(path)
+    cfg = DataConfig(data=str(path), block_size=32, eval_fraction=0.0,
+                     cache_dir=str(tmp_path / "c"))
+    before = load_blocks(cfg, roberta_tokenizer, progress=False)
+    edited = [texts[0].swapcase(), *texts[1:]]  # same length in bytes: the same file size
+    write(edited)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns, os.stat(path).st_ino) == (
+        st.st_size, st.st_mtime_ns, st.st_ino)
+    after = load_blocks(cfg, roberta_tokenizer, progress=False)
+    fresh = load_blocks(DataConfig(**{**cfg.__dict__, "no_cache": True}), roberta_tokenizer,
+                        progress=False)
+    assert not np.array_equal(fresh.train, before.train)  # the edit shows in the blocks
+    assert np.array_equal(after.train, fresh.train) and after.cache_path != before.cache_path
+
+
+def test_a_corpus_edited_while_it_is_tokenized_is_not_cached_under_its_old_text(
+        tmp_path, sample_texts, roberta_tokenizer, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(t.replace("\n", " ") + "\n" for t in sample_texts[:30]))
+    cfg = DataConfig(data=str(path), block_size=32, eval_fraction=0.0,
+                     cache_dir=str(tmp_path / "c"))
+    real = mlmkit.corpus.blocks._tokenize_into
+
+    def edited_meanwhile(*a, **kw):
+        meta = real(*a, **kw)
+        with open(path, "a") as fh:
+            fh.write("A line added while the corpus was read.\n")
+        return meta
+
+    monkeypatch.setattr(mlmkit.corpus.blocks, "_tokenize_into", edited_meanwhile)
+    with pytest.raises(MlmkitError, match=f"^{path}: changed while it was being tokenized"):
+        load_blocks(cfg, roberta_tokenizer, progress=False)
+    assert [p.name for p in (tmp_path / "c" / "blocks").iterdir()] == []  # no entry, no temp
+
+
 def test_no_cache_writes_nothing(sample_path, roberta_tokenizer, tmp_path):
     cfg = DataConfig(data=str(sample_path), text_field=["answers.text"], limit=30, block_size=32,
                      cache_dir=str(tmp_path / "c"), no_cache=True)

@@ -34,12 +34,12 @@ from typing import Any
 
 from mlmkit.batch.job_dir import (
     ERRORS,
-    JOB_FILE,
     MANIFEST,
     SHARDS,
     finished_shard,
     open_job_dir,
     shard_marker,
+    write_plan,
 )
 from mlmkit.batch.shards import InputFile, Shard, count_rows, list_inputs, plan_shards, read_shard
 from mlmkit.errors import MlmkitError
@@ -288,8 +288,7 @@ def run_batch(job: BatchJob, input_spec: str, output: str | Path,
         try:
             if shards is None:
                 shards = _plan(ray, inputs, job.shard_rows)
-                write_sealed_json(out / JOB_FILE,
-                                  {**record, "shards": [s.to_dict() for s in shards]})
+                write_plan(out, record, shards)
                 todo = shards
             if todo:  # an input of no rows has no shards
                 _run_pool(ray, job, res, out, todo, digest, on_shard)

@@ -45,7 +45,8 @@ def add_input_flags(p: Parser, records: str = "") -> None:
                    "each record holding the text, e.g. answers.text; lists of strings and "
                    "several fields are joined with a space (default: text)")
     p.add_argument("--output", metavar="FILE", help="write JSON lines here instead of stdout "
-                   "(with --engine ray: a directory)")
+                   "('-': stdout; a device or FIFO is written into; with --engine ray: a "
+                   "directory)")
 
 
 def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: RayConfig) -> int:
@@ -56,7 +57,7 @@ def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: R
     if any(t != "-" for t in ns.texts) or ns.input in (None, "-"):
         raise MlmkitError("--engine ray: reads --input (a file, directory or glob), not texts "
                           "on the command line or stdin")
-    if not ns.output:
+    if not ns.output or ns.output == "-":
         raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
     job = BatchJob.of(params, ns.model, dtype=engine.dtype, shard_rows=ray.shard_rows,
                       format=ray.format, text_fields=ns.text_field)
@@ -80,7 +81,8 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
     or stdin is reported by its number, as an error record in its place (JSON) or on stderr,
     and the rest go on; the counts are printed at the end, and the exit code is 1 if any line
     failed. The output file appears under its name only once complete, so a failed or killed
-    run leaves any earlier file of that name as it was."""
+    run leaves any earlier file of that name as it was ('-', a device or a FIFO gets the lines
+    as they come)."""
     as_json = ns.json or bool(ns.output) or plain is None
     typed = ns.input is None and any(t != "-" for t in ns.texts)
     pending: deque[InputItem] = deque()  # read, and not written yet

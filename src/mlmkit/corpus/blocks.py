@@ -3,7 +3,7 @@
 Texts are concatenated and cut into full blocks, as the masked-language-modeling guide's
 group_texts does, or with --line-by-line each non-blank line is a block of its own, as
 run_mlm.py's --line_by_line. Blocks are written to flat binary files and memory-mapped, so a
-second run with the same corpus, tokenizer and settings skips tokenization entirely; it checks
+second run with the same corpus (by content), tokenizer and settings skips tokenization; it checks
 the files' sizes and sha256 digests first (corpus/cache.py), and rebuilds an entry that fails.
 """
 
@@ -232,6 +232,10 @@ def _load_entry(cfg: DataConfig, source: Source, tokenizer: Any, progress: bool)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as work:
         meta = _tokenize_into(Path(work), source, cfg, tokenizer, progress)
+        if source.files and cache_key(cfg, source, tokenizer) != final.name:
+            # Hashed before the read: an edit since would file these blocks under the old text.
+            raise MlmkitError(f"{source.label}: changed while it was being tokenized; run "
+                              "again once it is written")
         install_entry(Path(work), final, layout)
     return _open_corpus(final, meta)
 

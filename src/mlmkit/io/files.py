@@ -3,7 +3,8 @@ the marker file that says a directory is one mlmkit wrote (the only kind it will
 
 Every file mlmkit writes goes through `atomic_write`/`atomic_open`: a temporary name in the
 same directory, fsync, then `os.replace`, so a kill at any instant leaves either the old file
-or the new one, never half of one.
+or the new one, never half of one. What is not a regular file is never renamed over: a
+character device, a FIFO, /dev/stdout or '-' is written into, anything else refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,11 +41,26 @@ def _describe_os_error(path: Path | str, e: OSError, what: str = "cannot write")
 def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8"
                 ) -> Iterator[IO[Any]]:
     """A file handle whose content replaces `path` only when the block ends without an error;
-    on an error (or a kill) `path` keeps what it had and the temporary file is removed."""
-    path = Path(path)
+    on an error (or a kill) `path` keeps what it had and the temporary file is removed.
+    What is no file is written into as it is (see `write_target`): '-' is stdout, and a
+    character device, a FIFO or an open descriptor's file (/dev/stdout) get the bytes
+    directly, in the order they come, since a rename would replace the node itself."""
     binary = "b" in mode
+    if str(path) == "-":
+        stream = sys.stdout.buffer if binary else sys.stdout
+        yield stream
+        stream.flush()
+        return
+    target, atomic = write_target(path)
+    if not atomic:
+        # Appending: a descriptor's file (`>> log`) keeps what it had; a device or FIFO has
+        # no end to seek to, and O_APPEND changes nothing for it.
+        with open(target, mode.replace("w", "a"),
+                  **({} if binary else {"encoding": encoding})) as fh:
+            yield fh
+        return
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_TMP_TAG}",
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_TMP_TAG}",
                                    suffix=".tmp")
     except OSError as e:
         raise _describe_os_error(path, e) from None
@@ -52,11 +70,56 @@ def atomic_open(path: Path | str, mode: str = "w", encoding: str | None = "utf-8
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        if write_target(target) != (target, True):  # something else put there meanwhile
+            raise MlmkitError(f"{path}: changed while it was written; not replaced")
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def write_target(path: Path | str, flag: str = "") -> tuple[Path, bool]:
+    """Where a write to `path` goes, and whether by rename: (the file to replace, True) for a
+    regular file or a new name, through any symbolic links (the link stays, its file is
+    replaced); (`path`, False) for a character device, a FIFO or the file of an open
+    descriptor (/dev/stdout, /proc/self/fd/N), which are written into. Anything else (a
+    directory, a socket, a block device) is refused in one line, prefixed with `flag`."""
+    shown = f"{flag} {path}" if flag else str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:  # a new name, or a link to one: the link's file is made
+        return Path(os.path.realpath(path)), True
+    except OSError as e:
+        raise _describe_os_error(shown, e) from None
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return Path(path), False
+    if stat.S_ISREG(mode):
+        return (Path(path), False) if _is_descriptor(path) else (Path(os.path.realpath(path)),
+                                                                 True)
+    kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+    raise MlmkitError(f"{shown}: is {kind}; expected a regular file, a character device or a "
+                      "FIFO")
+
+
+_DESCRIPTORS = re.compile(r"/proc/[^/]+/fd")
+
+
+def _is_descriptor(path: Path | str) -> bool:
+    """Whether `path` or a link on the way to its file names an open descriptor: such a link's
+    target is only what the descriptor was opened as, and the file is not ours to replace."""
+    at = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if _DESCRIPTORS.fullmatch(os.path.realpath(os.path.dirname(at))):
+            return True
+        if not os.path.islink(at):
+            return False
+        at = os.path.join(os.path.realpath(os.path.dirname(at)), os.readlink(at))
+    return False
 
 
 def atomic_write(path: Path | str, data: bytes | str) -> None:
@@ -284,7 +347,8 @@ def probe_writable(path: Path | str, flag: str, shown: Path | str | None = None)
     if not where.is_dir():
         raise MlmkitError(f"{flag} {path}: {where} is a file, not a directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=where, prefix=".mlmkit-probe-")
+        # Named as atomic_open's temporaries, so a kill's leftover is known as ours.
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".probe.{_TMP_TAG}", suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

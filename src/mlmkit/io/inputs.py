@@ -5,6 +5,7 @@ go on) and the checks of their input and output paths before a model loads."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.fields import FieldError, input_text
-from mlmkit.io.files import probe_writable
+from mlmkit.io.files import probe_writable, write_target
 from mlmkit.io.formats import BLANK, Entry, line_entries, read_entries
 from mlmkit.io.locate import FORMATS, ListedFile, is_pattern, is_url, list_files
 
@@ -145,8 +146,9 @@ def input_name(input_path: str | None) -> str:
 
 
 def check_io_paths(texts: list[str], input_path: str | None, output: str | None) -> None:
-    """Before the model loads: the input exists, and the output can be written and is not
-    the input (compared as files, so another spelling or a link of the input counts too)."""
+    """Before the model loads: the input exists, and the output can be written (a file, a
+    character device, a FIFO or '-' for stdout) and is not a file being read: the --input's
+    files or the file on stdin, compared as files, so another spelling or a link counts too."""
     if input_path is not None and any(t != "-" for t in texts):
         raise MlmkitError("--input: given along with texts on the command line; expected one "
                           "or the other")
@@ -161,15 +163,39 @@ def check_io_paths(texts: list[str], input_path: str | None, output: str | None)
             and not Path(input_path).exists():  # /dev/stdin and other pipes are welcome
         raise MlmkitError(f"--input {input_path}: file not found; {expected}")
     inputs = list_input_files(input_path) if reading else []
-    if not output:
+    if not output or output == "-":
         return
     out = Path(output)
     if out.is_dir():
         raise MlmkitError(f"--output {out}: is a directory; expected a file name")
-    if out.exists() and any(not is_url(f.uri) and os.path.samefile(f.uri, out) for f in inputs):
-        raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
-                          "texts being read; choose another output file")
-    probe_writable(out.parent, "--output", shown=out)
-    if not out.parent.is_dir():
+    target = Path(os.path.realpath(out))
+    if os.path.lexists(out):
+        target, atomic = write_target(out, "--output")  # refuses sockets, block devices
+        _refuse_reading(out, inputs, stdin=not reading and not any(t != "-" for t in texts))
+        if not atomic:  # a device, FIFO or descriptor: written into, nothing made beside it
+            return
+    probe_writable(target.parent, "--output", shown=out)
+    if not target.parent.is_dir():
         raise MlmkitError(f"--output {out}: directory {out.parent} does not exist; expected a "
                           "file in an existing directory")
+
+
+def _refuse_reading(out: Path, inputs: list[ListedFile], stdin: bool) -> None:
+    """Refuse an --output that is a regular file the command reads: one of `inputs`, or (when
+    `stdin` is read) the file on stdin, as `< in.txt` gives it."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return  # writing /dev/null or a FIFO destroys nothing read
+    if any(not is_url(f.uri) and os.path.samefile(f.uri, out) for f in inputs):
+        raise MlmkitError(f"--output {out}: is the --input file; writing it would destroy the "
+                          "texts being read; choose another output file")
+    try:
+        on_stdin = os.fstat(0) if stdin else None
+    except OSError:  # no stdin at all
+        on_stdin = None
+    if on_stdin is not None and (on_stdin.st_dev, on_stdin.st_ino) == (st.st_dev, st.st_ino):
+        raise MlmkitError(f"--output {out}: is the file on stdin; writing it would destroy the "
+                          "texts being read; choose another output file")

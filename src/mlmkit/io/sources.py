@@ -118,6 +118,7 @@ class Source:
     ident: str  # changes whenever the records may have: the cache key is built on it
     label: str  # how messages name it: the path or Hub id, or 'data' for in-memory data
     description: str  # printable and JSON-safe, as describe_source gives it
+    files: tuple[Path, ...] = ()  # the local files read: the cache key hashes their bytes
 
 
 def iter_records(cfg: DataConfig, name: str = "data") -> Source:
@@ -141,7 +142,8 @@ def iter_records(cfg: DataConfig, name: str = "data") -> Source:
         if slices is not None:
             gen = _sliced(lambda: (r for f in files for r in _read_file(f)), slices)
             ident, description = [ident, cfg.split], f"{data} (split {cfg.split})"
-        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), description)
+        return Source(_take(gen, cfg.limit), None, json.dumps(ident), str(data), description,
+                      tuple(files))
     ds = _load_hub(cfg)
     n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
     where = f"{data}[{cfg.split}]"
