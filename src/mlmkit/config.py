@@ -294,6 +294,13 @@ class DeviceConfig(Settings):
                     choices=["auto", "float32", "bfloat16", "float16"], group="engine")
 
 
+def _max_candidates(group: str) -> Any:
+    # One field for `fill` and `serve`: the same bound, the same default, the same words.
+    return _f(1000, "most candidates one text may get, its masks x top_k: each is a record "
+              "holding the whole text, so this bounds a text's work and output; a text past it "
+              "gets an error in its place (from the server: 422)", group=group, ge=1)
+
+
 @dataclass
 class EngineConfig(DeviceConfig):
     """What `fill` and `score` share: device, precision, batch limits, progress."""
@@ -304,6 +311,7 @@ class EngineConfig(DeviceConfig):
                                 "bounds memory (default: fill none on CPU, 16384 on GPU; score "
                                 "2048 on CPU, 32768 on GPU)", group="engine", ge=1)
     quiet: bool = _f(False, "no progress bar", group="engine")
+    max_candidates: int = _max_candidates("engine")
 
 
 @dataclass

@@ -183,10 +183,10 @@ class GatedEngine:
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         self.entered.set()
         assert self.gate.wait(30), "test never opened the gate"
-        return self.engine.stream(texts, top_k, targets)
+        return self.engine.stream(texts, top_k, targets, **budget)
 
 
 def test_full_queue_answers_503_at_once(engine: FillMask) -> None:
@@ -333,13 +333,13 @@ class PoisonEngine:
     def __init__(self, engine: FillMask) -> None:
         self.engine, self.tokenizer, self.calls = engine, engine.tokenizer, 0
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         self.calls += 1
         if any("POISON" in t for t in texts):
             raise RuntimeError("tokenizer failed in /srv/secret/model")
         if targets == ["nope"]:  # as FillMask does for targets it cannot score
             raise MlmkitError("targets ['nope']: none is in the model's vocabulary")
-        return self.engine.stream(texts, top_k, targets)
+        return self.engine.stream(texts, top_k, targets, **budget)
 
 
 def test_an_engine_failure_fails_only_its_own_request(engine: FillMask,
@@ -393,7 +393,7 @@ class BrokenEngine:
 
     tokenizer = None
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         raise ValueError("CUDA error at /home/alice/model/secret.bin")
 
 
