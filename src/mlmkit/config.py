@@ -294,6 +294,13 @@ class DeviceConfig(Settings):
                     choices=["auto", "float32", "bfloat16", "float16"], group="engine")
 
 
+def _max_candidates(group: str) -> Any:
+    # One field for `fill` and `serve`: the same bound, the same default, the same words.
+    return _f(1000, "most candidates one text may get, its masks x top_k: each is a record "
+              "holding the whole text, so this bounds a text's work and output; a text past it "
+              "gets an error in its place (from the server: 422)", group=group, ge=1)
+
+
 @dataclass
 class EngineConfig(DeviceConfig):
     """What `fill` and `score` share: device, precision, batch limits, progress."""
@@ -304,6 +311,7 @@ class EngineConfig(DeviceConfig):
                                 "bounds memory (default: fill none on CPU, 16384 on GPU; score "
                                 "2048 on CPU, 32768 on GPU)", group="engine", ge=1)
     quiet: bool = _f(False, "no progress bar", group="engine")
+    max_candidates: int = _max_candidates("engine")
 
 
 @dataclass
@@ -325,6 +333,17 @@ class ServeConfig(DeviceConfig):
     max_text_chars: int = _f(2000, "longest text a request may send, in characters",
                              group="server", ge=1)
     max_top_k: int = _f(100, "largest top_k a request may ask for", group="server", ge=1)
+    max_candidates: int = _max_candidates("server")
+    max_request_candidates: int = _f(6400, "most candidates one request may ask for, over all "
+                                     "its texts (masks x top_k each); past it: 413 before any "
+                                     "work", group="server", ge=1)
+    max_response_mb: float = _f(16.0, "largest answer the server sends, in MB; past it: 413",
+                                group="server", gt=0.0)
+    header_timeout_s: float = _f(10.0, "seconds a connection may take to send a request's "
+                                 "headers (from connecting, or from its last answer) before "
+                                 "it is answered 408 and closed", group="server", gt=0.0)
+    max_connections: int = _f(256, "most connections open at once; one more is answered 503 "
+                              "and closed", group="server", ge=1)
     no_batching: bool = _f(False, "run every request on its own (for comparison)",
                            group="server")
 

@@ -1,7 +1,7 @@
 """Tiny tokenizers and models built locally in seconds, for tests, demos and benchmarks that
 must run offline (no Hub): a byte-level BPE tokenizer (RoBERTa's kind) or a WordPiece one
 (BERT's kind), trained on any texts, and a random-init masked LM config to go with it; and
-`LiveServer`, an app served on a loopback port in a thread."""
+`LiveServer`, an app served on a loopback port in a thread, and `call_app`, in-process."""
 
 from __future__ import annotations
 
@@ -114,20 +114,40 @@ def save_tiny_model(path: str | Path, texts: Iterable[str], kind: str = "roberta
     return path
 
 
+def call_app(app: Any, fn: Any) -> Any:
+    """`await fn(client)` against the ASGI `app` in-process, through httpx's ASGI transport in
+    an event loop of its own: a server's requests without a socket."""
+    import asyncio
+
+    import httpx
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
 class LiveServer:
     """uvicorn serving `app` on a free 127.0.0.1 port in a daemon thread, for a real client (a
     browser, `InferenceClient`, a load generator): `with LiveServer(app) as s: get(s.url)`.
     The socket is bound and listening before uvicorn starts, so there is no port race and a
     client that connects early waits in the backlog until the server accepts."""
 
-    def __init__(self, app: Any, backlog: int = 64) -> None:
+    def __init__(self, app: Any, backlog: int = 64, **connections: Any) -> None:
+        """`connections`: `header_timeout_s` and `max_connections`, as `mlmkit serve` takes
+        them (its defaults otherwise: the server under test is the one `serve` runs)."""
         import uvicorn
+
+        from mlmkit.serving.connections import server_config
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(backlog)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=backlog))
+        self.server = uvicorn.Server(server_config(app, log_level="warning", backlog=backlog,
+                                                   **connections))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
 

@@ -131,3 +131,23 @@ def test_score_input_of_only_unreadable_lines_gives_an_error_record_each(capsys,
     assert code == 1 and "50 of 50 lines could not be scored" in err, err
     assert [r["line"] for r in recs] == list(range(1, 51))
     assert all(r["error"].startswith(f"{src}: line {r['line']}: not UTF-8") for r in recs)
+
+
+def test_fill_input_gives_an_error_record_for_a_text_past_its_candidate_budget(capsys,
+                                                                               tiny_roberta,
+                                                                               tmp_path):
+    # 11 masks x top_k 100 = 1,100 candidates, past the default of 1,000 a text: an error in
+    # its place, and the texts around it filled.
+    src, dst = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("The sun is a <mask> star.\n" + "<mask> " * 11 + "\nWhy is the <mask> blue?\n")
+    code, _, err = run(capsys, "fill", tiny_roberta, "--input", src, "--output", dst,
+                       "--top-k", "100", "--quiet")
+    recs = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert code == 1 and "1 of 3 lines could not be filled" in err
+    assert len(recs[0]) == len(recs[2]) == 100
+    assert recs[1]["line"] == 2 and recs[1]["error"].endswith(
+        "11 masks x top_k 100 = 1,100 candidates, more than the limit of 1,000 a text "
+        "(--max-candidates)")
+    code, _, err = run(capsys, "fill", tiny_roberta, "--input", src, "--output", dst,
+                       "--top-k", "100", "--max-candidates", "1100", "--quiet")
+    assert code == 0 and len(json.loads(dst.read_text().splitlines()[1])) == 11, err

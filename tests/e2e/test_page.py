@@ -42,7 +42,7 @@ class HostileEngine:
     tokenizer = HostileTokenizer()
     model = SimpleNamespace(config=SimpleNamespace(_name_or_path=HOSTILE_NAME))
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         for text in texts:
             masks = len(MASK_SPELLINGS.findall(text)) + text.count(HOSTILE_MASK)
             records = [{"score": 0.5, "token": 1, "token_str": HOSTILE_TOKEN,

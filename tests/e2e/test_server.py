@@ -4,6 +4,7 @@ import asyncio
 import gzip
 import json
 import logging
+import os
 import socket
 import string
 import threading
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from mlmkit import FillMask  # noqa: E402
 from mlmkit.config import MlmkitError  # noqa: E402
 from mlmkit.serving.app import create_app  # noqa: E402
+from mlmkit.testing import call_app as run  # noqa: E402
 from mlmkit.testing import save_tiny_model  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "eli5-sample.jsonl.gz"
@@ -44,17 +46,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> FillMask:
     path = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts, kind="roberta",
                            vocab_size=500, hidden=32, layers=2)
     return FillMask(str(path), device="cpu")
-
-
-def run(app, fn):
-    """Run `fn(client)` against the app in-process (httpx's ASGI transport, one event loop)."""
-
-    async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await fn(client)
-
-    return asyncio.run(main())
 
 
 def same(got: list, want: list) -> bool:
@@ -138,7 +129,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(engine: FillMask) -
             ok = await c.post("/", json={"inputs": TEXTS[0]})
             out.append((body, status, message, r, ok))
         extra = [await c.get("/nope"), await c.get("/fill-mask"),
-                 await c.post("/", content=b"x" * 10**7)]
+                 await c.post("/", content=b"x" * 10**7,
+                              headers={"content-type": "application/json"})]
         return out, extra, await c.post("/", json={"inputs": TEXTS[0]})
 
     try:
@@ -183,10 +175,10 @@ class GatedEngine:
         self.engine, self.tokenizer = engine, engine.tokenizer
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         self.entered.set()
         assert self.gate.wait(30), "test never opened the gate"
-        return self.engine.stream(texts, top_k, targets)
+        return self.engine.stream(texts, top_k, targets, **budget)
 
 
 def test_full_queue_answers_503_at_once(engine: FillMask) -> None:
@@ -333,13 +325,13 @@ class PoisonEngine:
     def __init__(self, engine: FillMask) -> None:
         self.engine, self.tokenizer, self.calls = engine, engine.tokenizer, 0
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         self.calls += 1
         if any("POISON" in t for t in texts):
             raise RuntimeError("tokenizer failed in /srv/secret/model")
         if targets == ["nope"]:  # as FillMask does for targets it cannot score
             raise MlmkitError("targets ['nope']: none is in the model's vocabulary")
-        return self.engine.stream(texts, top_k, targets)
+        return self.engine.stream(texts, top_k, targets, **budget)
 
 
 def test_an_engine_failure_fails_only_its_own_request(engine: FillMask,
@@ -393,7 +385,7 @@ class BrokenEngine:
 
     tokenizer = None
 
-    def stream(self, texts, top_k=5, targets=None):
+    def stream(self, texts, top_k=5, targets=None, **budget):  # budget: max_candidates
         raise ValueError("CUDA error at /home/alice/model/secret.bin")
 
 
@@ -560,7 +552,9 @@ def mostly(common: st.SearchStrategy, rare: st.SearchStrategy) -> st.SearchStrat
 
 _surrogate = st.integers(0xD800, 0xDFFF).map(chr)  # st.characters() leaves them out
 _text = st.text(st.one_of(st.characters(), _surrogate), max_size=30)
-_masked = st.builds("{}{}{}".format, _text, st.sampled_from(["<mask>", " [MASK] ", ""]), _text)
+_masked = st.one_of(
+    st.builds("{}{}{}".format, _text, st.sampled_from(["<mask>", " [MASK] ", ""]), _text),
+    st.integers(1, 40).map(lambda n: "<mask> " * n))  # many masks: the candidate limits
 _number = st.one_of(st.integers(-5, 120), st.integers(), st.builds(BigInt, st.integers(1, 6000)),
                     st.floats())
 _junk = st.recursive(st.one_of(st.none(), st.booleans(), _number, _text, _masked),
@@ -602,23 +596,31 @@ _request = st.tuples(
         st.sampled_from(["/health", "/metrics", "/openapi.json", "/docs"]),
         st.text(string.ascii_letters + string.digits + "-._~%/", max_size=20)
         .map(lambda p: "/" + p))),
-    _body)
+    _body,
+    mostly(st.just("application/json"), st.one_of(  # None: no Content-Type header at all
+        st.sampled_from([None, "text/plain", "application/x-www-form-urlencoded", "",
+                         "application/json; charset=utf-8", "APPLICATION/JSON", "json"]),
+        st.text(string.printable.strip(), max_size=40))))
 
 def test_fuzzed_requests_never_get_a_5xx(engine: FillMask,
                                          record_property) -> None:
     """Random methods, paths and bodies (nested, mistyped, lone surrogates, huge numbers, bytes
     that are not JSON) sent a few at a time: never a 5xx, every 4xx a JSON {"error": ...}."""
-    app = create_app(engine, max_inputs=8, max_text_chars=200, max_top_k=20, max_wait_ms=2)
+    app = create_app(engine, max_inputs=8, max_text_chars=200, max_top_k=20, max_wait_ms=2,
+                     max_candidates=200, max_request_candidates=800)
     statuses: Counter = Counter()
 
-    @settings(max_examples=500, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    # MLMKIT_FUZZ_EXAMPLES: a larger run, once, for a report (each example is 2-16 requests)
+    @settings(max_examples=int(os.environ.get("MLMKIT_FUZZ_EXAMPLES", 500)), deadline=None,
+              derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(_request, min_size=2, max_size=16))
     def check(requests: list) -> None:
         async def go(c: httpx.AsyncClient):
-            return await asyncio.gather(*[c.request(m, p, content=b) for m, p, b in requests])
+            return await asyncio.gather(*[
+                c.request(m, p, content=b, headers={} if t is None else {"content-type": t})
+                for m, p, b, t in requests])
 
-        for (method, path, body), r in zip(requests, run(app, go)):
+        for (method, path, body, _), r in zip(requests, run(app, go)):
             statuses[r.status_code] += 1
             assert r.status_code < 500, (method, path, body[:200], r.text)
             if r.status_code >= 400 and method != "HEAD":

@@ -4,7 +4,6 @@ same model in memory; bad texts and parameters refused alone."""
 import asyncio
 import json
 
-import httpx
 import pytest
 
 pytest.importorskip("fastapi")
@@ -12,6 +11,7 @@ pytest.importorskip("fastapi")
 from mlmkit import FillMask  # noqa: E402
 from mlmkit.inference.score import Scorer  # noqa: E402
 from mlmkit.serving.app import create_app  # noqa: E402
+from mlmkit.testing import call_app as run  # noqa: E402
 
 SENTENCES = ["The cat sat on the mat.", "Galaxies are made of stars, gas and dust.",
              "Immunohistochemistry stains tissue."]
@@ -25,15 +25,6 @@ def engine(tiny_bert) -> FillMask:
 @pytest.fixture(scope="module")
 def scorer(tiny_bert) -> Scorer:
     return Scorer(str(tiny_bert), device="cpu")
-
-
-def run(app, fn):
-    async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await fn(client)
-
-    return asyncio.run(main())
 
 
 def close(got: dict, want: dict) -> bool:
@@ -75,7 +66,8 @@ def test_fill_and_score_requests_share_batches_and_bad_ones_fail_alone(engine, s
             c.post("/score", json={"inputs": "x", "parameters": {"top_k": 3}}),
             c.post("/score", json={"inputs": SENTENCES[1], "parameters": {"metric":
                                                                          "within_word_l2r"}}),
-            c.post("/score", content=b'{"parameters": {}}'))
+            c.post("/score", content=b'{"parameters": {}}',
+                   headers={"content-type": "application/json"}))
 
     ok, fill, empty, metric, unknown, alias, missing = run(app, go)
     assert ok.status_code == 200 and all(close(g, w) for g, w in zip(ok.json(),

@@ -112,3 +112,35 @@ def test_a_chunk_with_no_string_gives_an_error_each_and_the_next_chunk_runs(tiny
     assert [type(r) for r in out[:2]] == [MlmkitError, MlmkitError]
     assert "expected a string, got NoneType" in str(out[0])
     assert not isinstance(out[2], MlmkitError)
+
+
+def test_a_text_past_its_candidate_budget_gets_an_error_in_its_place(tiny_bert) -> None:
+    # The amplification of issue 25 (masks x top_k records, each holding the whole text),
+    # refused before any work by the parameters' one rule, wherever the task runs.
+    fm = FILL.load(str(tiny_bert), device="cpu")
+    texts = ["The sun is a [MASK] star.", "[MASK] " * 3 + "fly.", "Why do [MASK] fly?"]
+    out = list(FILL.run(fm, texts, FillParams(2, max_candidates=5)))  # 3 masks x 2 = 6 > 5
+    for got, text in ((out[0], texts[0]), (out[2], texts[2])):  # padded otherwise: float noise
+        want = fm(text, top_k=2)
+        assert [r["sequence"] for r in got] == [r["sequence"] for r in want]
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-6)
+    assert isinstance(out[1], MlmkitError) and str(out[1]) == (
+        f"{texts[1]!r}: 3 masks x top_k 2 = 6 candidates, more than the limit of 5 a text "
+        "(--max-candidates)")
+    # Fewer choices than top_k (one target): 3 x 1 candidates, within the budget.
+    assert len(fm(texts[1], top_k=2, targets=["the"], max_candidates=5)) == 3
+    assert len(list(fm.stream(texts, top_k=2, max_candidates=6))[1]) == 3
+    with pytest.raises(MlmkitError, match="--max-candidates"):  # the default is EngineConfig's
+        fm("[MASK] " * 11, top_k=100)
+    with pytest.raises(MlmkitError, match="--max-candidates 0: expected an integer >= 1"):
+        FillParams(2, max_candidates=0)
+
+
+def test_a_ray_job_keeps_the_candidate_budget_and_its_actors_apply_it(tiny_bert) -> None:
+    from mlmkit.batch.ray import BatchJob, BatchResources, engine_stream
+
+    job = BatchJob.of(FillParams(2, max_candidates=5), str(tiny_bert))
+    assert job.options["max_candidates"] == 5 and job.params == FillParams(2, None, 5)
+    out = list(engine_stream(job, BatchResources(device="cpu"))(["[MASK] " * 3, "a [MASK]."]))
+    assert isinstance(out[0], MlmkitError) and "(--max-candidates)" in str(out[0])
+    assert not isinstance(out[1], MlmkitError)

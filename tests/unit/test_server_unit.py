@@ -131,7 +131,8 @@ def test_metrics_count_with_bounded_labels() -> None:
 
 @pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
                                 {"max_wait_ms": -1}, {"body_timeout_s": 0},
-                                {"body_timeout_s": float("inf")}])
+                                {"body_timeout_s": float("inf")}, {"max_candidates": 0},
+                                {"max_request_candidates": 2.5}, {"max_response_mb": 0}])
 def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
     from mlmkit.serving.app import create_app
@@ -159,12 +160,16 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlmkit.serving.app, "serve", lambda engine, **kw: served.update(kw))
     assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
                  "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
-                 "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32"]) == 0
+                 "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32",
+                 "--max-candidates", "50", "--max-request-candidates", "500",
+                 "--max-response-mb", "2", "--header-timeout-s", "4",
+                 "--max-connections", "20"]) == 0
     assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
                       "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
                       "body_timeout_s": 3.0, "max_inputs": 64, "max_text_chars": 2000,
-                      "max_top_k": 100}
+                      "max_top_k": 100, "max_candidates": 50, "max_request_candidates": 500,
+                      "max_response_mb": 2.0, "header_timeout_s": 4.0, "max_connections": 20}
     from mlmkit.cli.flags import settings_from
     from mlmkit.config import ServeConfig
 

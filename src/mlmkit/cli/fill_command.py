@@ -41,8 +41,9 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
     from mlmkit.inference.params import FillParams
     from mlmkit.inference.tasks import FILL
 
-    params = FillParams(ns.top_k, ns.targets)  # checked before anything loads
     engine, ray = engine_settings(ns)
+    # Checked before anything loads; the budget is in the parameters, so a Ray job keeps it.
+    params = FillParams(ns.top_k, ns.targets, engine.max_candidates)
     if ray.engine == "ray":
         return run_on_ray(ns, params, engine, ray)
     check_io_paths(ns.texts, ns.input, ns.output)

@@ -114,8 +114,8 @@ API payload; GET /health, /metrics (Prometheus), /docs. Concurrent requests are
 batched together. Needs the 'serve' extra: pip install 'mlmkit[serve]'.""", """\
 examples:
   mlmkit serve my-model --port 8000
-  curl -s localhost:8000/ -d '{"inputs": "The Milky Way is a <mask> galaxy.",
-                              "parameters": {"top_k": 3}}'
+  curl -s localhost:8000/ -H 'content-type: application/json' \\
+       -d '{"inputs": "The Milky Way is a <mask> galaxy.", "parameters": {"top_k": 3}}'
   mlmkit serve my-model --host 0.0.0.0 --device cuda --max-batch-size 64"""),
     "probe": ("minimal pairs (BLiMP), cloze facts (LAMA) and bias pairs (CrowS-Pairs), base vs "
               "tuned", """\

@@ -22,15 +22,14 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from mlmkit.serving.app import serve
+        from mlmkit.serving.app import APP_LIMITS, serve
     except ImportError as e:
         raise MlmkitError(f"serve needs {e.name}: pip install 'mlmkit[serve]'") from None
     from mlmkit.inference.fill import FillMask
 
     engine = FillMask(ns.model, device=cfg.device, dtype=cfg.dtype,
                       batch_size=cfg.max_batch_size)
-    serve(engine, host=cfg.host, port=cfg.port, max_batch_size=cfg.max_batch_size,
-          max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, batching=not cfg.no_batching,
-          body_timeout_s=cfg.body_timeout_s, max_inputs=cfg.max_inputs,
-          max_text_chars=cfg.max_text_chars, max_top_k=cfg.max_top_k)
+    limits = {name: getattr(cfg, name) for name in APP_LIMITS}
+    serve(engine, host=cfg.host, port=cfg.port, batching=not cfg.no_batching,
+          header_timeout_s=cfg.header_timeout_s, max_connections=cfg.max_connections, **limits)
     return 0

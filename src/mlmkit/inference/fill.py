@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,18 @@ from mlmkit.modeling.load import masked_logits
 log = logging.getLogger("mlmkit")
 
 MASK_SPELLINGS = re.compile(r"<mask>|\[MASK\]")  # accepted whatever the model's own
+
+
+def count_masks(text: str, mask_token: str | None = None) -> int:
+    """The masks in `text` as the engine will find them: <mask>, [MASK] and the model's own
+    `mask_token`, counted before tokenizing (what the server checks a request with)."""
+    return len(_mask_pattern(mask_token).findall(text))
+
+
+@lru_cache(maxsize=8)
+def _mask_pattern(mask_token: str | None) -> re.Pattern:
+    spellings = {"<mask>", "[MASK]", *([mask_token] if mask_token else [])}
+    return re.compile("|".join(re.escape(m) for m in sorted(spellings, key=len, reverse=True)))
 
 
 class FillMask(Engine):
@@ -53,14 +66,17 @@ class FillMask(Engine):
     # ------------------------------------------------------------------ public API
 
     def __call__(self, texts: str | list[str], top_k: int = 5,
-                 targets: str | list[str] | None = None) -> list:
-        return self._answer(texts, FillParams(top_k, targets))
+                 targets: str | list[str] | None = None,
+                 max_candidates: int = FillParams.max_candidates) -> list:
+        return self._answer(texts, FillParams(top_k, targets, max_candidates))
 
     def stream(self, texts: Iterable[str], top_k: int = 5, targets: str | list[str] | None = None,
-               chunk: int = 1024) -> Iterator[list | MlmkitError]:
+               chunk: int = 1024, max_candidates: int = FillParams.max_candidates
+               ) -> Iterator[list | MlmkitError]:
         """Results in input order for any number of texts with constant memory; a text that
-        cannot be filled yields an `MlmkitError` in its place instead of stopping the rest."""
-        yield from self.results(texts, FillParams(top_k, targets), chunk)
+        cannot be filled (no mask, too long, more than `max_candidates` masks x top_k) yields
+        an `MlmkitError` in its place instead of stopping the rest."""
+        yield from self.results(texts, FillParams(top_k, targets, max_candidates), chunk)
 
     def target_ids(self, targets: str | list[str]) -> np.ndarray:
         """Vocabulary ids of `targets`, resolved as the pipeline does: a target that is not
@@ -106,7 +122,7 @@ class FillMask(Engine):
     def _chunk_runner(self, params: FillParams) -> Callable[[list[Any]], list]:
         target_ids, stand_ins = (self._resolve_targets(params.targets)
                                  if params.targets is not None else (None, {}))
-        return lambda texts: self._fill_chunk(texts, params.top_k, target_ids, stand_ins)
+        return lambda texts: self._fill_chunk(texts, params, target_ids, stand_ins)
 
     def _normalize(self, text: str) -> str:
         return MASK_SPELLINGS.sub(self.tokenizer.mask_token, text)
@@ -117,18 +133,27 @@ class FillMask(Engine):
                     f"({self.tokenizer.mask_token})")
         return None
 
-    def _fill_chunk(self, texts: list[Any], top_k: int, target_ids: np.ndarray | None,
+    def _fill_chunk(self, texts: list[Any], params: FillParams, target_ids: np.ndarray | None,
                     stand_ins: dict[int, str]) -> list[list | MlmkitError]:
         results: list[list | MlmkitError] = [None] * len(texts)  # type: ignore[list-item]
         admitted, enc = self._admit(texts, results)
-        ids_of = {i: np.asarray(enc["input_ids"][row], dtype=np.int64) for i, row in admitted}
+        choices = self.model.config.vocab_size if target_ids is None else len(target_ids)
+        ids_of: dict[int, np.ndarray] = {}
+        for i, row in admitted:
+            ids = np.asarray(enc["input_ids"][row], dtype=np.int64)
+            # Before any work: the cost of a text is its candidates, each decoded and sent.
+            problem = params.over_budget(int((ids == self.mask_id).sum()), choices)
+            if problem is None:
+                ids_of[i] = ids
+            else:
+                results[i] = MlmkitError(f"{clip(texts[i])!r}: {problem}")
         order = sorted(ids_of, key=lambda i: len(ids_of[i]))  # length-sorted: little padding
         targets = None if target_ids is None else torch.from_numpy(target_ids).to(self.device)
         # Software pipeline: batch i+1 is queued on the device before batch i's records are
         # built on the host, so on a GPU the two overlap. On a CPU `_launch` computes at once.
         pending: _Batch | None = None
         for idx in self._batches(order, [len(ids_of[i]) for i in order]):
-            batch = self._launch(idx, [ids_of[i] for i in idx], top_k, targets)
+            batch = self._launch(idx, [ids_of[i] for i in idx], params.top_k, targets)
             if pending is not None:
                 self._collect(pending, results, target_ids, stand_ins)
             pending = batch

@@ -13,6 +13,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from mlmkit.config import EngineConfig
 from mlmkit.errors import MlmkitError
 
 METRICS = ("original", "word-l2r", "whole-word")
@@ -42,16 +43,23 @@ def check_metric(metric: str) -> str:
 class FillParams:
     """`top_k`: candidates per mask, a positive integer (a vocabulary, or a list of targets,
     smaller than that gives all it has); `targets`: only score these words (a string or a
-    sequence of them, kept as a tuple)."""
+    sequence of them, kept as a tuple); `max_candidates`: most candidates one text may get,
+    its masks x top_k (`EngineConfig`'s --max-candidates): each is a record holding the whole
+    text, so past it a text costs more work and output than anyone should have to pay for,
+    and gets an error in its place instead."""
 
     top_k: int = 5
     targets: tuple[str, ...] | None = None
+    max_candidates: int = EngineConfig.max_candidates
 
     def __post_init__(self) -> None:
         k = self.top_k
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise InvalidParam("top_k", f"top_k {k!r}: expected a positive integer")
         object.__setattr__(self, "top_k", int(k))  # numpy's integers too, as plain ints
+        # The setting's one rule, named as its flag: a client never sends this one.
+        budget = EngineConfig(max_candidates=self.max_candidates).max_candidates
+        object.__setattr__(self, "max_candidates", budget)
         targets = self.targets
         if targets is None:
             return
@@ -63,6 +71,21 @@ class FillParams:
             raise InvalidParam("targets", f"targets {targets!r}: expected a string or a list "
                                "of strings")
         object.__setattr__(self, "targets", targets)
+
+    def candidates(self, masks: int, choices: int | None = None) -> int:
+        """Candidate records for a text of `masks` masks: one per mask and candidate, top_k
+        of them unless `choices` (the vocabulary, or the targets) has fewer."""
+        return masks * (self.top_k if choices is None else min(self.top_k, choices))
+
+    def over_budget(self, masks: int, choices: int | None = None) -> str | None:
+        """Why a text of `masks` masks asks for too much, or None: the rule every entry point
+        (the engine, the server before it queues a text) applies."""
+        n = self.candidates(masks, choices)
+        if n <= self.max_candidates:
+            return None
+        k = n // masks
+        return (f"{masks:,} masks x top_k {k} = {n:,} candidates, more than the limit of "
+                f"{self.max_candidates:,} a text (--max-candidates)")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def _load_scorer(model: Any, *, device: str = "auto", dtype: str = "auto",
 
 
 def _run_fill(engine: Any, texts: Iterable[str], p: FillParams) -> Iterator[Any]:
-    return engine.stream(texts, p.top_k, None if p.targets is None else list(p.targets))
+    return engine.stream(texts, p.top_k, None if p.targets is None else list(p.targets),
+                         max_candidates=p.max_candidates)
 
 
 def _run_score(engine: Any, texts: Iterable[str], p: ScoreParams) -> Iterator[Any]:

@@ -9,7 +9,8 @@ FastAPI, prometheus_client and uvicorn are imported inside the functions, so
 `import mlmkit.serving.app` works without the `serve` extra installed.
 """
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mlmkit.config import ServeConfig
 from mlmkit.errors import MlmkitError
 from mlmkit.serving.batcher import Batcher
+from mlmkit.serving.connections import server_config
 from mlmkit.serving.metrics import RequestMiddleware, ServerMetrics
 from mlmkit.serving.page import render_page
 from mlmkit.serving.payload import (
@@ -34,38 +36,46 @@ if TYPE_CHECKING:
     from fastapi.responses import JSONResponse
 
 
-def check_limits(max_batch_size: int = 32, max_wait_ms: float = 5, max_queue: int = 256,
-                 max_inputs: int = 64, max_text_chars: int = 2000, max_top_k: int = 100,
-                 body_timeout_s: float = 10.0) -> None:
-    """Refuse a server setting out of its range, in one line naming it: the rule is
-    `ServeConfig`'s, the one `mlmkit serve` checks its flags with before loading a model."""
-    ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                max_inputs=max_inputs, max_text_chars=max_text_chars, max_top_k=max_top_k,
-                body_timeout_s=body_timeout_s)
+# The settings of `ServeConfig` that shape the app; the others (host, port, and how uvicorn
+# holds connections) are `serve`'s.
+APP_LIMITS = ("max_batch_size", "max_wait_ms", "max_queue", "max_inputs", "max_text_chars",
+              "max_top_k", "max_candidates", "max_request_candidates", "max_response_mb",
+              "body_timeout_s")
 
 
-def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_ms: float = 5,
-               max_queue: int = 256, max_inputs: int = 64, max_text_chars: int = 2000,
-               max_top_k: int = 100, batching: bool = True,
-               body_timeout_s: float = 10.0) -> "FastAPI":
+def check_limits(**limits: Any) -> ServeConfig:
+    """The server's settings, `ServeConfig`'s defaults where not given; a value out of its
+    range is refused in one line naming it: the rule `mlmkit serve` checks its flags with
+    before loading a model."""
+    unknown = sorted(set(limits) - set(APP_LIMITS))
+    if unknown:
+        raise TypeError(f"unexpected server setting(s) {', '.join(unknown)}; expected "
+                        f"{', '.join(APP_LIMITS)}")
+    return ServeConfig(**limits)
+
+
+def create_app(engine_or_model_path: Any, *, batching: bool = True,
+               **limits: Any) -> "FastAPI":
     """A FastAPI app serving fill-mask for a `FillMask` engine (or a model directory/Hub id,
-    loaded with `FillMask(path, batch_size=max_batch_size)`).
+    loaded with `FillMask(path, batch_size=max_batch_size)`); `limits` are `ServeConfig`'s
+    fields named in `APP_LIMITS`, its defaults where not given.
 
     `POST /` and `POST /fill-mask` take the Hugging Face Inference API payload
     `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
     the pipeline's records, so `huggingface_hub.InferenceClient(base_url=...)` works as is.
     Past `max_queue` texts waiting, requests get 503 at once instead of waiting without bound;
-    a body not all received within `body_timeout_s` seconds gets 408. `GET /` is a page to
-    try the model in a browser.
+    a body not all received within `body_timeout_s` seconds gets 408; a request asking for
+    more candidates (masks x top_k) than its limits gets 413 or 422 before any work. `GET /`
+    is a page to try the model in a browser.
     """
     from fastapi import FastAPI
 
-    check_limits(max_batch_size, max_wait_ms, max_queue, max_inputs, max_text_chars, max_top_k,
-                 body_timeout_s)
-    engine, model_name = _engine_and_name(engine_or_model_path, max_batch_size)
+    cfg = check_limits(**limits)
+    engine, model_name = _engine_and_name(engine_or_model_path, cfg.max_batch_size)
     metrics = ServerMetrics()
     engines, no_scorer = _engines(engine)
-    batcher = Batcher(engines, metrics, max_batch_size, max_wait_ms, max_queue, batching)
+    batcher = Batcher(engines, metrics, cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queue,
+                      batching)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,10 +90,12 @@ def create_app(engine_or_model_path: Any, *, max_batch_size: int = 32, max_wait_
     app.state.engine = engine
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.state.limits = Limits(max_inputs, max_text_chars, max_top_k)
+    app.state.limits = Limits(cfg.max_inputs, cfg.max_text_chars, cfg.max_top_k,
+                              cfg.max_candidates, cfg.max_request_candidates,
+                              cfg.max_response_mb)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    _add_task_routes(app, body_timeout_s, no_scorer)
-    _add_info_routes(app, model_name, max_queue, batching)
+    _add_task_routes(app, cfg.body_timeout_s, no_scorer)
+    _add_info_routes(app, model_name, cfg.max_queue, batching)
     return app
 
 
@@ -148,15 +160,22 @@ def _add_task_routes(app: "FastAPI", body_timeout_s: float, no_scorer: str) -> N
         try:
             body = await read_body(request, limits, body_timeout_s)
             texts, single, params = parse(body)
-            results = await batcher.submit(texts, params)
+            results = await _unless_gone(request, batcher.submit(texts, params))
         except ApiError as e:
             return _error(e.status, e.message)
         except MlmkitError as e:  # raised by the engine for the whole request (e.g. targets)
             return _error(400, str(e))
+        if results is None:  # nobody to tell; the status is for the log and the metrics
+            return _error(499, "client disconnected before the answer was ready")
         for i, r in enumerate(results):
             if isinstance(r, MlmkitError):
                 return _error(422, str(r) if single else f"'inputs'[{i}]: {r}")
-        return JSONResponse(results[0] if single else results)
+        response = JSONResponse(results[0] if single else results)
+        if len(response.body) > limits.max_response_bytes:
+            return _error(413, f"an answer of {len(response.body) / 1e6:.2f} MB, more than the "
+                               f"server's limit of {limits.max_response_mb:g} MB "
+                               "(--max-response-mb); ask for fewer texts or a smaller top_k")
+        return response
 
     async def fill_mask(request: Request) -> JSONResponse:
         return await answer(request, lambda b: parse_request(b, limits, mask_token, vocab_size))
@@ -184,8 +203,27 @@ def _add_task_routes(app: "FastAPI", body_timeout_s: float, no_scorer: str) -> N
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+async def _unless_gone(request: Any, work: Coroutine) -> Any:
+    """`work`'s result, or None as soon as the client hangs up: `work` is then cancelled, which
+    takes its texts out of the batcher's queue if they are still waiting there. (Nobody else
+    listens for the disconnect while a request waits: uvicorn would otherwise let the work go
+    on for a client long gone.)"""
+    task = asyncio.ensure_future(work)
+    # Once the body is read, the next message of an HTTP request is its disconnect.
+    gone = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and gone.exception() is None and gone.result().get(
+                "type") == "http.disconnect":
+            return None
+        return await task  # done, or a server that sent something else: no more to watch
+    finally:
+        task.cancel()
+        gone.cancel()
+
+
 def _add_info_routes(app: "FastAPI", model_name: str, max_queue: int, batching: bool) -> None:
-    """GET / (the playground page), /health and /metrics."""
+    """GET (and HEAD) / (the playground page), /health and /metrics."""
     from fastapi import Request
     from fastapi.responses import HTMLResponse, Response
 
@@ -193,19 +231,26 @@ def _add_info_routes(app: "FastAPI", model_name: str, max_queue: int, batching: 
     mask_token = getattr(getattr(app.state.engine, "tokenizer", None), "mask_token", None)
     page, page_headers = render_page(model_name, mask_token, app.state.limits.max_top_k)
 
-    @app.get("/", response_class=HTMLResponse, summary="Fill-mask playground (HTML page)")
     async def playground() -> HTMLResponse:
         return HTMLResponse(page, headers=page_headers)
 
-    @app.get("/health", summary="Liveness and queue state")
     async def health() -> dict:
         return {"status": "ok", "model": model_name, "queue_depth": metrics.queue_depth,
                 "max_queue": max_queue, "batching": batching}
 
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.render(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
+
+    for path, endpoint, response_class, summary in (
+            ("/", playground, HTMLResponse, "Fill-mask playground (HTML page)"),
+            ("/health", health, None, "Liveness and queue state"),
+            ("/metrics", prometheus, Response, "Prometheus metrics")):
+        kw = {"response_class": response_class} if response_class else {}
+        app.add_api_route(path, endpoint, methods=["GET"], summary=summary, **kw)
+        # HEAD wherever GET is, as HTTP asks (monitors, curl -I): the same headers, no body
+        # (Starlette leaves it out); not in the schema, which would list each route twice.
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False, **kw)
 
 
 def _scorer_for(engine: Any) -> tuple[Any, str]:
@@ -246,9 +291,12 @@ def _request_docs(limits: Limits) -> tuple[dict[str, tuple[dict, dict]], dict]:
             "schema": {"$ref": f"#/components/schemas/{name}"}}}}}
         responses = {status: {"model": ErrorBody, "description": text} for status, text in [
             (400, "bad request"), (408, "body not received in time"),
-            (413, "over a size limit"),
+            (413, "over a size limit (of the body, the texts, the answer"
+                  + (")" if route == "score" else ", or the request's candidates)")),
+            (415, "not application/json"),
             (422, "a text the model cannot take (too many tokens"
-                  + (", or nothing to score)" if route == "score" else ")")),
+                  + (", or nothing to score)" if route == "score" else
+                     ", or more candidates than a text may have)")),
             (500, "internal error; the message names the request id to look for in the log"),
             (503, "queue full; retry later")]}
         if route == "score":
@@ -264,10 +312,15 @@ def _version() -> str:
 
 
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **limits: Any) -> None:
+          header_timeout_s: float = 10.0, max_connections: int = 256, **limits: Any) -> None:
     """Serve `model` (a `FillMask` or a model path) with uvicorn until interrupted; `limits` are
-    `create_app`'s keyword arguments. Loopback only unless `host` says otherwise."""
+    `create_app`'s keyword arguments, `header_timeout_s` and `max_connections` bound how
+    uvicorn holds connections (`connections.server_config`). Loopback only unless `host` says
+    otherwise."""
     import uvicorn
 
+    ServeConfig(header_timeout_s=header_timeout_s, max_connections=max_connections)
     app = create_app(model, **limits)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level,
+                                 header_timeout_s=header_timeout_s,
+                                 max_connections=max_connections)).run()

@@ -63,7 +63,22 @@ class Batcher:
         self.metrics.queue_depth += len(texts)
         self._jobs.append(job)
         self._wakeup.set()  # type: ignore[union-attr]
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # its client went away: its texts need not run
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        """Take a job whose client has gone out of the queue; one already taken into a batch
+        is left out of its engine call if that has not started (`_run`), or its answer
+        dropped."""
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return
+        self.metrics.queue_depth -= len(job.texts)
+        self.metrics.dropped_texts.inc(len(job.texts))
 
     def _ensure_started(self) -> None:
         # Started on first use rather than at app startup: httpx's ASGITransport sends no
@@ -119,6 +134,12 @@ class Batcher:
             while True:
                 batch = []
                 await self._next_batch(batch)
+                for job in [j for j in batch if j.future.done()]:  # gone while gathered
+                    batch.remove(job)
+                    self.metrics.dropped_texts.inc(len(job.texts))
+                    self._finish(job, None)
+                if not batch:
+                    continue
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._run_batch, batch)
                 except Exception as e:  # e.g. the executor shut down: fail this batch only

@@ -42,6 +42,9 @@ class ServerMetrics:
         # Busy time of the engine: its rate is the engine's utilisation.
         self.engine_seconds = Counter("mlmkit_engine_seconds", "Time spent in FillMask engine "
                                       "calls.", registry=self.registry)
+        self.dropped_texts = Counter("mlmkit_dropped_texts", "Texts taken out of the queue "
+                                     "unrun because their client went away.",
+                                     registry=self.registry)
         self.queue_depth = 0  # texts accepted and not yet answered; read by /health too
         Gauge("mlmkit_queue_depth", "Texts accepted and not yet answered.",
               registry=self.registry).set_function(lambda: self.queue_depth)

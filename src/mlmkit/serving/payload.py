@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
+from mlmkit.config import ServeConfig
 from mlmkit.inference.engine import clip
-from mlmkit.inference.fill import MASK_SPELLINGS
+from mlmkit.inference.fill import count_masks
 from mlmkit.inference.params import FillParams, InvalidParam, ScoreParams
 
 if TYPE_CHECKING:
@@ -39,9 +40,16 @@ class ApiError(Exception):
 class Limits:
     """What one request may ask for; past these the server answers 4xx instead of working."""
 
-    max_inputs: int = 64
-    max_text_chars: int = 2000
-    max_top_k: int = 100
+    max_inputs: int = ServeConfig.max_inputs
+    max_text_chars: int = ServeConfig.max_text_chars
+    max_top_k: int = ServeConfig.max_top_k
+    max_candidates: int = ServeConfig.max_candidates  # a text: masks x top_k
+    max_request_candidates: int = ServeConfig.max_request_candidates  # all its texts together
+    max_response_mb: float = ServeConfig.max_response_mb
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1e6)
 
     @property
     def max_body_bytes(self) -> int:
@@ -154,16 +162,40 @@ def parse_request(body: bytes, limits: Limits, mask_token: str | None = None,
     req = _validated(body, limits, request_model(limits), "fill")
     single = isinstance(req.inputs, str)
     texts = [req.inputs] if single else req.inputs
-    for i, t in enumerate(texts):
-        if not (MASK_SPELLINGS.search(t) or (mask_token and mask_token in t)):
+    masks = [count_masks(t, mask_token) for t in texts]
+    for i, (t, m) in enumerate(zip(texts, masks)):
+        if not m:
             where = "'inputs'" if single else f"'inputs'[{i}]"
             raise ApiError(400, f"{where}: no mask in {clip(t)!r}: expected <mask> or [MASK]")
-    params = req.parameters
-    top_k = _DEFAULT_TOP_K if params is None or params.top_k is None else params.top_k
+    p = req.parameters
+    top_k = _DEFAULT_TOP_K if p is None or p.top_k is None else p.top_k
     if vocab_size:
         top_k = min(top_k, vocab_size)  # a tiny vocabulary has fewer candidates than asked
-    targets = None if params is None else params.targets
-    return texts, single, _task_params(FillParams, top_k=top_k, targets=targets)
+    targets = None if p is None else p.targets
+    params = _task_params(FillParams, top_k=top_k, targets=targets,
+                          max_candidates=limits.max_candidates)
+    _check_candidates(texts, masks, single, params, limits)
+    return texts, single, params
+
+
+def _check_candidates(texts: list[str], masks: list[int], single: bool, params: FillParams,
+                      limits: Limits) -> None:
+    """Refuse a request whose answer would cost more than the server's limits, before it is
+    queued: each candidate (masks x top_k) is a record of the whole text, decoded and sent, so
+    a 32 KB request of masks alone could otherwise take minutes of the engine and gigabytes."""
+    choices = None if params.targets is None else len(set(params.targets))
+    total = params.candidates(sum(masks), choices)
+    if total > limits.max_request_candidates:
+        raise ApiError(413, f"'inputs': {len(texts):,} text{'s' * (len(texts) != 1)} with "
+                            f"{sum(masks):,} masks x top_k {total // sum(masks)} = {total:,} "
+                            "candidates, more than the server's limit of "
+                            f"{limits.max_request_candidates:,} a request "
+                            "(--max-request-candidates)")
+    for i, (t, m) in enumerate(zip(texts, masks)):
+        problem = params.over_budget(m, choices)  # the engine's own rule, before the queue
+        if problem:
+            where = "'inputs'" if single else f"'inputs'[{i}]"
+            raise ApiError(422, f"{where}: {clip(t)!r}: {problem}")
 
 
 def _too_large(size: int | None, limits: Limits) -> ApiError:
@@ -274,6 +306,12 @@ async def read_body(request: "Request", limits: Limits, timeout_s: float) -> byt
     `timeout_s` (a client trickling bytes would hold a connection and a buffer for ever)."""
     from starlette.requests import ClientDisconnect
 
+    kind = request.headers.get("content-type")
+    if kind is None or kind.split(";")[0].strip().lower() != "application/json":
+        # Not only a matter of form: a web page may POST text/plain (or a form) to a local
+        # server without the browser asking it first (no CORS preflight); JSON it may not.
+        raise ApiError(415, ("no content type" if kind is None else
+                             f"content type {clip(kind)!r}") + ": expected application/json")
     length = request.headers.get("content-length", "")
     if re.fullmatch(r"[0-9]{1,18}", length) and int(length) > limits.max_body_bytes:
         raise _too_large(int(length), limits)  # not read at all
