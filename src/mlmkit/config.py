@@ -266,6 +266,10 @@ class TrainConfig(DataConfig, MaskConfig):
         if self.eval_fraction >= 1.0:
             raise MlmkitError(f"--eval-fraction {self.eval_fraction!r}: expected a number >= 0 "
                               "and < 1 (all records held out leaves nothing to train on)")
+        if parse_overrides(self.config_overrides) and not (self.from_scratch
+                                                           or self.train_tokenizer):
+            raise MlmkitError("--config-overrides: only with --from-scratch or "
+                              "--train-tokenizer (pretrained weights fix the model's shape)")
 
 
 @dataclass
