@@ -289,6 +289,15 @@ class TrainConfig(DataConfig, MaskConfig):
                                                            or self.train_tokenizer):
             raise MlmkitError("--config-overrides: only with --from-scratch or "
                               "--train-tokenizer (pretrained weights fix the model's shape)")
+        if self.push_to_hub:  # refused now, not after the hours of training before the upload
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError as e:
+                raise MlmkitError(f"--push-to-hub {self.push_to_hub}: expected a Hub repository "
+                                  f"id, NAME or OWNER/NAME: {str(e).splitlines()[0]}") from None
 
 
 @dataclass

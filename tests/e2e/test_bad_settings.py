@@ -5,6 +5,7 @@ for every case an adversarial run found (issue 25), and for a fuzz of every nume
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import math
 import os
@@ -227,3 +228,17 @@ def test_an_accepted_fuzzed_value_runs_or_fails_in_one_line(command, name, value
     else:
         lines = [line for line in err.splitlines() if not line.startswith("mlmkit: ")]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+
+
+def test_settings_mlmkit_derives_itself_are_not_refused(capsys, tmp_path, tiny_roberta,
+                                                       sample_path):
+    # --eval-data holds out all of its file with eval_fraction 1, a value TrainConfig refuses
+    # from a user (nothing left to train on): derived on the TrainConfig itself, every
+    # `train --eval-data` was refused with an error naming a flag nobody gave.
+    out, held = tmp_path / "out", tmp_path / "held.jsonl.gz"
+    with gzip.open(sample_path, "rt") as src, gzip.open(held, "wt") as dst:
+        dst.writelines(line for _, line in zip(range(20), src))
+    code, stdout, err = run(capsys, *train_args(tiny_roberta, sample_path, out, "--eval-data",
+                                                held))
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["data"]["eval_records"] > 0

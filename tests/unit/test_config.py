@@ -119,3 +119,12 @@ def test_upper_bounds_are_where_a_library_would_fail_and_print_as_integers(value
     bounds = {f.name: f for f in fields(TrainConfig)}
     assert TrainConfig(data="x", **{k: bounds[k].metadata.get("le", bounds[k].metadata.get(
         "ge")) for k in values})  # the bound itself is allowed
+
+
+def test_a_hub_repository_id_is_checked_before_training():
+    # Found going through every setting: a bad id failed only at the upload, after training.
+    for bad in ("a b c", "a/b/c", "-x"):
+        with pytest.raises(MlmkitError) as e:
+            TrainConfig(data="x", push_to_hub=bad)
+        assert str(e.value).startswith(f"--push-to-hub {bad}: expected a Hub repository id")
+    assert TrainConfig(data="x", push_to_hub="someone/my-model").push_to_hub == "someone/my-model"
