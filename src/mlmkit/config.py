@@ -39,6 +39,19 @@ ENGINE_GROUPS = {"engine": "model & device", "server": "server",
 _BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
            "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
 
+# Upper bounds where a larger value is no use and fails later, in a library, with a traceback
+# (a fuzz of every setting found each): a batch, or micro-batches per step, past torch's and
+# Accelerate's int64 and sys.maxsize limits; tokenizers' BPE trainer reserves memory in
+# proportion to the vocabulary asked for (2**30 tokens: 70 GB, an abort) where the largest
+# vocabularies in use hold about 256,000; more data-loader workers than 64 only cost processes
+# (the blocks are tokenized ahead; a worker stacks them), and 2**64 of them never start.
+MOST_BLOCKS = 2**31 - 1
+MOST_VOCAB = 1_000_000
+MOST_WORKERS = 64
+# The smallest normal float32: Adam divides by epsilon, and a smaller one rounds to 0 in the
+# optimizer's float32 state, turning a parameter with no gradient into NaN.
+LEAST_EPSILON = 1.1754943508222875e-38
+
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
     """A setting: its default, help text, --help section and allowed values (`ge`, `gt`, `le`,
@@ -58,12 +71,17 @@ def allowed(f: Any) -> str:
         return "one of " + ", ".join(map(str, f.metadata["choices"]))
     words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
              "str": "a string", "list[str]": "a list of strings"}.get(kind, kind)
-    bounds = [f"{op} {f.metadata[k]:g}" for k, (op, _) in _BOUNDS.items() if k in f.metadata]
+    bounds = [f"{op} {_number(f.metadata[k])}" for k, (op, _) in _BOUNDS.items()
+              if k in f.metadata]
     none = " (or none)" if "None" in str(f.type) and f.default is not None else ""
     return words + (" " + " and ".join(bounds) if bounds else "") + none
 
 
-def _check_field(f: Any, value: Any) -> Any:
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def check_field(f: Any, value: Any) -> Any:
     """The value, converted where that loses nothing (an int for a float, one string for a
     list); an MlmkitError naming the flag and the allowed values otherwise."""
     kind = str(f.type).replace(" | None", "").strip()
@@ -101,7 +119,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
-            object.__setattr__(self, f.name, _check_field(f, getattr(self, f.name)))
+            object.__setattr__(self, f.name, check_field(f, getattr(self, f.name)))
         self.check_together()
 
     def check_together(self) -> None:
@@ -191,17 +209,17 @@ class TrainConfig(DataConfig, MaskConfig):
                              group="optimisation", ge=0.0)
     adam_beta1: float = _f(0.9, "AdamW beta1", group="optimisation", ge=0.0, lt=1.0)
     adam_beta2: float = _f(0.999, "AdamW beta2", group="optimisation", ge=0.0, lt=1.0)
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon", group="optimisation", gt=0.0)
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon", group="optimisation", ge=LEAST_EPSILON)
     batch_size: int = _f(64, "blocks per device per optimizer micro-step (the guide's: 8, "
                          "Trainer's default; its TensorFlow recipe: 16)",
-                         group="optimisation", ge=1)
+                         group="optimisation", ge=1, le=MOST_BLOCKS)
     eval_batch_size: int = _f(64, "blocks per device per evaluation step",
-                              group="performance", ge=1)
+                              group="performance", ge=1, le=MOST_BLOCKS)
     epochs: float = _f(3.0, "passes over the training blocks", group="schedule", gt=0.0)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)",
                                group="schedule", ge=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step",
-                                          group="optimisation", ge=1)
+                                          group="optimisation", ge=1, le=MOST_BLOCKS)
     max_grad_norm: float = _f(1.0, "clip gradients to this L2 norm (0 disables)",
                               group="optimisation", ge=0.0)
     warmup_ratio: float = _f(0.0, "fraction of steps of linear warmup",
@@ -246,12 +264,13 @@ class TrainConfig(DataConfig, MaskConfig):
                                       "'hidden_size=128,num_hidden_layers=2'", group="model")
     train_tokenizer: int | None = _f(None, "first train a new tokenizer of the same kind with this "
                                      "vocabulary size on the corpus (implies --from-scratch)",
-                                     group="model", ge=100)
+                                     group="model", ge=100, le=MOST_VOCAB)
     push_to_hub: str | None = _f(None, "upload the result to this Hub repository id",
                                  group="outputs")
     skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training",
                               group="schedule")
-    num_workers: int = _f(0, "data-loader worker processes", group="performance", ge=0)
+    num_workers: int = _f(0, "data-loader worker processes", group="performance", ge=0,
+                          le=MOST_WORKERS)
     backend: str = _f("torch", "training framework: torch (Accelerate), or keras (Keras 3 + "
                       "keras-hub, model.fit on the same data and masks; Keras' own backend "
                       "from KERAS_BACKEND; needs the 'keras' extra)", choices=["torch", "keras"],
@@ -266,6 +285,19 @@ class TrainConfig(DataConfig, MaskConfig):
         if self.eval_fraction >= 1.0:
             raise MlmkitError(f"--eval-fraction {self.eval_fraction!r}: expected a number >= 0 "
                               "and < 1 (all records held out leaves nothing to train on)")
+        if parse_overrides(self.config_overrides) and not (self.from_scratch
+                                                           or self.train_tokenizer):
+            raise MlmkitError("--config-overrides: only with --from-scratch or "
+                              "--train-tokenizer (pretrained weights fix the model's shape)")
+        if self.push_to_hub:  # refused now, not after the hours of training before the upload
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError as e:
+                raise MlmkitError(f"--push-to-hub {self.push_to_hub}: expected a Hub repository "
+                                  f"id, NAME or OWNER/NAME: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -275,7 +307,8 @@ class EvalConfig(DataConfig, MaskConfig):
 
     model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM",
                     group="model")
-    eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance", ge=1)
+    eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance", ge=1,
+                              le=MOST_BLOCKS)
     all_records: bool = _f(False, "score every record, not only the held-out fraction (for a "
                            "separate test corpus)", group="data")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="performance")

@@ -97,3 +97,34 @@ def test_every_setting_has_a_help_section():
         from mlmkit.config import _f
 
         _f(1, "a setting", group="nope")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": 2**31}, "--batch-size 2147483648: expected an integer >= 1 and <= 2147483647"),
+    ({"eval_batch_size": 2**64}, "--eval-batch-size 18446744073709551616: expected an integer "
+                                 ">= 1 and <= 2147483647"),
+    ({"gradient_accumulation_steps": 2**63}, "expected an integer >= 1 and <= 2147483647"),
+    ({"train_tokenizer": 1_000_001}, "--train-tokenizer 1000001: expected an integer >= 100 "
+                                     "and <= 1000000"),
+    ({"num_workers": 65}, "--num-workers 65: expected an integer >= 0 and <= 64"),
+    ({"adam_epsilon": 1e-39}, "--adam-epsilon 1e-39: expected a finite number >= 1.17549e-38"),
+    ({"seed": 2**32}, "--seed 4294967296: expected an integer >= 0 and <= 4294967295"),
+])
+def test_upper_bounds_are_where_a_library_would_fail_and_print_as_integers(values, message):
+    # Each of these values, accepted before, ended in a traceback or a hang of torch,
+    # Accelerate or tokenizers (tests/e2e/test_bad_settings.py fuzzes them all).
+    with pytest.raises(MlmkitError) as e:
+        TrainConfig(data="x", **values)
+    assert str(e.value).endswith(message)
+    bounds = {f.name: f for f in fields(TrainConfig)}
+    assert TrainConfig(data="x", **{k: bounds[k].metadata.get("le", bounds[k].metadata.get(
+        "ge")) for k in values})  # the bound itself is allowed
+
+
+def test_a_hub_repository_id_is_checked_before_training():
+    # Found going through every setting: a bad id failed only at the upload, after training.
+    for bad in ("a b c", "a/b/c", "-x"):
+        with pytest.raises(MlmkitError) as e:
+            TrainConfig(data="x", push_to_hub=bad)
+        assert str(e.value).startswith(f"--push-to-hub {bad}: expected a Hub repository id")
+    assert TrainConfig(data="x", push_to_hub="someone/my-model").push_to_hub == "someone/my-model"

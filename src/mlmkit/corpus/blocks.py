@@ -174,9 +174,12 @@ def load_blocks(cfg: DataConfig, tokenizer: Any, progress: bool = True) -> Corpu
         held = f"records held out of {source.description} (eval_fraction {f:g}{seed})"
         corpus.stats = _public_stats(corpus.stats, source.description, held, True)
         return corpus
-    train_cfg = dataclasses.replace(cfg, eval_fraction=0.0)
+    # The data settings alone: a TrainConfig refuses eval_fraction 1, which holds out all of
+    # --eval-data here, as it should.
+    data = DataConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)})
+    train_cfg = dataclasses.replace(data, eval_fraction=0.0)
     # Every record held out, and all of the file: --split and --limit choose training data.
-    eval_cfg = dataclasses.replace(cfg, data=cfg.eval_data, eval_data=None, limit=None,
+    eval_cfg = dataclasses.replace(data, data=cfg.eval_data, eval_data=None, limit=None,
                                    eval_fraction=1.0, split="train")
     train_source = iter_records(train_cfg)
     eval_source = iter_records(eval_cfg, "eval_data")

@@ -15,6 +15,7 @@ import torch
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import OFFLINE, first_line, model_dir, reach, refusal
+from mlmkit.modeling.weights import check_weights, mismatch
 
 log = logging.getLogger("mlmkit")
 
@@ -149,7 +150,10 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
-def load_model_config(name: str) -> Any:
+def load_model_config(name: str, weights: bool = True) -> Any:
+    """The model's config; with `weights` (they will load with it), a local directory's
+    weight files are checked against it first (whole, and of the shapes it builds), so a
+    broken file is one line before any data is read, not a traceback after."""
     path = model_dir(name)
     if path is not None and not (path / "config.json").is_file():
         raise MlmkitError(f"model {name}: no config.json; expected a model directory written by "
@@ -159,9 +163,12 @@ def load_model_config(name: str) -> Any:
 
     try:
         with quiet_loading():
-            return AutoConfig.from_pretrained(name, **source)
+            config = AutoConfig.from_pretrained(name, **source)
     except Exception as e:
         raise _hub_error(name, e) from None
+    if weights and path is not None:
+        check_weights(path, config)
+    return config
 
 
 def max_block_size(config: Any, tokenizer: Any) -> int:
@@ -185,7 +192,7 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
                vocab_size: int | None = None) -> Any:
     """A masked LM in float32; with `from_scratch`, random weights of the named model's
     shape."""
-    config = config if config is not None else load_model_config(name)
+    config = config if config is not None else load_model_config(name, not from_scratch)
     from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoModelForMaskedLM
 
     if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
@@ -204,16 +211,7 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
         if path is not None:
             _check_weight_files(name, path)
         source = {} if path is not None else _hub_kwargs(name)
-        try:
-            with warnings.catch_warnings(), quiet_loading():
-                warnings.simplefilter("ignore")
-                # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16
-                # checkpoint as bf16, and AdamW steps on bf16 weights round away to nothing.
-                # Mixed precision comes from autocast; FillMask casts for inference.
-                model, info = AutoModelForMaskedLM.from_pretrained(
-                    name, config=config, output_loading_info=True, dtype=torch.float32, **source)
-        except (OSError, ValueError) as e:
-            raise _hub_error(name, e) from None
+        model, info = _from_pretrained(name, config, source)
         missing = info.get("missing_keys") or []
         if missing:
             log.warning("%s has no trained masked-LM head (%d weights initialised fresh: "
@@ -222,6 +220,34 @@ def load_model(name: str, config: Any = None, from_scratch: bool = False,
     if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+def _from_pretrained(name: str, config: Any, source: dict[str, Any]) -> tuple[Any, dict]:
+    """transformers' load, its failures one line: a file safetensors cannot read (a Hub copy
+    check_weights did not see), weights of other shapes than the config's."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        with warnings.catch_warnings(), quiet_loading():
+            warnings.simplefilter("ignore")
+            # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16 checkpoint
+            # as bf16, and AdamW steps on bf16 weights round away to nothing. Mixed precision
+            # comes from autocast; FillMask casts for inference. Mismatched shapes come back
+            # in `info` (said below in one line) instead of transformers' report and error.
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                name, config=config, output_loading_info=True, dtype=torch.float32,
+                ignore_mismatched_sizes=True, **source)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
+    except SafetensorError as e:
+        raise MlmkitError(f"model {name}: its weights cannot be read: {first_line(e)}; "
+                          "re-download or re-export") from None
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, stored, built = mismatched[0]
+        raise MlmkitError(f"model {name}: " + mismatch("its weights", key, stored, built, config))
+    return model, info
 
 
 def sparse_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:

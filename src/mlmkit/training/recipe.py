@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mlmkit.config import TrainConfig, parse_overrides
+from mlmkit.config import TrainConfig
 from mlmkit.corpus.blocks import Corpus, load_blocks
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import WriteFailed, write_json
 from mlmkit.io.sources import iter_texts
 from mlmkit.modeling.load import load_model_config, load_tokenizer, max_block_size
+from mlmkit.modeling.overrides import apply_overrides
 from mlmkit.training.checkpoint import STATE_FILE, read_state, verify_checkpoint
 from mlmkit.training.perplexity import Metrics
 from mlmkit.training.rundir import CHECKPOINTS, settings_record, write_config
@@ -68,16 +69,9 @@ class TrainState:
 def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, Any, Corpus]:
     """Tokenizer, model config and blocks, with every input checked before any weight loads."""
     tokenizer = load_tokenizer(cfg.model)
-    model_config = load_model_config(cfg.model)
-    overrides = parse_overrides(cfg.config_overrides)
-    if overrides and not cfg.from_scratch and not cfg.train_tokenizer:
-        raise MlmkitError("--config-overrides: only with --from-scratch (pretrained weights fix "
-                          "the model's shape)")
-    for k, v in overrides.items():
-        if not hasattr(model_config, k):
-            raise MlmkitError(f"--config-overrides: {model_config.model_type} configs have no "
-                              f"setting {k!r}")
-        setattr(model_config, k, v)
+    scratch = cfg.from_scratch or bool(cfg.train_tokenizer)
+    model_config = load_model_config(cfg.model, weights=not scratch)
+    apply_overrides(model_config, cfg.config_overrides)
     if cfg.train_tokenizer:
         texts = (t for _, t in iter_texts(cfg))
         tokenizer = tokenizer.train_new_from_iterator(texts, vocab_size=cfg.train_tokenizer)
