@@ -61,7 +61,7 @@ def build_start_model(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     """The model directory every arm loads: pretrained weights, or a seeded random init."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-    from mlmkit.config import parse_overrides
+    from mlmkit.settings import parse_overrides
 
     if args.weights:
         # Saved once, head included: a checkpoint without an MLM head gets a fresh head, and
@@ -163,7 +163,8 @@ def print_arm(label: str, result: dict, train_tokens: float) -> None:
 
 
 def parse_try(text: str) -> dict:
-    from mlmkit.config import TrainConfig, parse_overrides
+    from mlmkit.config import TrainConfig
+    from mlmkit.settings import parse_overrides
 
     extra = parse_overrides(text)
     unknown = set(extra) - set(TrainConfig.__dataclass_fields__)

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from mlmkit.cli.main import main
-from mlmkit.config import EvalConfig, TrainConfig, allowed, build_config, check_field, flag_of
+from mlmkit.config import EvalConfig, TrainConfig
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import allowed, build_config, check_field, flag_of
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

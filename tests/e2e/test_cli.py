@@ -19,7 +19,8 @@ import pytest
 
 from mlmkit.cli.flags import settings_from as _config
 from mlmkit.cli.main import build_parser, main
-from mlmkit.config import GROUPS, EvalConfig, TrainConfig
+from mlmkit.config import EvalConfig, TrainConfig
+from mlmkit.settings import GROUPS
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -191,7 +192,8 @@ def test_entry_point_runs_as_a_real_process(model_dir, pipe):
 STARTUP_PROBE = """import json, sys
 from mlmkit.cli.flags import settings_from as _config
 from mlmkit.cli.main import build_parser, main
-from mlmkit.config import GROUPS, EvalConfig, TrainConfig
+from mlmkit.config import EvalConfig, TrainConfig
+from mlmkit.settings import GROUPS
 try:
     code = main(sys.argv[1:])
 except SystemExit as e:

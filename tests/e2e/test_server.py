@@ -23,7 +23,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from mlmkit import FillMask  # noqa: E402
-from mlmkit.config import MlmkitError  # noqa: E402
+from mlmkit.errors import MlmkitError  # noqa: E402
 from mlmkit.serving.app import create_app  # noqa: E402
 from mlmkit.testing import call_app as run  # noqa: E402
 from mlmkit.testing import save_tiny_model  # noqa: E402

@@ -4,15 +4,9 @@ from dataclasses import fields
 
 import pytest
 
-from mlmkit.config import (
-    GROUPS,
-    EvalConfig,
-    MlmkitError,
-    TrainConfig,
-    build_config,
-    parse_overrides,
-    read_config_file,
-)
+from mlmkit.config import EvalConfig, TrainConfig
+from mlmkit.errors import MlmkitError
+from mlmkit.settings import GROUPS, build_config, parse_overrides, read_config_file
 
 
 def test_defaults_are_the_guides_but_batch_and_learning_rate():
@@ -94,7 +88,7 @@ def test_every_setting_has_a_help_section():
     assert (groups["learning_rate"], groups["mlm_probability"], groups["resume"]) == (
         "optimisation", "masking", "checkpoints")
     with pytest.raises(ValueError, match="group 'nope'"):
-        from mlmkit.config import _f
+        from mlmkit.settings import setting as _f
 
         _f(1, "a setting", group="nope")
 

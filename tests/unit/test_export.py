@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlmkit import MlmkitError, TrainConfig
-from mlmkit.config import to_dict
+from mlmkit.settings import to_dict
 from mlmkit.training.card import CardInfo, base_license, describe_hardware, render_model_card
 from mlmkit.training.export import export_model, push_to_hub
 

@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from mlmkit.cli.helptext import COMMANDS
-from mlmkit.config import ENGINE_GROUPS, GROUPS, allowed, build_config, read_config_file
+from mlmkit.settings import ENGINE_GROUPS, GROUPS, allowed, build_config, read_config_file
 
 # The command line shows progress unless --quiet; the Python API is quiet unless asked.
 CLI_DEFAULTS = {"quiet": False}

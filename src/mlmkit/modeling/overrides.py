@@ -17,10 +17,10 @@ import os
 import re
 from typing import Any
 
-from mlmkit.config import parse_overrides
 from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import first_line
 from mlmkit.modeling.weights import build_on_meta
+from mlmkit.settings import parse_overrides
 
 # Settings of every transformers config that say how a model runs, not its shape; changing
 # them breaks what mlmkit asks of a masked LM (logits in a dict, no cache, an encoder).

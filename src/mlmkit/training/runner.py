@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mlmkit.config import TrainConfig, validate
+from mlmkit.config import TrainConfig
+from mlmkit.settings import validate
 from mlmkit.training.recipe import TrainResult
 
 
