@@ -268,6 +268,10 @@ class ServeConfig(DeviceConfig):
                                      "work", group="server", ge=1)
     max_response_mb: float = _f(16.0, "largest answer the server sends, in MB; past it: 413",
                                 group="server", gt=0.0)
+    max_score_work: int = _f(1_000_000, "most work one /score request may cause, in tokens "
+                             "run through the model: each text costs its tokens squared (one "
+                             "masked copy a token); past it: 413 before any work",
+                             group="server", ge=1)
     header_timeout_s: float = _f(10.0, "seconds a connection may take to send a request's "
                                  "headers (from connecting, or from its last answer) before "
                                  "it is answered 408 and closed", group="server", gt=0.0)

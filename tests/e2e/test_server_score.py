@@ -103,3 +103,26 @@ def test_an_engine_without_a_model_answers_501(engine):
     r = run(create_app(Echo()), lambda c: c.post("/score", json={"inputs": "a"}))
     assert r.status_code == 501 and "cannot score" in r.json()["error"]
     assert json.loads(r.text)["error"].endswith("has no model and tokenizer to share")
+
+
+def test_a_score_request_past_its_work_budget_is_413_before_any_work(engine):
+    # Scoring costs a text's tokens squared (one masked copy a token): a long text is refused
+    # by its count from the tokenizer, before it is queued; a short one in the same app runs.
+    app = create_app(engine, max_score_work=400)
+    calls = []
+    scorer = app.state.batcher.engines[Scorer]
+    real = scorer.stream
+    scorer.stream = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    n = len(engine.tokenizer("the cat sat on the mat . " * 5)["input_ids"])
+    assert n * n > 400
+
+    async def go(c):
+        big = await c.post("/score", json={"inputs": "the cat sat on the mat . " * 5})
+        small = await c.post("/score", json={"inputs": "the cat sat ."})
+        return big, small
+
+    big, small = run(app, go)
+    assert big.status_code == 413 and "--max-score-work" in big.json()["error"]
+    assert f"{n * n:,} tokens" in big.json()["error"]
+    assert small.status_code == 200 and "pll" in small.json()
+    assert len(calls) == 1  # only the small request reached the engine

@@ -24,6 +24,7 @@ from mlmkit.serving.page import render_page
 from mlmkit.serving.payload import (
     ApiError,
     Limits,
+    check_score_work,
     parse_request,
     parse_score_request,
     read_body,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 # holds connections) are `serve`'s.
 APP_LIMITS = ("max_batch_size", "max_wait_ms", "max_queue", "max_inputs", "max_text_chars",
               "max_top_k", "max_candidates", "max_request_candidates", "max_response_mb",
+              "max_score_work",
               "body_timeout_s")
 
 
@@ -92,7 +94,7 @@ def create_app(engine_or_model_path: Any, *, batching: bool = True,
     app.state.metrics = metrics
     app.state.limits = Limits(cfg.max_inputs, cfg.max_text_chars, cfg.max_top_k,
                               cfg.max_candidates, cfg.max_request_candidates,
-                              cfg.max_response_mb)
+                              cfg.max_response_mb, cfg.max_score_work)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     _add_task_routes(app, cfg.body_timeout_s, no_scorer)
     _add_info_routes(app, model_name, cfg.max_queue, batching)
@@ -183,7 +185,12 @@ def _add_task_routes(app: "FastAPI", body_timeout_s: float, no_scorer: str) -> N
     async def score(request: Request) -> JSONResponse:
         if no_scorer:
             return _error(501, f"this server cannot score sentences: {no_scorer}")
-        return await answer(request, lambda b: parse_score_request(b, limits))
+        def parse(body: bytes) -> tuple:
+            texts, single, params = parse_score_request(body, limits)
+            check_score_work(texts, tokenizer, limits)
+            return texts, single, params
+
+        return await answer(request, parse)
 
     docs, schemas = _request_docs(limits)
     for path in ("/", "/fill-mask"):

@@ -46,6 +46,7 @@ class Limits:
     max_candidates: int = ServeConfig.max_candidates  # a text: masks x top_k
     max_request_candidates: int = ServeConfig.max_request_candidates  # all its texts together
     max_response_mb: float = ServeConfig.max_response_mb
+    max_score_work: int = ServeConfig.max_score_work  # tokens x masked copies, all texts
 
     @property
     def max_response_bytes(self) -> int:
@@ -332,3 +333,19 @@ async def read_body(request: "Request", limits: Limits, timeout_s: float) -> byt
         raise ApiError(408, f"request body not complete after {timeout_s:g} s") from None
     except ClientDisconnect:
         raise ApiError(400, "client disconnected before the body was complete") from None
+
+
+def check_score_work(texts: list[str], tokenizer: Any, limits: Limits) -> None:
+    """Refuse a /score request whose texts would cost more than `limits.max_score_work`: a
+    text of n tokens is n masked copies of n tokens, so its cost grows with the square of its
+    length (8 texts of 400 tokens took minutes on a CPU). Counted with the model's own
+    tokenizer before the request is queued."""
+    if tokenizer is None:
+        return
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    work = sum(n * n for n in lengths)
+    if work > limits.max_score_work:
+        raise ApiError(413, f"scoring these texts ({sum(lengths):,} tokens) would run "
+                            f"{work:,} tokens through the model (each text its tokens squared), "
+                            f"more than the server's limit of {limits.max_score_work:,} a "
+                            "request (--max-score-work); send fewer or shorter texts")
