@@ -132,7 +132,8 @@ def test_metrics_count_with_bounded_labels() -> None:
 @pytest.mark.parametrize("kw", [{"max_batch_size": 0}, {"max_queue": -1}, {"max_top_k": 1.5},
                                 {"max_wait_ms": -1}, {"body_timeout_s": 0},
                                 {"body_timeout_s": float("inf")}, {"max_candidates": 0},
-                                {"max_request_candidates": 2.5}, {"max_response_mb": 0}])
+                                {"max_request_candidates": 2.5}, {"max_response_mb": 0},
+                                {"max_score_work": 0}])
 def test_create_app_refuses_bad_limits(kw) -> None:
     pytest.importorskip("fastapi")
     from mlmkit.serving.app import create_app
@@ -163,13 +164,14 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
                  "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32",
                  "--max-candidates", "50", "--max-request-candidates", "500",
                  "--max-response-mb", "2", "--header-timeout-s", "4",
-                 "--max-connections", "20"]) == 0
+                 "--max-connections", "20", "--max-score-work", "5000"]) == 0
     assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
                       "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
                       "body_timeout_s": 3.0, "max_inputs": 64, "max_text_chars": 2000,
                       "max_top_k": 100, "max_candidates": 50, "max_request_candidates": 500,
-                      "max_response_mb": 2.0, "header_timeout_s": 4.0, "max_connections": 20}
+                      "max_response_mb": 2.0, "header_timeout_s": 4.0, "max_connections": 20,
+                      "max_score_work": 5000}
     from mlmkit.cli.flags import settings_from
     from mlmkit.config import ServeConfig
 
