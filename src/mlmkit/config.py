@@ -17,11 +17,14 @@ from mlmkit.settings import (
     MOST_VOCAB,
     MOST_WORKERS,
     Settings,
+    documented,
+    named,
     parse_overrides,
 )
 from mlmkit.settings import setting as _f
 
 
+@documented
 @dataclass
 class DataConfig(Settings):
     """Where the text comes from and how it becomes blocks of token ids."""
@@ -60,6 +63,7 @@ class DataConfig(Settings):
                    group="data", ge=0, le=2**32 - 1)
 
 
+@documented
 @dataclass
 class MaskConfig(Settings):
     """Dynamic masking (BERT's 80/10/10 recipe) and the fixed evaluation masks."""
@@ -78,11 +82,14 @@ class MaskConfig(Settings):
 
 
     def check_together(self) -> None:
+        """Rules between settings (on top of each field's own range)."""
         if self.random_replace_prob > 1.0 - self.mask_replace_prob + 1e-12:
-            raise MlmkitError(f"--random-replace-prob {self.random_replace_prob!r}: expected a "
-                              "probability in [0, 1 - mask-replace-prob]")
+            raise MlmkitError(f"{named('random_replace_prob', self.random_replace_prob)}: "
+                              "expected a probability in [0, 1 - "
+                              f"{named('mask_replace_prob').lstrip('-')}]")
 
 
+@documented
 @dataclass
 class TrainConfig(DataConfig, MaskConfig):
     """Everything `mlmkit train` needs; `mlmkit eval` uses the data and mask part."""
@@ -177,14 +184,17 @@ class TrainConfig(DataConfig, MaskConfig):
                      "stderr is not a terminal, unless --quiet)", group="outputs")
 
     def check_together(self) -> None:
+        """Rules between settings (on top of each field's own range)."""
         super().check_together()
         if self.eval_fraction >= 1.0:
-            raise MlmkitError(f"--eval-fraction {self.eval_fraction!r}: expected a number >= 0 "
-                              "and < 1 (all records held out leaves nothing to train on)")
+            raise MlmkitError(f"{named('eval_fraction', self.eval_fraction)}: expected a "
+                              "number >= 0 and < 1 (all records held out leaves nothing to "
+                              "train on)")
         if parse_overrides(self.config_overrides) and not (self.from_scratch
                                                            or self.train_tokenizer):
-            raise MlmkitError("--config-overrides: only with --from-scratch or "
-                              "--train-tokenizer (pretrained weights fix the model's shape)")
+            raise MlmkitError(f"{named('config_overrides')}: only with "
+                              f"{named('from_scratch', True)} or {named('train_tokenizer')} "
+                              "(pretrained weights fix the model's shape)")
         if self.push_to_hub:  # refused now, not after the hours of training before the upload
             from huggingface_hub.errors import HFValidationError
             from huggingface_hub.utils import validate_repo_id
@@ -192,10 +202,12 @@ class TrainConfig(DataConfig, MaskConfig):
             try:
                 validate_repo_id(self.push_to_hub)
             except HFValidationError as e:
-                raise MlmkitError(f"--push-to-hub {self.push_to_hub}: expected a Hub repository "
-                                  f"id, NAME or OWNER/NAME: {str(e).splitlines()[0]}") from None
+                raise MlmkitError(f"{named('push_to_hub', self.push_to_hub)}: expected a Hub "
+                                  "repository id, NAME or OWNER/NAME: "
+                                  f"{str(e).splitlines()[0]}") from None
 
 
+@documented
 @dataclass
 class EvalConfig(DataConfig, MaskConfig):
     """What `mlmkit eval` needs: a model, a corpus and the fixed-mask settings. For a model
@@ -214,6 +226,7 @@ class EvalConfig(DataConfig, MaskConfig):
                      group="outputs")
 
 
+@documented
 @dataclass
 class DeviceConfig(Settings):
     """Where and in what precision an inference model runs."""
@@ -230,6 +243,7 @@ def _max_candidates(group: str) -> Any:
               "gets an error in its place (from the server: 422)", group=group, ge=1)
 
 
+@documented
 @dataclass
 class EngineConfig(DeviceConfig):
     """What `fill` and `score` share: device, precision, batch limits, progress."""
@@ -243,6 +257,7 @@ class EngineConfig(DeviceConfig):
     max_candidates: int = _max_candidates("engine")
 
 
+@documented
 @dataclass
 class ServeConfig(DeviceConfig):
     """`mlmkit serve`: the engine's device and the server's limits."""
@@ -281,6 +296,7 @@ class ServeConfig(DeviceConfig):
                            group="server")
 
 
+@documented
 @dataclass
 class RayConfig(Settings):
     """`fill`/`score --engine ray`: the cluster, the actors and the job's output files."""

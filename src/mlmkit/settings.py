@@ -5,12 +5,17 @@ the flag, and the layering of defaults < config file (YAML/TOML/JSON) < flags
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import difflib
+import inspect
 import json
 import math
 import numbers
+from collections.abc import Iterable, Iterator
 from dataclasses import field, fields
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import tomllib
@@ -97,13 +102,50 @@ def check_field(f: Any, value: Any) -> Any:
     good = ok(value) and value in f.metadata.get("choices", [value]) and all(
         test(value, f.metadata[k]) for k, (_, test) in _BOUNDS.items() if k in f.metadata)
     if not good:
-        raise MlmkitError(f"{flag_of(f.name)} {value!r}: expected {allowed(f)}")
+        raise MlmkitError(f"{named(f.name, value, quoted=True)}: expected {allowed(f)}")
     convert = {"float": float, "int": int, "list[str]": list}.get(kind)  # numpy's numbers too
     return convert(value) if convert else value
 
 
 def flag_of(name: str) -> str:
+    """A setting's command-line flag: 'block_size' -> '--block-size'. Messages name a setting
+    with `named`, which says it as the caller does."""
     return "--" + name.replace("_", "-")
+
+
+# Who called: messages name a setting as the command line spells it ('--overwrite', '--output
+# runs/x') or as Python does ('overwrite=True', "output='runs/x'"). Python unless the CLI says
+# otherwise (`speaking_cli`, for the duration of a command).
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("mlmkit_caller", default="python")
+_NO_VALUE = object()
+
+
+@contextlib.contextmanager
+def speaking_cli() -> Iterator[None]:
+    """Within the block, messages name settings as flags."""
+    token = _CALLER.set("cli")
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def named(name: str, value: Any = _NO_VALUE, *, quoted: bool = False) -> str:
+    """A setting as the caller names it, with its value if given: from the command line
+    '--block-size', '--block-size 64' (`quoted`: "--split 'x'"), and a switch to turn on
+    (True) just '--overwrite', a value to give (...) '--data DATA'; from Python 'block_size',
+    'block_size=64', 'overwrite=True', 'data=...'."""
+    if _CALLER.get() == "cli":
+        if value is _NO_VALUE or value is True:
+            return flag_of(name)
+        if value is ...:
+            return f"{flag_of(name)} {name.upper()}"
+        return f"{flag_of(name)} {value!r}" if quoted else f"{flag_of(name)} {value}"
+    if value is _NO_VALUE:
+        return name
+    if value is ...:
+        return f"{name}=..."
+    return f"{name}={str(value) if isinstance(value, PurePath) else value!r}"
 
 
 class Settings:
@@ -115,6 +157,14 @@ class Settings:
     value is one line naming the flag and the allowed range, where Pydantic's errors are
     several lines naming the field."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Before the dataclass's __init__, whose unknown keyword is a bare TypeError.
+        known = [f.name for f in fields(cls)]
+        for name in kwargs:
+            if name not in known:
+                raise MlmkitError(unknown_setting(name, known))
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             object.__setattr__(self, f.name, check_field(f, getattr(self, f.name)))
@@ -124,13 +174,37 @@ class Settings:
         """Rules between settings; the subclasses add theirs."""
 
 
+def unknown_setting(name: str, known: Iterable[str]) -> str:
+    """"unknown setting 'epoch' (did you mean 'epochs'?)", as the caller names settings."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {named(close[0])!r}?)" if close else ""
+    return f"unknown setting {named(name)!r}{hint}"
+
+
+def documented(cls: type) -> type:
+    """A settings dataclass whose docstring lists every field (`help(TrainConfig)`, the API
+    reference): its type, help text, default and allowed values, from its `setting()`."""
+    lines = [f"    {f.name} ({str(f.type).replace(' | None', ' or None')}): "
+             f"{f.metadata['help']}. Default: {_default(f)!r}"
+             + ("." if f.metadata.get("any_type") else f"; allowed: {allowed(f)}.")
+             for f in fields(cls) if "help" in f.metadata]
+    intro = inspect.cleandoc(cls.__doc__ or "")
+    cls.__doc__ = f"{intro}\n\nAttributes:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """'a=1,b=x' -> {'a': 1, 'b': 'x'}; values parse as JSON where they can."""
     out: dict[str, Any] = {}
     for part in filter(None, (text or "").split(",")):
         if "=" not in part:
-            raise MlmkitError(f"--config-overrides {text!r}: expected key=value pairs, got "
-                              f"{part!r}")
+            raise MlmkitError(f"{named('config_overrides', text, quoted=True)}: expected "
+                              f"key=value pairs, got {part!r}")
         k, v = part.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)

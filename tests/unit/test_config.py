@@ -1,12 +1,13 @@
 """Settings resolve as defaults < config file < flags, and bad values fail with one clear error."""
 
+import re
 from dataclasses import fields
 
 import pytest
 
 from mlmkit.config import EvalConfig, TrainConfig
 from mlmkit.errors import MlmkitError
-from mlmkit.settings import GROUPS, build_config, parse_overrides, read_config_file
+from mlmkit.settings import GROUPS, build_config, parse_overrides, read_config_file, speaking_cli
 
 
 def test_defaults_are_the_guides_but_batch_and_learning_rate():
@@ -68,7 +69,9 @@ def test_missing_config_file(tmp_path):
     (EvalConfig, {"limit": 0}, "--limit"),
 ])
 def test_range_checks_name_the_flag(cls, values, flag):
-    with pytest.raises(MlmkitError, match=flag):
+    with speaking_cli(), pytest.raises(MlmkitError, match=flag):  # as the command line does
+        build_config(cls, {}, values)
+    with pytest.raises(MlmkitError, match=flag[2:].replace("-", "_")):  # from Python
         build_config(cls, {}, values)
 
 
@@ -109,6 +112,11 @@ def test_upper_bounds_are_where_a_library_would_fail_and_print_as_integers(value
     # Accelerate or tokenizers (tests/e2e/test_bad_settings.py fuzzes them all).
     with pytest.raises(MlmkitError) as e:
         TrainConfig(data="x", **values)
+    # From Python the setting is named as its keyword, from the command line as its flag.
+    assert str(e.value).endswith(re.sub(r"^--([a-z-]+) ",
+                                        lambda m: m[1].replace("-", "_") + "=", message))
+    with speaking_cli(), pytest.raises(MlmkitError) as e:
+        TrainConfig(data="x", **values)
     assert str(e.value).endswith(message)
     bounds = {f.name: f for f in fields(TrainConfig)}
     assert TrainConfig(data="x", **{k: bounds[k].metadata.get("le", bounds[k].metadata.get(
@@ -119,6 +127,9 @@ def test_a_hub_repository_id_is_checked_before_training():
     # Found going through every setting: a bad id failed only at the upload, after training.
     for bad in ("a b c", "a/b/c", "-x"):
         with pytest.raises(MlmkitError) as e:
+            TrainConfig(data="x", push_to_hub=bad)
+        assert str(e.value).startswith(f"push_to_hub={bad!r}: expected a Hub repository id")
+        with speaking_cli(), pytest.raises(MlmkitError) as e:
             TrainConfig(data="x", push_to_hub=bad)
         assert str(e.value).startswith(f"--push-to-hub {bad}: expected a Hub repository id")
     assert TrainConfig(data="x", push_to_hub="someone/my-model").push_to_hub == "someone/my-model"

@@ -138,7 +138,7 @@ def test_metrics_and_card_have_the_pytorch_runs_shape(keras_run, trained_roberta
 def test_settings_the_keras_path_lacks_are_refused(tiny_roberta, sample_path, tmp_path):
     from mlmkit import train
 
-    for bad, match in ((dict(resume="latest"), "--resume with --backend keras"),
+    for bad, match in ((dict(resume="latest"), "resume with backend='keras'"),
                        (dict(gradient_accumulation_steps=2), "expected 1"),
                        (dict(mixed_precision="bf16"), "expected auto or no")):
         with pytest.raises(MlmkitError, match=match):

@@ -61,7 +61,7 @@ def test_good_overrides_keep_their_types_and_the_model_builds(config, roberta_sh
 
 
 def test_overrides_need_a_model_built_from_scratch():
-    with pytest.raises(MlmkitError, match="--config-overrides: only with --from-scratch"):
+    with pytest.raises(MlmkitError, match="config_overrides: only with from_scratch=True"):
         TrainConfig(data="x", config_overrides="hidden_size=64")
     with pytest.raises(MlmkitError, match="expected key=value pairs"):
         TrainConfig(data="x", from_scratch=True, config_overrides="hidden_size")

@@ -159,7 +159,7 @@ def test_bad_settings_fail_before_anything_is_written(tiny_roberta, sample_path,
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(MlmkitError, match="--overwrite"):
+    with pytest.raises(MlmkitError, match="overwrite=True"):  # from Python: the field
         train(small_cfg(tiny_roberta, sample_path, out))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(MlmkitError, match="not an mlmkit run directory"):

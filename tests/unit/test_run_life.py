@@ -54,7 +54,7 @@ def test_resume_refuses_changed_settings_and_names_each(tiny_roberta, sample_pat
     assert "--batch-size 4 (the run's: 8)" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     # The Python API checks the same rule.
-    with pytest.raises(MlmkitError, match="--block-size 32 \\(the run's: 64\\)"):
+    with pytest.raises(MlmkitError, match="block_size=32 \\(the run's: 64\\)"):
         train(small_cfg(tiny_roberta, sample_path, out, block_size=32, resume=str(out)))
 
 
@@ -219,5 +219,5 @@ def test_in_memory_texts_train_and_resume_by_their_digest(tiny_roberta, sample_t
     assert r.data["records"] == 40
     # The same texts resume; other texts are another experiment.
     assert train(data=texts, **{**settings, "max_steps": 3, "resume": str(out)}).steps == 3
-    with pytest.raises(MlmkitError, match="--data '<in-memory: 39 texts"):
+    with pytest.raises(MlmkitError, match="data='<in-memory: 39 texts"):
         train(data=texts[:39], **{**settings, "max_steps": 4, "resume": str(out)})

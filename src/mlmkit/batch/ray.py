@@ -21,6 +21,7 @@ names starting with `_`, so `pandas.read_parquet(DIR)` reads the records alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from mlmkit.io.files import (
     write_sealed_json,
 )
 from mlmkit.io.inputs import LineTally, plural
+from mlmkit.quiet import libraries_quiet
 
 RAY_HINT = "--engine ray needs Ray Data: pip install 'mlmkit[ray]'"
 FORMATS = ("parquet", "jsonl")
@@ -88,6 +90,7 @@ class BatchJob:
 
     @property
     def task(self) -> Task:
+        """The inference task the job runs (fill or score)."""
         return task_named(self.command)
 
     @property
@@ -283,25 +286,28 @@ def run_batch(job: BatchJob, input_spec: str, output: str | Path,
                                         if finished_shard(out, s, digest) is None]
     if todo != []:  # a finished job needs no cluster
         ours = not ray.is_initialized()
-        if ours:
-            _start_ray(ray, res)
-        try:
-            if shards is None:
-                shards = _plan(ray, inputs, job.shard_rows)
-                write_plan(out, record, shards)
-                todo = shards
-            if todo:  # an input of no rows has no shards
-                _run_pool(ray, job, res, out, todo, digest, on_shard)
-        finally:
+        # Ray's loggers ("ray", "ray.data") back as they were once the job is done.
+        with libraries_quiet() if res.quiet else contextlib.nullcontext():
             if ours:
-                ray.shutdown()
+                _start_ray(ray, res)
+            try:
+                if shards is None:
+                    shards = _plan(ray, inputs, job.shard_rows)
+                    write_plan(out, record, shards)
+                    todo = shards
+                if todo:  # an input of no rows has no shards
+                    _run_pool(ray, job, res, out, todo, digest, on_shard)
+            finally:
+                if ours:
+                    ray.shutdown()
     return _finish(out, shards, digest, len(shards) - len(todo), time.perf_counter() - started)
 
 
 def _start_ray(ray: Any, res: BatchResources) -> None:
-    if res.quiet:  # Ray Data logs every dataset's plan and progress at INFO
-        logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.init(address=res.address, include_dashboard=False, logging_level=logging.WARNING,
+    # Quiet: Ray's own logger at ERROR (its startup notes, Ray Data's plans and notices), and
+    # the actors' output not forwarded to this process.
+    ray.init(address=res.address, include_dashboard=False,
+             logging_level=logging.ERROR if res.quiet else logging.WARNING,
              log_to_driver=not res.quiet)
 
 
@@ -318,8 +324,6 @@ def _run_pool(ray: Any, job: BatchJob, res: BatchResources, out: Path, todo: lis
     """One Ray Data block per shard, through a fixed pool of `ShardWorker` actors, one shard in
     flight per actor (a lost actor loses one shard's work; Ray restarts it and retries)."""
     ray.data.DataContext.get_current().enable_progress_bars = not res.quiet
-    if res.quiet:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in todo],
                              override_num_blocks=len(todo))
     remote: dict[str, Any] = {"num_cpus": res.cpus_per_worker}

@@ -26,6 +26,7 @@ from mlmkit.cli import (
 from mlmkit.cli.flags import Parser
 from mlmkit.cli.helptext import COMMANDS as HELP
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import speaking_cli
 
 log = logging.getLogger("mlmkit")
 
@@ -86,6 +87,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with speaking_cli():  # messages name settings as flags (--overwrite), not overwrite=True
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = _parse(build_parser(), argv)

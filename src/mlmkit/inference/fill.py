@@ -68,6 +68,14 @@ class FillMask(Engine):
     def __call__(self, texts: str | list[str], top_k: int = 5,
                  targets: str | list[str] | None = None,
                  max_candidates: int = FillParams.max_candidates) -> list:
+        """Fill the masks of `texts` (one text, or a list of them).
+
+        `top_k`: candidates per mask; `targets`: score only these words (one string or a
+        list) instead of the whole vocabulary; `max_candidates`: most candidates one text may
+        get (masks x top_k). Returns `transformers.pipeline("fill-mask")`'s records: for one
+        text with one mask a list of {"score", "token", "token_str", "sequence"}, a list of
+        such lists for several masks, and a list of those for a list of texts. A bad text or
+        value raises MlmkitError naming it."""
         return self._answer(texts, FillParams(top_k, targets, max_candidates))
 
     def stream(self, texts: Iterable[str], top_k: int = 5, targets: str | list[str] | None = None,

@@ -94,6 +94,13 @@ class Scorer(Engine):
 
     def __call__(self, texts: str | list[str], metric: str = "original",
                  per_token: bool = False) -> dict | list[dict]:
+        """The pseudo-log-likelihood of `texts` (one text, or a list of them).
+
+        `metric`: "original" (mask each token alone, Salazar et al. 2020), "word-l2r" (also
+        mask the later pieces of the same word, Kauf & Ivanova 2023) or "whole-word" (mask a
+        word's pieces together); `per_token`: add each scored token's log-probability.
+        Returns one record for one text, a list of records for a list; a bad text or value
+        raises MlmkitError naming it."""
         return self._answer(texts, ScoreParams(metric, per_token))
 
     def stream(self, texts: Iterable[str], metric: str = "original", per_token: bool = False,

@@ -21,6 +21,8 @@ from mlmkit.config import TrainConfig
 from mlmkit.corpus.masking import IGNORE_INDEX, Masker, MaskingCollator
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.convert import import_keras, keras_inputs, to_hf, to_keras, uses_segments
+from mlmkit.quiet import libraries_quiet
+from mlmkit.settings import named
 from mlmkit.training.checkpoint import commit_checkpoint
 from mlmkit.training.loop import EpochBatches, Stopwatch
 from mlmkit.training.perplexity import Metrics, fixed_eval_dataset
@@ -41,18 +43,19 @@ UNSUPPORTED = {
 
 
 def check_keras_settings(cfg: TrainConfig) -> None:
+    keras_backend = named("backend", "keras")
     for name, why in UNSUPPORTED.items():
         if getattr(cfg, name):
-            raise MlmkitError(f"--{name.replace('_', '-')} with --backend keras: {why}")
+            raise MlmkitError(f"{named(name)} with {keras_backend}: {why}")
     if cfg.gradient_accumulation_steps != 1:
-        raise MlmkitError(f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} "
-                          "with --backend keras: expected 1")
+        raise MlmkitError(f"{named('gradient_accumulation_steps', cfg.gradient_accumulation_steps)}"
+                          f" with {keras_backend}: expected 1")
     if cfg.mixed_precision not in ("auto", "no"):
-        raise MlmkitError(f"--mixed-precision {cfg.mixed_precision} with --backend keras: "
+        raise MlmkitError(f"{named('mixed_precision', cfg.mixed_precision)} with {keras_backend}: "
                           "expected auto or no (Keras runs in float32 here)")
     if cfg.report_to != "none":
-        raise MlmkitError(f"--report-to {cfg.report_to} with --backend keras: expected none "
-                          "(metrics.jsonl and curves.png are written)")
+        raise MlmkitError(f"{named('report_to', cfg.report_to)} with {keras_backend}: expected "
+                          "none (metrics.jsonl and curves.png are written)")
 
 
 def keras_batch(input_ids: np.ndarray, labels: np.ndarray, pad_id: int, segments: bool,
@@ -198,7 +201,8 @@ def train_keras(cfg: TrainConfig, command: str | None = None,
                 reads: Sequence[tuple[str, Path]] = ()) -> TrainResult:
     """`train(cfg)` with `cfg.backend == "keras"`."""
     check_keras_settings(cfg)
-    return KerasRun(cfg, command, check_output(cfg, reads)).fit()
+    with libraries_quiet("transformers"):
+        return KerasRun(cfg, command, check_output(cfg, reads)).fit()
 
 
 class KerasRun(Recipe):
@@ -236,7 +240,8 @@ class KerasRun(Recipe):
             self.corpus.eval) else None
         self.batches_per_epoch = len(self.data)
         if not self.batches_per_epoch:
-            raise MlmkitError(f"--data {cfg.data}: no training block of {cfg.block_size} tokens")
+            raise MlmkitError(f"{named('data', cfg.data)}: no training block of "
+                              f"{cfg.block_size} tokens")
         self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.batches_per_epoch)
         loss = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight")  # the mean over masked tokens

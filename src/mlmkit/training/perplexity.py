@@ -27,6 +27,7 @@ class Metrics:
     blocks: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The metrics as a JSON-ready dict (as metrics.json holds them)."""
         return asdict(self)
 
 

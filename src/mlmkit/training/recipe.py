@@ -58,10 +58,12 @@ class TrainState:
     finished: bool = False
 
     def save(self, checkpoint_dir: Path) -> None:
+        """Write the state into a checkpoint directory (atomically)."""
         write_json(checkpoint_dir / STATE_FILE, asdict(self), indent=None)
 
     @classmethod
     def load(cls, checkpoint_dir: Path) -> TrainState:
+        """The state a checkpoint directory holds, verified as it is read."""
         saved = read_state(checkpoint_dir)
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
@@ -163,12 +165,14 @@ class Recipe:
 
     # -- measuring -----------------------------------------------------------------------------
     def epochs(self) -> float:
+        """Epochs done so far, as a fraction."""
         # Capped at the epoch's end: with several processes the last round of batches can
         # overshoot batches_per_epoch.
         s = self.state
         return s.epoch + min(1.0, s.batch_in_epoch * self.world / self.batches_per_epoch)
 
     def measure(self, step: int, epoch: float) -> Metrics | None:
+        """Evaluate on the fixed held-out masks and log it; None without held-out blocks."""
         m = self._score()
         if m is not None:
             self.metrics.record({"event": "eval", "step": step, "epoch": round(epoch, 4),
@@ -194,6 +198,7 @@ class Recipe:
         return m
 
     def record_train(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        """Log a training record (loss, learning rate, throughput)."""
         self.metrics.record({"event": "train", "step": self.state.step,
                              "epoch": round(self.epochs(), 4), "loss": loss, "lr": lr,
                              "tokens_per_s": tokens_per_s})
@@ -229,6 +234,7 @@ class Recipe:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Checkpoint the current step (once per step) and return its directory."""
         s = self.state
         if self.last_saved is not None and self.last_saved.name == f"step_{s.step}":
             return self.last_saved
@@ -270,6 +276,7 @@ class Recipe:
             " (--resume latest continues from it)" if self.resumable else "")
 
     def diverged(self, what: str) -> MlmkitError:
+        """The error of a run whose loss or weights stopped being finite."""
         return MlmkitError(f"{what}: training diverged and nothing was exported from "
                            f"{self.out}; {self._kept()}; a lower --learning-rate or "
                            "--max-grad-norm usually prevents this")
@@ -286,6 +293,7 @@ class Recipe:
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self) -> TrainResult:
+        """After the last step: the final checkpoint and evaluation, the export, the result."""
         self.check_finite()
         exported = self._load_best() if self.cfg.load_best else None
         result = self.result(exported)
@@ -307,6 +315,7 @@ class Recipe:
         return result
 
     def result(self, exported: dict[str, Any] | None = None) -> TrainResult:
+        """The run's TrainResult, of the exported step."""
         s = self.state
         step = exported["step"] if exported else (s.history[-1]["step"] if s.history else None)
         entry = next((h for h in reversed(s.history) if h["step"] == step), None)
@@ -338,5 +347,6 @@ class Recipe:
         return result
 
     def export(self, result: TrainResult) -> None:
+        """Write the model directory: weights, tokenizer, metrics, settings, model card."""
         export_result(self.out, self.cfg, self.command, result, self._hf_model(),
                       self.tokenizer, self._hardware())

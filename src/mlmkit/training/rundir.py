@@ -30,6 +30,7 @@ from mlmkit.io.files import (
     write_json,
 )
 from mlmkit.io.sources import describe_source, resolve_files
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -56,14 +57,14 @@ def read_paths(model: str | None, data: Any = None, eval_data: Any = None,
     current directory (deleting it under the running command fails every relative path)."""
     read = []
     if model and Path(model).expanduser().exists():
-        read.append(("--model", Path(model).expanduser()))
-    for flag, source in (("--data", data), ("--eval-data", eval_data)):
+        read.append((named("model"), Path(model).expanduser()))
+    for flag, source in ((named("data"), data), (named("eval_data"), eval_data)):
         try:  # None for a Hub id or in-memory data: nothing on disk to protect
             read += [(flag, f) for f in resolve_files(source) or []]
         except MlmkitError:
             pass  # a missing corpus is reported by the data stage
     if cache is not None:
-        read.append(("--cache-dir", cache))
+        read.append((named("cache_dir"), cache))
     with contextlib.suppress(OSError):  # a current directory already deleted: none to keep
         read.append(("the current directory", Path.cwd()))
     return read
@@ -86,28 +87,29 @@ def check_output_dir(output: str | Path | None, *, overwrite: bool = False,
     `inputs` ((flag, path) pairs, see `read_paths`). Nothing is touched here. `resumable`:
     whether the command that writes it has a --resume to suggest."""
     if not output:
-        raise MlmkitError("--output: no output directory given")
+        raise MlmkitError(f"{named('output')}: no output directory given")
     out = Path(output).expanduser()
+    at, again = named("output", out), named("overwrite", True)
     if out.exists() and not out.is_dir():
-        raise MlmkitError(f"--output {out}: exists and is not a directory")
+        raise MlmkitError(f"{at}: exists and is not a directory")
     if overwrite and resume:
-        raise MlmkitError("--overwrite and --resume: choose one (--overwrite starts the run "
-                          "again, --resume continues it)")
-    probe_writable(out, "--output")
+        raise MlmkitError(f"{again} and {named('resume')}: choose one ({again} starts the run "
+                          f"again, {named('resume')} continues it)")
+    probe_writable(out, named("output"))
     if not _has_content(out) or resume:
         return out
     if not overwrite:
-        hint = " or --resume latest to continue its training" if resumable else ""
-        raise MlmkitError(f"--output {out}: directory exists and is not empty; pass --overwrite "
-                          f"to replace it{hint}")
+        hint = (f" or {named('resume', 'latest')} to continue its training" if resumable
+                else "")
+        raise MlmkitError(f"{at}: directory exists and is not empty; pass {again} to replace "
+                          f"it{hint}")
     if not (is_run_dir(out) or _is_legacy_run(out)):
-        raise MlmkitError(f"--output {out}: not a directory mlmkit wrote (no {RUN_MARKER} "
-                          "marker), so --overwrite will not delete it; choose a new or empty "
-                          "directory")
+        raise MlmkitError(f"{at}: not a directory mlmkit wrote (no {RUN_MARKER} marker), so "
+                          f"{again} will not delete it; choose a new or empty directory")
     for flag, path in inputs:
         if contains(out, path):
-            raise MlmkitError(f"--output {out}: holds {flag} {path}, which this run reads; "
-                              "--overwrite would delete it; choose another --output")
+            raise MlmkitError(f"{at}: holds {flag} {path}, which this run reads; {again} would "
+                              f"delete it; choose another {named('output')}")
     return out
 
 
@@ -125,7 +127,7 @@ def start_run_dir(out: Path, overwrite: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MlmkitError(f"--output {out}: cannot create: {e.strerror}") from None
+        raise MlmkitError(f"{named('output', out)}: cannot create: {e.strerror}") from None
     remove_partial_writes(out)
     mark_run_dir(out)
 
@@ -220,12 +222,12 @@ def check_resume_settings(cfg: TrainConfig, saved: dict[str, Any], run: Path) ->
             continue
         mine, theirs = given[name], saved.get(name, defaults[name])
         if mine != theirs:
-            differ.append(f"--{name.replace('_', '-')} {mine!r} (the run's: {theirs!r})")
+            differ.append(f"{named(name, mine, quoted=True)} (the run's: {theirs!r})")
     if differ:
-        raise MlmkitError(f"--resume {run}: {', '.join(differ)} differ from the run's "
+        raise MlmkitError(f"{named('resume', run)}: {', '.join(differ)} differ from the run's "
                           f"{CONFIG_FILE}; a resumed run keeps its settings except "
-                          "--epochs, --max-steps, the eval/save/log intervals and outputs "
-                          "(start a new run to change the others)")
+                          f"{named('epochs')}, {named('max_steps')}, the eval/save/log "
+                          "intervals and outputs (start a new run to change the others)")
 
 
 # The settings that decide which blocks a run held out and how they were masked: `mlmkit eval
@@ -242,4 +244,10 @@ def run_eval_settings(model: str) -> dict[str, Any] | None:
     if not (run / CONFIG_FILE).is_file():
         return None
     saved = read_run_config(run)
+    for name in ("data", "eval_data"):
+        # describe_source's name of in-memory data: a digest, not texts to read again.
+        if str(saved.get(name)).startswith("<in-memory"):
+            raise MlmkitError(f"{named('model', model)}: this run was trained on texts passed "
+                              f"in Python ({named(name)} {saved[name]}); pass "
+                              f"{named('data', ...)} (the texts to evaluate on)")
     return {k: saved[k] for k in EVAL_SETTINGS if k in saved}

@@ -23,6 +23,7 @@ import torch
 from mlmkit.config import TrainConfig
 from mlmkit.corpus.masking import Masker, MaskingCollator
 from mlmkit.modeling.load import load_model
+from mlmkit.quiet import libraries_quiet
 from mlmkit.training.checkpoint import find_checkpoint, read_state, save_checkpoint
 from mlmkit.training.loop import (
     BlockKeys,
@@ -68,7 +69,8 @@ def train_torch(cfg: TrainConfig, command: str | None = None,
     # in the process (a FillMask, another benchmark arm).
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        return Run(cfg, command=command, reads=reads).fit()
+        with libraries_quiet("transformers", "accelerate"):
+            return Run(cfg, command=command, reads=reads).fit()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
@@ -87,6 +89,7 @@ class Run(Recipe):
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Check the output and inputs, load tokenizer, data and model, build the optimizer."""
         cfg = self.cfg
         if cfg.resume:
             self._check_resume()
@@ -205,6 +208,8 @@ class Run(Recipe):
 
     # -- the run's life ------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Run the whole training (setup, base evaluation, epochs, checkpoints, export) and
+        return its result."""
         from mlmkit.training.tracking import MetricsLog
 
         self.setup()
@@ -242,6 +247,7 @@ class Run(Recipe):
             return self.finish()
 
     def resume(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint: model, optimizer, scheduler, RNG and the run's state."""
         self.accelerator.load_state(str(checkpoint))
         self.state = TrainState.load(checkpoint)
         self.last_saved = checkpoint

@@ -46,6 +46,7 @@ class WordCost:
         return self.tokens - self.count
 
     def to_dict(self) -> dict[str, Any]:
+        """The word's record as JSON output shows it."""
         return {"word": self.word, "count": self.count, "tokens_per_word": self.tokens / self.count,
                 "cost": self.cost, "pieces": self.pieces}
 
@@ -64,13 +65,16 @@ class VocabAudit:
 
     @property
     def fertility(self) -> float:
+        """Tokens per word, over all the corpus's words."""
         return self.word_tokens / self.words
 
     @property
     def single_token_share(self) -> float:
+        """The share of the corpus's words that are one token each."""
         return self.single_token_words / self.words
 
     def to_dict(self) -> dict[str, Any]:
+        """The audit as a JSON-ready dict (`mlmkit vocab --json`)."""
         return {"texts": self.texts, "words": self.words, "word_tokens": self.word_tokens,
                 "fertility": self.fertility, "single_token_share": self.single_token_share,
                 "distinct_words": self.distinct_words, "word_definition": WORD_DEFINITION,

@@ -59,6 +59,7 @@ class VocabExtension:
     changed_texts: int  # 0 unless a new token changed the split of the text around it
 
     def to_dict(self) -> dict[str, Any]:
+        """The extension as a JSON-ready dict (what was added, how, where it was saved)."""
         return {"output": self.output, "base_model": self.base_model, "tokenizer": self.tokenizer,
                 "method": _METHOD[self.tokenizer], "init": "mean of the old pieces' rows "
                 "(input embedding, output embedding when untied, output bias)",
@@ -71,6 +72,7 @@ class VocabExtension:
                 "added": [asdict(w) for w in self.added]}
 
     def summary(self) -> str:
+        """One line for people: the words added and the tokens they save."""
         saved = sum(w.cost for w in self.added)
         shown = ", ".join(f"{w.word} ({len(w.pieces)})" for w in self.added[:8])
         more = f" and {len(self.added) - 8:,} more" if len(self.added) > 8 else ""

@@ -28,6 +28,10 @@ def build(config: Any) -> Any:
         intermediate_dim=config.intermediate_size, dropout=config.hidden_dropout_prob,
         max_sequence_length=config.max_position_embeddings,
         num_segments=config.type_vocab_size)
+    # The backbone's pooler (a dense layer on [CLS] for next-sentence prediction) feeds no
+    # masked-LM output and has no tensor in BertForMaskedLM: frozen, it is not trained (its
+    # gradient is none, which Keras would warn about at every step) and not converted.
+    backbone.pooled_dense.trainable = False
     model = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
     match_hf_layers(model, config.hidden_act, config.hidden_act, config.layer_norm_eps)
     return model
