@@ -71,16 +71,20 @@ def _datasets_bars() -> Iterator[None]:
     if "datasets" not in sys.modules:
         yield
         return
-    from datasets.utils import tqdm as ds_tqdm
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
-    if ds_tqdm.are_progress_bars_disabled():
+    if are_progress_bars_disabled():
         yield
         return
-    ds_tqdm.disable_progress_bars()
+    disable_progress_bars()
     try:
         yield
     finally:
-        ds_tqdm.enable_progress_bars()
+        enable_progress_bars()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pytest
 from mlmkit.cli.main import main
 from mlmkit.config import EvalConfig, TrainConfig
 from mlmkit.errors import MlmkitError
-from mlmkit.settings import allowed, build_config, check_field, flag_of
+from mlmkit.settings import allowed, build_config, check_field, flag_of, speaking_cli
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -159,9 +159,10 @@ def fuzz_outcomes() -> dict:
     for cls, command in ((TrainConfig, "train"), (EvalConfig, "eval")):
         for f in numeric_fields(cls):
             for value in fuzz_values(f):
-                try:
-                    build_config(cls, {}, {**fuzz_base(cls), "model": "m", "data": "d",
-                                           f.name: value})
+                try:  # as the command line builds it, naming settings as flags
+                    with speaking_cli():
+                        build_config(cls, {}, {**fuzz_base(cls), "model": "m", "data": "d",
+                                               f.name: value})
                     out[command, f.name, value] = None
                 except MlmkitError as e:
                     out[command, f.name, value] = str(e)

@@ -207,11 +207,11 @@ def test_overwrite_never_deletes_the_model_or_data_being_read(tiny_roberta, samp
     train(quick(tiny_roberta, sample_path, first))
     before = sorted(p.name for p in first.iterdir())
     # The first run's output is the second run's model: --output the same directory.
-    with pytest.raises(MlmkitError, match="holds --model .*which this run reads"):
+    with pytest.raises(MlmkitError, match="holds model .*which this run reads"):
         train(quick(first, sample_path, first, overwrite=True))
     # The corpus kept inside a run directory.
     shutil.copy(sample_path, first / "corpus.jsonl.gz")
-    with pytest.raises(MlmkitError, match="holds --data .*corpus.jsonl.gz"):
+    with pytest.raises(MlmkitError, match="holds data .*corpus.jsonl.gz"):
         train(quick(tiny_roberta, first / "corpus.jsonl.gz", first, overwrite=True))
     assert sorted(p.name for p in first.iterdir()) == sorted(before + ["corpus.jsonl.gz"])
     with pytest.raises(MlmkitError, match="choose one"):
@@ -242,7 +242,7 @@ def test_overwrite_check_protects_the_eval_corpus_and_takes_in_memory_data(sampl
     shutil.copy(sample_path, out / "held.jsonl.gz")
     cfg = TrainConfig(model="m", data=str(sample_path), eval_data=str(out / "held.jsonl.gz"),
                       output=str(out), overwrite=True, cache_dir=str(tmp_path / "c"))
-    with pytest.raises(MlmkitError, match="holds --eval-data .*held.jsonl.gz"):
+    with pytest.raises(MlmkitError, match="holds eval_data .*held.jsonl.gz"):
         check_output(cfg)
     for data in (["a text", "another"], datasets.Dataset.from_list([{"text": "a"}])):
         assert check_output(replace(cfg, data=data, eval_data=data)) == out

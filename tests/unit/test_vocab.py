@@ -270,7 +270,7 @@ def test_refuses_a_directory_mlmkit_did_not_write(tiny_bert, sample_texts, tmp_p
 
 def test_a_second_extend_overwrites_its_own_output(tiny_bert, sample_texts, tmp_path):
     first = extend_vocab(str(tiny_bert), sample_texts[:50], 3, tmp_path / "o")
-    with pytest.raises(MlmkitError, match="pass --overwrite"):
+    with pytest.raises(MlmkitError, match="pass overwrite=True"):
         extend_vocab(str(tiny_bert), sample_texts[:50], 4, tmp_path / "o")
     again = extend_vocab(str(tiny_bert), sample_texts[:50], 4, tmp_path / "o", overwrite=True)
     assert [w.token for w in again.added[:3]] == [w.token for w in first.added]
@@ -282,9 +282,9 @@ def test_overwrite_never_deletes_the_model_it_reads(tiny_bert, sample_texts, tmp
     first = tmp_path / "o"
     extend_vocab(str(tiny_bert), sample_texts[:50], 3, first)
     before = sorted(p.name for p in first.iterdir())
-    with pytest.raises(MlmkitError, match="holds --model .*which this run reads"):
+    with pytest.raises(MlmkitError, match="holds model .*which this run reads"):
         extend_vocab(str(first), sample_texts[:50], 3, first, overwrite=True)
-    with pytest.raises(MlmkitError, match="pass --overwrite to replace it$"):
+    with pytest.raises(MlmkitError, match="pass overwrite=True to replace it$"):
         extend_vocab(str(first), sample_texts[:50], 3, first)
     assert sorted(p.name for p in first.iterdir()) == before
 
