@@ -18,6 +18,7 @@ from mlmkit.cli import (
     eval_command,
     fill_command,
     probe_command,
+    push_command,
     score_command,
     serve_command,
     train_command,
@@ -31,7 +32,7 @@ log = logging.getLogger("mlmkit")
 
 COMMANDS = {"train": train_command, "eval": eval_command, "fill": fill_command,
             "score": score_command, "demo": demo_command, "vocab": vocab_command,
-            "serve": serve_command, "probe": probe_command}
+            "serve": serve_command, "probe": probe_command, "push": push_command}
 
 
 def build_parser() -> Parser:
