@@ -302,3 +302,20 @@ def test_python_train_checks_the_hub_before_creating_the_output(tiny_roberta, sa
     with pytest.raises(MlmkitError, match="HF_HUB_OFFLINE"):
         train(cfg)
     assert not out.exists()
+
+
+def test_keras_runs_publish_through_the_same_push(tiny_roberta, sample_path, tmp_path, hub):
+    from mlmkit.errors import MlmkitError as Missing
+
+    try:
+        import mlmkit.training.keras_recipe  # noqa: F401
+    except Missing as e:
+        pytest.skip(f"keras / keras-hub not installed: {e}")
+    out = tmp_path / "keras"
+    r = train(TrainConfig(model=str(tiny_roberta), data=str(sample_path), output=str(out),
+                          text_field=["answers.text"], limit=60, block_size=64, batch_size=8,
+                          max_steps=2, backend="keras", push_to_hub="me/k"))
+    assert r.hub_url == "https://huggingface.co/me/k/commit/c1"
+    [up] = uploads(hub)
+    assert {"model.safetensors", "README.md", "metrics.json"} <= up["uploaded"]
+    assert not any(f.startswith("checkpoints/") for f in up["uploaded"])

@@ -78,7 +78,7 @@ def _quiet_libraries() -> None:
     """Only once a command runs: importing transformers costs seconds that --help and a usage
     error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    for noisy in ("transformers", "datasets", "accelerate", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "datasets", "accelerate", "httpx", "httpx2", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import transformers
 
