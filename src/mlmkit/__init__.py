@@ -27,7 +27,7 @@ _EXPORTS = {
     "RescoreParams": "inference.params",
     "ProbeReport": "probing.run", "probe_models": "probing.run", "run_probes": "probing.run",
     "BatchJob": "batch.ray", "BatchResources": "batch.ray", "run_batch": "batch.ray",
-    "create_app": "serving.app", "serve": "serving.app",
+    "create_app": "serving.app", "serve": "serving.app", "push": "training.export",
 }
 __all__ = [*sorted(_EXPORTS, key=str.lower), "__version__"]
 

@@ -290,7 +290,8 @@ def test_run_mlm_names_build_the_same_config(capsys, monkeypatch, tmp_path):
 
     def fake_train(cfg, command=None, reads=()):
         captured.append(cfg)
-        return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0)
+        return types.SimpleNamespace(finished_before=True, output_dir=cfg.output, steps=0,
+                                     hub_url=None)
 
     monkeypatch.setattr(importlib.import_module("mlmkit.training.runner"), "train",
                         fake_train)

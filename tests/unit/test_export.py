@@ -12,7 +12,7 @@ import torch
 from mlmkit import MlmkitError, TrainConfig
 from mlmkit.settings import to_dict
 from mlmkit.training.card import CardInfo, base_license, describe_hardware, render_model_card
-from mlmkit.training.export import export_model, push_to_hub
+from mlmkit.training.export import export_model, push
 
 HUB_MODEL = "distilbert/distilroberta-base"
 HUB_DATA = "sentence-transformers/eli5"
@@ -166,17 +166,21 @@ def test_push_uploads_the_export_without_private_files(loaded, tmp_path, monkeyp
     calls = {}
 
     class FakeApi:
-        def create_repo(self, repo_id, exist_ok=False):
+        def create_repo(self, repo_id, exist_ok=False, private=None):
             calls["repo"] = (repo_id, exist_ok)
 
-        def upload_folder(self, repo_id, folder_path, ignore_patterns):
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, allow_patterns=None,
+                          **kw):
             files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
                      if p.is_file()]
-            calls["uploaded"] = set(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+            calls["uploaded"] = set(filter_repo_objects(files, allow_patterns=allow_patterns,
+                                                        ignore_patterns=ignore_patterns))
             return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    assert push_to_hub(out, "me/my-model") == "https://huggingface.co/me/my-model/commit/abc"
+    # The login check before the upload is test_push.py's; here, a login that may write.
+    monkeypatch.setattr("mlmkit.training.export.check_push_access", lambda repo, where: "me")
+    assert push(out, "me/my-model") == "https://huggingface.co/me/my-model/commit/abc"
     assert calls["repo"] == ("me/my-model", True)
     assert {"README.md", "model.safetensors", "tokenizer.json", "metrics.json",
             "metrics.jsonl", "train_config.json", "config.json"} <= calls["uploaded"]
@@ -189,7 +193,7 @@ def test_push_uploads_the_export_without_private_files(loaded, tmp_path, monkeyp
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
     with pytest.raises(MlmkitError) as e:
-        push_to_hub(out, "me/my-model")
+        push(out, "me/my-model")
     msg = str(e.value)
     assert "me/my-model" in msg and "401 Unauthorized" in msg and str(out) in msg
     assert "\n" not in msg

@@ -194,14 +194,17 @@ def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample
     calls = {}
 
     class FakeApi:
-        def create_repo(self, repo_id, exist_ok=False):
+        def create_repo(self, repo_id, exist_ok=False, private=None):
             calls["repo"] = (repo_id, exist_ok)
 
-        def upload_folder(self, repo_id, folder_path, ignore_patterns):
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, **kw):
             calls["upload"] = (repo_id, folder_path, ignore_patterns)
             calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    # The login check before training is test_push.py's; here, a login that may write.
+    for module in ("mlmkit.io.hub", "mlmkit.training.export"):
+        monkeypatch.setattr(f"{module}.check_push_access", lambda repo, where: "me")
     out = tmp_path / "pushed"
     train(small_cfg(tiny_roberta, sample_path, out, max_steps=2, save_every=1,
                     push_to_hub="me/my-model"))
@@ -216,10 +219,10 @@ def test_push_to_hub_uploads_the_export_not_the_checkpoints(tiny_roberta, sample
             raise RuntimeError("401 Unauthorized\nmore detail")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    from mlmkit.training.export import push_to_hub
+    from mlmkit.training.export import push
 
     with pytest.raises(MlmkitError) as e:
-        push_to_hub(out, "me/my-model")
+        push(out, "me/my-model")
     assert "401 Unauthorized" in str(e.value) and str(out) in str(e.value)
     assert "\n" not in str(e.value)
 

@@ -126,4 +126,15 @@ examples:
   mlmkit probe bert-base-uncased --task pairs --input blimp.jsonl.gz
   mlmkit probe base/ tuned/ --task bias --input crows_pairs_anonymized.csv --json
   mlmkit probe base/ --task cloze --input TREx/P19.jsonl --top-k 10 --multi-token"""),
+    "push": ("publish a finished run to the Hugging Face Hub", """\
+Publish a finished run's directory to a Hub model repository in one commit: the
+model, tokenizer, model card, metrics.json, train_config.json and the curves,
+never the checkpoints. Refused unless the directory is a whole mlmkit export
+(its files match its manifest) and you are logged in with a write token
+(`hf auth login`, or HF_TOKEN).""", """\
+examples:
+  mlmkit push my-model me/eli5-distilroberta
+  mlmkit push my-model me/eli5-distilroberta --private --revision v2
+  # or at the end of training (the login is checked before it starts)
+  mlmkit train --data corpus.jsonl --output my-model --push-to-hub me/my-model"""),
 }

@@ -18,6 +18,7 @@ from mlmkit.cli import (
     eval_command,
     fill_command,
     probe_command,
+    push_command,
     score_command,
     serve_command,
     train_command,
@@ -32,7 +33,7 @@ log = logging.getLogger("mlmkit")
 
 COMMANDS = {"train": train_command, "eval": eval_command, "fill": fill_command,
             "score": score_command, "demo": demo_command, "vocab": vocab_command,
-            "serve": serve_command, "probe": probe_command}
+            "serve": serve_command, "probe": probe_command, "push": push_command}
 
 
 def build_parser() -> Parser:
@@ -78,7 +79,7 @@ def _quiet_libraries() -> None:
     """Only once a command runs: importing transformers costs seconds that --help and a usage
     error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    for noisy in ("transformers", "datasets", "accelerate", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "datasets", "accelerate", "httpx", "httpx2", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import transformers
 

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace, argv: list[str]) -> int:
-    from mlmkit.training.rundir import read_run_config, run_dir_of
+    from mlmkit.training.rundir import resumed_settings, run_dir_of
     from mlmkit.training.runner import train
 
     # A resumed run starts from its own saved settings: flags repeat them or change the few
@@ -28,16 +28,17 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
     base = None
     if getattr(ns, "resume", None):
         run_dir = run_dir_of(ns.resume, getattr(ns, "output", None))
-        base = {k: v for k, v in read_run_config(run_dir).items()
-                if k not in ("output", "resume", "overwrite")}
+        base = resumed_settings(run_dir)
     cfg = settings_from(TrainConfig, ns, base)
     reads = [("--config", Path(ns.config))] if getattr(ns, "config", None) else []
     r = train(cfg, command="mlmkit " + shlex.join(argv), reads=reads)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: print once
         return 0
+    published = [f"published {r.hub_url}"] if r.hub_url else []
     if r.finished_before:
-        print(f"{r.output_dir}: already trained ({r.steps} steps); pass a larger --epochs or "
-              "--max-steps to train further")
+        then = published[0] if published else ("pass a larger --epochs or --max-steps to train "
+                                                "further")
+        print(f"{r.output_dir}: already trained ({r.steps} steps); {then}")
         return 0
     lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
     if r.base:
@@ -45,5 +46,5 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
                      f"{r.base.tokens:,} fixed masked tokens)")
     if r.final:
         lines.append(f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})")
-    print("\n".join(lines))
+    print("\n".join([*lines, *published]))
     return 0

@@ -1,5 +1,6 @@
 """The Hugging Face Hub as models and datasets meet it: whether it can serve a repository now,
-asked once with one request and no retry, and what to say when it cannot.
+asked once with one request and no retry, and what to say when it cannot; and as a model is
+published to it: whether the login may write there (asked before the work), and the upload.
 
 transformers and datasets retry every file they look up with backoff (1+2+4+8+8 s) when the Hub
 cannot be reached, so a mistyped name or a missing network cost a newcomer 27-49 s of warnings;
@@ -102,6 +103,100 @@ def offline(on: bool) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+def check_push_access(repo_id: str, where: str) -> str:
+    """Before any work an upload would end: that the Hub answers and that the token found
+    (HF_TOKEN, or `hf auth login`'s) may write to `repo_id`'s owner; the user's name. One
+    request, no retry, `HUB_TIMEOUT_S` at most. `where` begins each error (the flag and
+    value, or the repository)."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, httpx
+
+    if constants.HF_HUB_OFFLINE:
+        raise MlmkitError(f"{where}: {OFFLINE} is set, so nothing can be uploaded; unset it to "
+                          "publish")
+    token = get_token()
+    if token is None:
+        raise MlmkitError(f"{where}: not logged in to the Hugging Face Hub; run `hf auth login` "
+                          "with a write token, or set HF_TOKEN")
+    try:
+        # whoami without the library's wrapper: that one waits as long as the network does.
+        r = get_session().get(f"{constants.ENDPOINT}/api/whoami-v2",
+                              headers=build_hf_headers(token=token), timeout=HUB_TIMEOUT_S)
+        hf_raise_for_status(r)
+        me = r.json()
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status == 401:
+            raise MlmkitError(f"{where}: the Hub says the token is invalid or expired; run `hf "
+                              "auth login --force` with a write token") from None
+        raise MlmkitError(f"{where}: the Hub cannot check the login now ({first_line(e)})"
+                          ) from None
+    except (httpx.TransportError, OSError) as e:
+        raise MlmkitError(f"{where}: cannot reach the Hugging Face Hub at {constants.ENDPOINT} "
+                          f"({first_line(e)})") from None
+    except ValueError:  # an answer that is not JSON: the upload will say what is wrong
+        log.debug("whoami answer unreadable", exc_info=True)
+        return ""
+    problem = write_refusal(me, repo_id) if isinstance(me, dict) else None
+    if problem:
+        raise MlmkitError(f"{where}: {problem}")
+    return str(me.get("name", "")) if isinstance(me, dict) else ""
+
+
+def write_refusal(me: dict, repo_id: str) -> str | None:
+    """Why the login `me` (whoami's answer) cannot write to `repo_id`, or None when it can (or
+    the answer does not say)."""
+    name = me.get("name")
+    owner = repo_id.split("/")[0] if "/" in repo_id else name
+    orgs = [o.get("name") for o in me.get("orgs") or [] if isinstance(o, dict)]
+    if name and owner != name and owner not in orgs:
+        return (f"logged in as {name}, who is not a member of {owner}; publish under {name}/ "
+                "or an organization you belong to")
+    token = (me.get("auth") or {}).get("accessToken") or {}
+    role = token.get("role")
+    if role == "read":
+        return ("the token is read-only; create a write token at "
+                "https://huggingface.co/settings/tokens and run `hf auth login --force`")
+    if role == "fineGrained":
+        scoped = (token.get("fineGrained") or {}).get("scoped") or []
+        if not any((s.get("entity") or {}).get("name") == owner
+                   and "repo.write" in (s.get("permissions") or []) for s in scoped):
+            return (f"the fine-grained token cannot write to {owner}'s repositories; give it "
+                    "'Write access to contents/settings of all repos' for them")
+    return None
+
+
+def upload_dir(folder: Path, repo_id: str, where: str, *, message: str, allow: list[str],
+               ignore: list[str], private: bool = False, revision: str | None = None) -> str:
+    """Upload the files of `folder` that match `allow` and not `ignore` to the model repository
+    `repo_id` (created if missing; `private` ones private, and refused if it exists public),
+    on branch `revision` (created from main if missing), as one commit; its URL."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        # None, not False: a repository not asked to be private gets the owner's default.
+        api.create_repo(repo_id, exist_ok=True, private=private or None)
+        if private and not api.repo_info(repo_id).private:
+            raise MlmkitError(f"{where}: --private, but the repository exists and is public; "
+                              "make it private in its settings, or choose another name")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                 allow_patterns=allow, ignore_patterns=ignore,
+                                 commit_message=message, revision=revision)
+    except MlmkitError:
+        raise
+    except Exception as e:
+        raise MlmkitError(f"{where}: upload failed: {first_line(e)} (nothing in {folder} "
+                          "changed)") from None
+    return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
 
 # Local names: checked without torch or transformers, so the CLI can refuse a mistyped path

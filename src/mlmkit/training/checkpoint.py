@@ -37,6 +37,12 @@ def _step_dirs(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+def newest_step(out: Path) -> int | None:
+    """The step of the run's newest checkpoint, or None without one."""
+    found = _step_dirs(out)
+    return int(found[-1].name[5:]) if found else None
+
+
 def verify_checkpoint(path: Path, flag: str) -> Path:
     """`path`, once its files match its manifest; else one error naming `flag` and each
     damaged file."""

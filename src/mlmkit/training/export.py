@@ -1,10 +1,12 @@
 """A finished run as a standard Hugging Face model directory: weights, tokenizer, metrics, the
 resolved settings and the model card (card.py), written whole or not at all; and its upload
-to the Hub.
+to the Hub (`push`), only once it is whole.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 import shutil
@@ -22,9 +24,10 @@ from mlmkit.io.files import (
     write_json,
     write_manifest,
 )
+from mlmkit.io.hub import check_push_access, upload_dir
 from mlmkit.training.card import CARD_FILE, CardInfo, render_model_card
-from mlmkit.training.checkpoint import fsync_path
-from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE
+from mlmkit.training.checkpoint import fsync_path, newest_step
+from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE, METRICS_LOG
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -65,11 +68,14 @@ def _move_in(tmp: Path, out: Path) -> None:
 
 
 def export_model(model: Any, tokenizer: Any, out: Path, *, config: dict[str, Any],
-                 metrics: dict[str, Any], card: CardInfo) -> None:
+                 metrics: dict[str, Any], card: CardInfo, repo_id: str | None = None) -> None:
     """Write model, tokenizer, metrics.json, the settings and the model card into `out`, via a
     temporary directory whose files are then renamed in, so a crash never leaves a
-    half-written model; files of `out` that the export does not write are kept."""
-    readme = render_model_card(card, metrics, config, mask_token=tokenizer.mask_token or "<mask>")
+    half-written model; files of `out` that the export does not write are kept. `repo_id`:
+    the Hub repository this call publishes to, which the card then names (it is not a setting
+    of the run, so not in `config`)."""
+    named = {**config, "push_to_hub": repo_id} if repo_id else config
+    readme = render_model_card(card, metrics, named, mask_token=tokenizer.mask_token or "<mask>")
     write_model_dir(model, tokenizer, out, {"metrics.json": metrics, CONFIG_FILE: config},
                     readme, steps=metrics["steps"])
 
@@ -119,18 +125,74 @@ def check_export(out: Path, steps: int) -> list[str]:
     return problems
 
 
-def push_to_hub(out: Path, repo_id: str) -> str:
-    """Upload the exported directory to the Hub repository `repo_id` (created if missing),
-    without the run's private files (checkpoints, marker, temporary files); the commit's URL."""
-    from huggingface_hub import HfApi
+# What a push uploads besides the files the export's manifest names: the manifest itself (so a
+# download can be checked), the curves and the training log, when present.
+PUBLISHED_EXTRAS = [MANIFEST, "curves.png", METRICS_LOG]
+
+
+def check_publishable(run: Path) -> dict[str, Any]:
+    """The manifest of `run` once it holds a whole mlmkit export that is its run's newest (no
+    checkpoint past it: a run still training, or stopped before its next export); else one
+    error saying which."""
+    if not run.is_dir():
+        raise MlmkitError(f"{run}: no such directory")
+    manifest, problems = read_manifest(run)
+    if manifest is None:
+        raise MlmkitError(f"{run}: not a whole mlmkit export ({'; '.join(problems)}); push "
+                          "publishes a finished run's directory (`hf upload` takes any other)")
+    steps, newest = manifest.get("steps"), newest_step(run)
+    if isinstance(steps, int) and newest is not None and newest > steps:
+        raise MlmkitError(f"{run}: its export is of step {steps}, but the run went on to step "
+                          f"{newest} (still training, or stopped); finish it with `mlmkit "
+                          f"train --resume {run}` first")
+    return manifest
+
+
+def commit_message(run: Path, manifest: dict[str, Any]) -> str:
+    """'mlmkit: RUN (N steps, perplexity A -> B)', from the export's own metrics.json."""
+    facts = []
+    if isinstance(manifest.get("steps"), int):
+        facts.append(f"{manifest['steps']} steps")
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        ppl = [(metrics.get(k) or {}).get("perplexity") for k in ("base", "final")]
+    except (OSError, ValueError, AttributeError):
+        ppl = [None, None]
+    if ppl[1] is not None:
+        facts.append(f"perplexity {ppl[0]:.2f} -> {ppl[1]:.2f}" if ppl[0] is not None
+                     else f"perplexity {ppl[1]:.2f}")
+    return f"mlmkit: {run.resolve().name}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def publish(run: Path, repo_id: str, where: str, *, private: bool = False,
+            revision: str | None = None, message: str | None = None) -> str:
+    """`push`, with `where` beginning each error (the flag that asked, or the repository)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     try:
-        api = HfApi()
-        api.create_repo(repo_id, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(out),
-                                 ignore_patterns=PRIVATE_PATTERNS)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MlmkitError(f"--push-to-hub {repo_id}: upload failed: {reason} "
-                          f"(the model is saved in {out})") from None
-    return str(getattr(info, "commit_url", repo_id))
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise MlmkitError(f"{where}: expected a Hub repository id, NAME or OWNER/NAME: "
+                          f"{str(e).splitlines()[0]}") from None
+    manifest = check_publishable(run)
+    check_push_access(repo_id, where)
+    # Only what the export wrote and vouches for: never checkpoints (optimizer state), caches,
+    # tracker logs or a file someone put beside the model.
+    allow = [glob.escape(name) for name in [*manifest["files"], *PUBLISHED_EXTRAS]]
+    return upload_dir(run, repo_id, where, message=message or commit_message(run, manifest),
+                      allow=allow, ignore=PRIVATE_PATTERNS, private=private, revision=revision)
+
+
+def push(run_dir: str | Path, repo_id: str, *, private: bool = False,
+         revision: str | None = None, message: str | None = None) -> str:
+    """Publish a finished run's directory to the Hugging Face Hub model repository `repo_id`
+    (created if missing; `private` when asked; on branch `revision`, created if missing) in
+    one commit, by default "mlmkit: RUN (N steps, perplexity A -> B)"; the commit's URL.
+
+    Uploads the model, tokenizer, model card, metrics.json, train_config.json, the curves and
+    the training log; never the checkpoints. Refused, before anything is uploaded, unless the
+    directory is a whole mlmkit export (its files match its manifest) and the run's newest,
+    and unless the Hub answers and the login may write there."""
+    return publish(Path(run_dir).expanduser(), repo_id, f"repository {repo_id}",
+                   private=private, revision=revision, message=message)

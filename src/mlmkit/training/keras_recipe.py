@@ -38,7 +38,6 @@ log = logging.getLogger("mlmkit")
 UNSUPPORTED = {
     "resume": "checkpoints are model directories here, without optimizer state",
     "compile": "torch.compile is the PyTorch path's",
-    "push_to_hub": "not implemented for Keras yet; upload the directory with `hf upload`",
 }
 
 

@@ -39,6 +39,7 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] | None = None
     finished_before: bool = False  # a resume of a run that had nothing left to do
+    hub_url: str | None = None  # the commit that published it, with push_to_hub
 
 
 @dataclass
@@ -105,7 +106,8 @@ def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult
                     from_scratch=cfg.from_scratch)
     # The curves first: the export's manifest, written last, then vouches for them too.
     plot_curves(out / "metrics.jsonl", out / "curves.png")
-    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card)
+    export_model(model, tokenizer, out, config=record, metrics=metrics, card=card,
+                 repo_id=cfg.push_to_hub)
 
 
 def check_load_best(cfg: TrainConfig, eval_blocks: int | None = None) -> None:
@@ -308,10 +310,7 @@ class Recipe:
                         "the final checkpoint, {}, holds the trained model")
                 raise MlmkitError(f"{e}; {hint.format(self.last_saved)}") from e
         self._barrier()
-        if self.cfg.push_to_hub and self.main:
-            from mlmkit.training.export import push_to_hub
-
-            push_to_hub(self.out, self.cfg.push_to_hub)
+        result.hub_url = self.publish()
         return result
 
     def result(self, exported: dict[str, Any] | None = None) -> TrainResult:
@@ -338,13 +337,31 @@ class Recipe:
                 log.warning("%s finished at step %d but its export is not whole (%s); exporting "
                             "it from %s", self.out, s.step, "; ".join(problems), self.last_saved)
             return self.finish()
-        if self.main:
+        if self.main and not self.cfg.push_to_hub:
             log.info("%s finished at step %d (epoch %.2f); nothing to do: pass a larger "
                      "--epochs or --max-steps to train it further", self.out, s.step,
                      self.epochs())
         result = self.result()
         result.finished_before = True
+        # Asked to publish a finished run: what was asked needs no training, and the same
+        # command run again after a failed upload then completes it.
+        result.hub_url = self.publish()
         return result
+
+    def publish(self) -> str | None:
+        """With push_to_hub, the exported directory on the Hub (by the main process); the
+        commit's URL."""
+        repo = self.cfg.push_to_hub
+        if not repo or not self.main:
+            return None
+        from mlmkit.settings import flag_of
+        from mlmkit.training.export import publish
+
+        try:
+            return publish(self.out, repo, f"{flag_of('push_to_hub')} {repo}")
+        except MlmkitError as e:
+            raise MlmkitError(f"{e}; the model is saved in {self.out}: publish it with `mlmkit "
+                              f"push {self.out} {repo}`") from None
 
     def export(self, result: TrainResult) -> None:
         """Write the model directory: weights, tokenizer, metrics, settings, model card."""

@@ -146,14 +146,21 @@ def trim_metrics_log(out: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and rec.get("step", 0) <= step:
             kept.append(line + "\n")
+    if "".join(kept) == path.read_text(encoding="utf-8", errors="replace"):
+        return  # nothing to drop: a resume that trains nothing rewrites nothing
     with atomic_open(path) as fh:
         fh.writelines(kept)
 
 
+# What one call asks for, not how the run trains: never written to train_config.json, so never
+# taken over by a resume (a later `--resume R --epochs 3` uploads only when it says so too).
+REQUESTS = frozenset({"push_to_hub"})
+
+
 def settings_record(cfg: Any) -> dict[str, Any]:
-    """A config as train_config.json holds it: every field, the corpora by name (a path or Hub
-    id as given; in-memory data by size and digest, not whole)."""
-    record = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    """A config as train_config.json holds it: every setting (not the `REQUESTS`), the corpora
+    by name (a path or Hub id as given; in-memory data by size and digest, not whole)."""
+    record = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in REQUESTS}
     for name in ("data", "eval_data"):
         if name in record:
             record[name] = describe_source(record[name])
@@ -169,7 +176,7 @@ def write_config(out: Path, cfg: TrainConfig) -> None:
 # match the run's train_config.json, or the resumed half would be another experiment.
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "eval_every", "save_every", "save_total_limit", "log_every",
-    "eval_batch_size", "load_best", "report_to", "push_to_hub", "quiet", "num_workers",
+    "eval_batch_size", "load_best", "report_to", "quiet", "num_workers",
     "cache_dir", "no_cache", "compile", "compile_mode", "skip_base_eval", "resume",
     "overwrite", "output",
 })
@@ -211,6 +218,13 @@ def read_run_config(run: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise MlmkitError(f"{path}: expected a JSON object of settings")
     return saved
+
+
+def resumed_settings(run: Path) -> dict[str, Any]:
+    """The settings a resume of `run` starts from: its own, without where it was written and
+    how, and without a request an older mlmkit stored there (`REQUESTS`)."""
+    return {k: v for k, v in read_run_config(run).items()
+            if k not in {"output", "resume", "overwrite", *REQUESTS}}
 
 
 def check_resume_settings(cfg: TrainConfig, saved: dict[str, Any], run: Path) -> None:

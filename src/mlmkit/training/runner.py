@@ -18,12 +18,19 @@ def train(cfg: TrainConfig | None = None, *, command: str | None = None,
 
     Settings come as a `TrainConfig`, as keywords (`train(model=..., data=..., output=...)`),
     or both (keywords win). `data` may be a list of texts or a `datasets.Dataset`. Quiet unless
-    `quiet=False`. `command` is what the model card records as the command that ran; `reads`,
-    the (flag, path) pairs of files the caller read the settings from (a config file), which
+    `quiet=False`. With `push_to_hub`, the Hub login is checked before anything else and the
+    result published at the end, also when a resumed run had finished (`TrainResult.hub_url`).
+    `command` is what the model card records as the command that ran; `reads`, the (flag,
+    path) pairs of files the caller read the settings from (a config file), which
     --overwrite then never deletes, as it never deletes the model or data.
     """
     cfg = replace(cfg, **settings) if cfg is not None else TrainConfig(**settings)
     validate(cfg)
+    if cfg.push_to_hub:  # before any file is written: not after hours of training
+        from mlmkit.io.hub import check_push_access
+        from mlmkit.settings import flag_of
+
+        check_push_access(cfg.push_to_hub, f"{flag_of('push_to_hub')} {cfg.push_to_hub}")
     # Imported here: each recipe pulls in its own framework, and Keras may not be installed.
     if cfg.backend == "keras":
         from mlmkit.training.keras_recipe import train_keras
