@@ -338,6 +338,42 @@ def test_aliases_are_hidden_from_the_lists_and_shown_in_their_own_section(capsys
         assert alias in shown or alias in ("--text_field", "--no_sparse_head", "--eval_every")
 
 
+# run_mlm.py's README command for one's own files, verbatim but for the model, the files and
+# --max_steps (examples/pytorch/language-modeling/README.md of huggingface/transformers).
+RUN_MLM_README = """python run_mlm.py \\
+    --model_name_or_path roberta-base \\
+    --train_file path_to_train_file \\
+    --validation_file path_to_validation_file \\
+    --per_device_train_batch_size 8 \\
+    --per_device_eval_batch_size 8 \\
+    --do_train \\
+    --do_eval \\
+    --output_dir /tmp/test-mlm"""
+
+
+def test_a_pasted_run_mlm_command_trains_to_the_end(capsys, tiny_roberta, sample_records,
+                                                    tmp_path):
+    texts = [" ".join(r["answers"]["text"]) for r in sample_records[:60]]
+    (tmp_path / "train.txt").write_text("\n".join(texts[:50]) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(texts[50:]) + "\n")
+    out = tmp_path / "test-mlm"
+    command = (RUN_MLM_README.replace("roberta-base", str(tiny_roberta))
+               .replace("path_to_train_file", str(tmp_path / "train.txt"))
+               .replace("path_to_validation_file", str(tmp_path / "valid.txt"))
+               .replace("/tmp/test-mlm", str(out)) + " --max_steps 2")
+    argv = shlex.split(command.replace("\\\n", " "))[2:]
+    code, stdout, err = run(capsys, "train", *argv)
+    assert code == 0, err
+    assert f"saved {out} (2 steps" in stdout
+    assert "note: --do_train: accepted, no effect" in err
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["data"], saved["eval_data"]) == (str(tmp_path / "train.txt"),
+                                                   str(tmp_path / "valid.txt"))
+    assert (saved["batch_size"], saved["eval_batch_size"], saved["max_steps"]) == (8, 8, 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["perplexity"] > 1
+
+
 # The same lines through every way in: two to fill, one without a mask, two blank ones.
 LINES = ["The sun is a <mask> star.", "", "nothing to fill", "   ", "Why is the <mask> blue?"]
 

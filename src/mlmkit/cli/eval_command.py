@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.cli.flags import add_command, add_model_argument, add_settings_flags, settings_from
 from mlmkit.config import EvalConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    e = add_command(sub, "eval", usage="%(prog)s [-h] [--config FILE] [--json] [--model MODEL] "
-                    "[--data DATA]\n" + " " * 19 + "[--SETTING VALUE ...]")
+    e = add_command(sub, "eval", usage="%(prog)s [-h] [--config FILE] [--json] "
+                    "[MODEL | --model MODEL]\n" + " " * 19 + "[--data DATA] [--SETTING VALUE ...]")
     e.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    add_model_argument(e, "optional")
     add_settings_flags(e, EvalConfig)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mlmkit.cli.flags import add_command
+from mlmkit.cli.flags import add_command, add_model_argument
 from mlmkit.cli.results import (
     add_engine_flags,
     add_input_flags,
@@ -18,7 +18,7 @@ from mlmkit.io.inputs import LineTally, check_io_paths
 
 def register(sub: argparse._SubParsersAction) -> None:
     f = add_command(sub, "fill")
-    f.add_argument("model", help="Hub id or local model directory")
+    add_model_argument(f, "texts")
     f.add_argument("texts", nargs="*", help="texts with a mask, written <mask> or [MASK] "
                    "whatever the model's own mask token; '-' or none reads stdin")
     add_input_flags(f)

@@ -1,4 +1,4 @@
-"""Flags generated from the settings dataclasses, their run_mlm.py aliases, and the parser.
+"""Flags generated from the settings dataclasses, and the parser that reads them.
 
 Every settings field is one kebab-case flag with the field's help text and allowed range, so
 the CLI, config files and the Python API cannot drift apart.
@@ -7,45 +7,32 @@ the CLI, config files and the Python API cannot drift apart.
 from __future__ import annotations
 
 import argparse
-import textwrap
+import difflib
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import Any, NoReturn
 
+from mlmkit.cli.compat import RUN_MLM, CompatError
 from mlmkit.cli.helptext import COMMANDS
+from mlmkit.cli.rewrite import compat_help, translate
 from mlmkit.settings import ENGINE_GROUPS, GROUPS, allowed, build_config, read_config_file
 
 # The command line shows progress unless --quiet; the Python API is quiet unless asked.
 CLI_DEFAULTS = {"quiet": False}
 
-# Names from transformers' run_mlm.py / TrainingArguments -> the field they set. Every flag is
-# also accepted in snake_case, which covers the names run_mlm.py shares with mlmkit
-# (--learning_rate, --max_steps, ...). Hidden from the lists, shown in one epilog section.
-RUN_MLM_NAMES = {
-    "model_name_or_path": "model",
-    "train_file": "data",
-    "dataset_name": "data",
-    "dataset_config_name": "data_config",
-    "validation_file": "eval_data",
-    "max_seq_length": "block_size",
-    "per_device_train_batch_size": "batch_size",
-    "per_device_eval_batch_size": "eval_batch_size",
-    "num_train_epochs": "epochs",
-    "output_dir": "output",
-    "overwrite_output_dir": "overwrite",
-    "resume_from_checkpoint": "resume",
-}
-RUN_MLM_SAME_NAMES = ("mlm_probability", "line_by_line", "seed", "learning_rate", "weight_decay",
-                      "gradient_accumulation_steps", "warmup_ratio", "max_steps",
-                      "save_total_limit", "report_to")
-
-
 class Parser(argparse.ArgumentParser):
-    """argparse, with one change: an abbreviation that matches a flag and its aliases only
-    (--learning: --learning-rate and --learning_rate) is that flag, not an ambiguity.
+    """argparse, with these changes:
+
+    - a pasted run_mlm.py command is rewritten into mlmkit's flags first (`compat`, for the
+      commands that train or evaluate; the table is compat.RUN_MLM);
+    - an abbreviation that matches a flag and its aliases only (--learning: --learning-rate and
+      --learning_rate) is that flag, not an ambiguity;
+    - an unknown flag is one line, with "did you mean" the closest flag;
+    - a model given as MODEL or --model MODEL is `model` either way (`add_model_argument`).
 
     `flag_dests` (every flag and alias -> its destination) is filled as flags are added."""
 
-    commands: dict[str, argparse.ArgumentParser] | None = None
+    compat = False
+    model_slot: str | None = None  # how add_model_argument added the model: see there
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
@@ -58,8 +45,85 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         if args is not None:
+            args = list(args)
+            if self.compat:
+                try:
+                    args = translate(args, self._option_string_actions, self.prog.split()[-1])
+                except CompatError as e:
+                    self.fail(str(e))
             args = [_expand(a, self.flag_dests) if isinstance(a, str) else a for a in args]
-        return super().parse_known_args(args, namespace)
+        ns, extra = super().parse_known_args(args, namespace)
+        unknown = [a for a in extra if a.startswith("-") and a != "-" and not _number(a)]
+        if unknown:
+            self.fail(f"unrecognized argument{'s' * (len(unknown) > 1)} {' '.join(unknown)}"
+                      + self._did_you_mean(unknown))
+        self._resolve_model(ns)
+        return ns, extra
+
+    def fail(self, message: str) -> NoReturn:
+        """A usage error in one line (argparse's `error` prints the usage first)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _did_you_mean(self, unknown: list[str]) -> str:
+        flags = [f for f in self._option_string_actions if f.startswith("--")]
+        if self.compat:
+            flags += ["--" + name for name in RUN_MLM]
+        for word in unknown:
+            close = difflib.get_close_matches(word.partition("=")[0], flags, n=1, cutoff=0.75)
+            if close:
+                return f" (did you mean {close[0]}?)"
+        return ""
+
+    def _resolve_model(self, ns: argparse.Namespace) -> None:
+        if self.model_slot == "many":
+            positional, flagged = ns.models, ns.__dict__.pop("model_flags", None) or []
+            if positional and flagged and positional != flagged:
+                self.fail(f"models given twice, as {' '.join(positional)} and as --model "
+                          f"{' --model '.join(flagged)}: give them one way")
+            ns.models = positional or flagged
+            if not ns.models:
+                self.fail("the following arguments are required: MODEL (or --model MODEL)")
+            return
+        if self.model_slot is None:
+            return
+        positional, flagged = ns.__dict__.pop("model_arg", None), getattr(ns, "model", None)
+        if positional is not None and flagged is not None and positional != flagged:
+            if self.model_slot != "texts":
+                self.fail(f"model given twice, as {positional} and as --model {flagged}: "
+                          "give one")
+            ns.texts = [positional, *ns.texts]  # with --model, every word is a text
+        elif positional is not None:
+            ns.model = positional
+        elif flagged is None and self.model_slot != "optional":
+            self.fail("the following arguments are required: MODEL (or --model MODEL)")
+
+
+def add_model_argument(p: Parser, slot: str = "required", help: str = "Hub id or local "
+                       "model directory") -> None:
+    """The model as a positional MODEL or as --model MODEL, the same either way.
+
+    `slot`: "required"; "optional" (train/eval: --model comes from the settings, with its
+    default); "texts" (fill/score: with --model given, a first word that differs is a text);
+    "many" (probe: MODEL... or --model repeated)."""
+    p.model_slot = slot
+    if slot == "many":
+        p.add_argument("models", nargs="*", metavar="MODEL", help=help)
+        p.add_argument("--model", dest="model_flags", action="append", metavar="MODEL",
+                       help="a model, as the positional MODEL (repeatable)")
+        return
+    p.add_argument("model_arg", nargs="?", default=None, metavar="MODEL",
+                   help=help + (" (or --model MODEL)" if slot != "optional" else
+                                " (the same as --model)"))
+    if slot != "optional":
+        p.add_argument("--model", default=argparse.SUPPRESS, help="the same as MODEL")
+
+
+def _number(arg: str) -> bool:
+    try:
+        float(arg)
+        return True
+    except ValueError:
+        return False
 
 
 def _expand(arg: str, dests: dict[str, str]) -> str:
@@ -104,31 +168,16 @@ def _flag(f: Any) -> tuple[str, dict[str, Any]]:
     return flag, kw
 
 
-def _aliases(flag: str, name: str) -> list[str]:
+def _aliases(flag: str) -> list[str]:
     snake = "--" + flag[2:].replace("-", "_")
-    return ([snake] if snake != flag else []) + [
-        "--" + alias for alias, target in RUN_MLM_NAMES.items() if target == name]
-
-
-def _alias_help(cls: type) -> str:
-    names = [f.name for f in fields(cls)]
-    rows = [(", ".join("--" + a for a, n in RUN_MLM_NAMES.items() if n == name),
-             "--" + name.replace("_", "-"))
-            for name in dict.fromkeys(RUN_MLM_NAMES.values()) if name in names]
-    same = ", ".join("--" + n for n in RUN_MLM_SAME_NAMES if n in names)
-    return "\n".join([
-        "run_mlm.py names (accepted, not listed above; each sets the same setting):",
-        *(f"  {aliases:<30} = {flag}" for aliases, flag in rows),
-        "  and every flag spelled with _ for - (--block_size = --block-size), so also",
-        "  run_mlm.py's own names:",
-        *textwrap.wrap(same, 76, initial_indent="  ", subsequent_indent="  ")])
+    return [snake] if snake != flag else []
 
 
 def add_settings_flags(parser: Parser, cls: type, only: tuple[str, ...] | None = None,
                        run_mlm: bool = True) -> None:
     """A flag per field of `cls` (or of the fields named in `only`), listed in the section its
-    `group` names, plus its hidden aliases (snake_case; run_mlm.py's names if `run_mlm`),
-    which set the same field."""
+    `group` names, plus its hidden snake_case alias; with `run_mlm`, run_mlm.py's and
+    TrainingArguments' flags are read too (compat.RUN_MLM)."""
     chosen = [f for f in fields(cls) if only is None or f.name in only]
     titles = {**GROUPS, **ENGINE_GROUPS}
     used = {f.metadata["group"] for f in chosen}
@@ -139,12 +188,13 @@ def add_settings_flags(parser: Parser, cls: type, only: tuple[str, ...] | None =
         section = sections[f.metadata["group"]]
         section.add_argument(flag, **kw)
         dests[flag] = f.name
-        aliases = _aliases(flag, f.name) if run_mlm else _aliases(flag, "")
-        for alias in aliases:
+        for alias in _aliases(flag):
             section.add_argument(alias, **{**kw, "help": argparse.SUPPRESS})
             dests[alias] = f.name
     if run_mlm:
-        parser.epilog = "\n\n".join(filter(None, [parser.epilog, _alias_help(cls)]))
+        parser.compat = True
+        names = {f.name for f in fields(cls)}
+        parser.epilog = "\n\n".join(filter(None, [parser.epilog, compat_help(names)]))
 
 
 def add_command(sub: Any, name: str, **kw: Any) -> Parser:

@@ -7,10 +7,8 @@ flags are generated from the config dataclasses, so the CLI and the Python API c
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
-import re
 import sys
 
 from mlmkit.cli import (
@@ -46,33 +44,20 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
         command.register(sub)
-    p.commands = sub.choices  # name -> its parser, for "did you mean"
     return p
 
 
 def _parse(parser: Parser, argv: list[str]) -> argparse.Namespace:
+    # An unknown flag was refused by its command's parser, with "did you mean".
     ns, extra = parser.parse_known_args(argv)
     # argparse gives the texts of `fill`/`score` only the words before the first option
     # ("fill MODEL --top-k 3 TEXT" would leave TEXT unrecognized): words after options are
     # texts too, in order.
-    if extra and hasattr(ns, "texts") and not any(a.startswith("-") and a != "-" for a in extra):
+    if extra and hasattr(ns, "texts"):
         ns.texts = [*ns.texts, *extra]
     elif extra:
-        hint = _did_you_mean(parser, argv, extra)
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        parser.fail(f"unrecognized arguments: {' '.join(extra)}")
     return ns
-
-
-def _did_you_mean(parser: Parser, argv: list[str], extra: list[str]) -> str:
-    command = next((a for a in argv if a in COMMANDS), None)
-    if command is None or not parser.commands:
-        return ""
-    flags = re.findall(r"--[\w-]+", parser.commands[command].format_help())
-    for word in extra:
-        close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.75)
-        if word.startswith("--") and close:
-            return f" (did you mean {close[0]}?)"
-    return ""
 
 
 def _quiet_libraries() -> None:

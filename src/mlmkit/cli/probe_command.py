@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.cli.flags import add_command, add_model_argument, add_settings_flags, settings_from
 from mlmkit.config import EngineConfig
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import atomic_write
@@ -15,8 +15,8 @@ from mlmkit.io.files import atomic_write
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "probe")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="Hub ids or local model "
-                   "directories; the first is the base the others are compared with")
+    add_model_argument(p, "many", help="Hub ids or local model directories; the first is the "
+                       "base the others are compared with")
     p.add_argument("--task", choices=("pairs", "cloze", "bias"), default=None,
                    help="default: guessed from the first record's fields (sentence_good: "
                    "pairs, masked_sentences: cloze, sent_more: bias)")

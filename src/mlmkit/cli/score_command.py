@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mlmkit.cli.flags import add_command
+from mlmkit.cli.flags import add_command, add_model_argument
 from mlmkit.cli.results import (
     add_engine_flags,
     add_input_flags,
@@ -19,7 +19,7 @@ from mlmkit.io.inputs import LineTally, check_io_paths
 
 def register(sub: argparse._SubParsersAction) -> None:
     c = add_command(sub, "score")
-    c.add_argument("model", help="Hub id or local model directory")
+    add_model_argument(c, "texts")
     c.add_argument("texts", nargs="*", help="texts to score; '-' or none reads stdin")
     add_input_flags(c, ' (with --rescore: n-best records, JSON lines)')
     c.add_argument("--metric", default="original", help="original (one token masked at a "

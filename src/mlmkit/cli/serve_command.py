@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.cli.flags import add_command, add_model_argument, add_settings_flags, settings_from
 from mlmkit.config import ServeConfig
 from mlmkit.errors import MlmkitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = add_command(sub, "serve")
-    s.add_argument("model", help="Hub id or local model directory")
+    add_model_argument(s)
     add_settings_flags(s, ServeConfig, run_mlm=False)
 
 

@@ -7,15 +7,16 @@ import os
 import shlex
 from pathlib import Path
 
-from mlmkit.cli.flags import add_command, add_settings_flags, settings_from
+from mlmkit.cli.flags import add_command, add_model_argument, add_settings_flags, settings_from
 from mlmkit.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     # The generated usage would list every setting; the sections do that better.
-    t = add_command(sub, "train", usage="%(prog)s [-h] [--config FILE] [--model MODEL] "
+    t = add_command(sub, "train", usage="%(prog)s [-h] [--config FILE] [MODEL | --model MODEL] "
                     "[--data DATA]\n" + " " * 20 + "[--output DIR] [--SETTING VALUE ...]")
     t.add_argument("--config", metavar="FILE", help="YAML/TOML file of settings (flags win)")
+    add_model_argument(t, "optional")
     add_settings_flags(t, TrainConfig)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mlmkit.cli.flags import add_command
+from mlmkit.cli.flags import add_command, add_model_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, what in (("audit", "tokens per word and the costliest words"),
                        ("extend", "add the costliest words as whole-word tokens")):
         c = v.add_parser(name, help=what, description=what)
-        c.add_argument("model", help="Hub id or local model directory")
+        add_model_argument(c)
         c.add_argument("--data", required=True, help="corpus, as for train: files, a directory, "
                        "a glob or a Hub dataset id")
         c.add_argument("--text-field", action="append", default=[], metavar="FIELD",
