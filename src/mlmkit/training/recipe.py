@@ -310,9 +310,8 @@ class Recipe:
         s = self.state
         step = exported["step"] if exported else (s.history[-1]["step"] if s.history else None)
         entry = next((h for h in reversed(s.history) if h["step"] == step), None)
-        final = Metrics(**{k: entry[k] for k in ("loss", "perplexity", "tokens", "blocks")}
-                        ) if entry else None
-        return TrainResult(output_dir=self.out, base=Metrics(**s.base) if s.base else None,
+        final = Metrics.from_dict(entry) if entry else None
+        return TrainResult(output_dir=self.out, base=Metrics.from_dict(s.base) if s.base else None,
                            final=final, history=s.history, steps=s.step,
                            train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
 
