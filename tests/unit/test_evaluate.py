@@ -175,3 +175,20 @@ def test_accuracy_is_in_metrics_json_before_and_after(trained_roberta):
     assert saved["final"]["top5_accuracy"] == pytest.approx(m.top5_accuracy, abs=1e-9)
     assert saved["base"]["accuracy"] == r.base.accuracy < r.final.accuracy
     assert all("accuracy" in h for h in saved["history"])
+
+
+def test_eval_prints_the_accuracy(trained_roberta, capsys):
+    from mlmkit.cli.main import main
+
+    cfg, _ = trained_roberta
+    args = ["eval", "--model", cfg.output, "--data", cfg.data, "--text-field", "answers.text",
+            "--limit", str(cfg.limit), "--block-size", str(cfg.block_size), "--quiet",
+            "--device", "cpu", "--cache-dir", cfg.cache_dir]
+    final = json.loads((Path(cfg.output) / "metrics.json").read_text())["final"]
+    assert main(args) == 0
+    assert (f"top-1 accuracy {final['accuracy']:.1%}, top-5 {final['top5_accuracy']:.1%} on "
+            f"{final['tokens']:,} masked tokens") in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["accuracy"] == pytest.approx(final["accuracy"], abs=1e-9)
+    assert got["top5_accuracy"] == pytest.approx(final["top5_accuracy"], abs=1e-9)

@@ -41,6 +41,12 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def accuracy_text(self) -> str:
+        """"top-1 accuracy 31.2%, top-5 50.0%", or "" when they were not measured."""
+        if self.accuracy is None or self.top5_accuracy is None:
+            return ""
+        return f"top-1 accuracy {self.accuracy:.1%}, top-5 {self.top5_accuracy:.1%}"
+
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Metrics:
         """The metrics of a saved record (metrics.json, a run's state), its other keys ignored."""
