@@ -257,8 +257,8 @@ def render_report(base: Any, final: Any, guesses: list[Guess], knowledge: Guess 
         fell = sum(g.tuned_rank > g.base_rank for g in guesses) / len(guesses)
         lines += ["", f"What adapting to ELI5 changed: of {len(guesses):,} held-out words "
                       "masked one at a time, the tuned model",
-                  f"ranks the true word higher for {rose:.0%}, lower for {fell:.0%}. First {EXAMPLES} "
-                  "it gets and the base missed:"]
+                  f"ranks the true word higher for {rose:.0%}, lower for {fell:.0%}. "
+                  f"First {EXAMPLES} it gets and the base missed:"]
         for g in pick_examples(guesses):
             lines += [f"  {_clip(g.text)}  [{g.word}]",
                       f"    base  #{g.base_rank:<6,} {_top_text(g.base_top)}",
