@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +105,18 @@ def fetch_pinned_model(pinned: PinnedModel = BERT_TINY_SPLADE, timeout: float = 
 
 # --------------------------------------------------------------------------- the demo
 
+# Fill probes of general knowledge, outside ELI5's register (bench/demo_sweep.py prints them
+# all); the demo shows what adapting did to the first.
 SENTENCES = [
     "The Milky Way is a <mask> galaxy.",
     "Paris is the <mask> of France.",
     "I went to the <mask> to buy some bread.",
     "Water is made of hydrogen and <mask>.",
 ]
+KNOWLEDGE = SENTENCES[0]
+EXAMPLES = 3  # held-out sentences shown, by the rule in `pick_examples`
+SENTENCES_SCANNED = 60  # held-out sentences whose words are tried, in corpus order
+_WORD = re.compile(r"(?<![\w'])[A-Za-z]{3,}(?![\w'])")
 
 
 @dataclass
@@ -121,18 +129,145 @@ class DemoSettings:
     warmup_ratio: float = 0.06
 
 
-def _top(fm: Any, text: str, k: int = 3) -> list[tuple[str, float]]:
-    return [(r["token_str"].strip(), r["score"]) for r in fm(text, top_k=k)]
+@dataclass
+class Guess:
+    """One masked word of a held-out sentence, as base and tuned model see it."""
+
+    text: str  # the sentence with the word masked (as `<mask>`)
+    word: str
+    base_rank: int  # 1: the model's first guess is the word
+    tuned_rank: int
+    base_top: list[tuple[str, float]]  # the three first guesses with their probabilities
+    tuned_top: list[tuple[str, float]]
 
 
-def _side_by_side(before: list, after: list) -> list[str]:
-    def show(top: list) -> str:
-        return ", ".join(f"{w} {s:.2f}" for w, s in top)
+def held_out_sentences(cfg: Any, most: int = SENTENCES_SCANNED) -> list[str]:
+    """The first `most` sentences of 8-30 words of the records that training held out of
+    `cfg.data` (the same split: `is_eval_record` with the run's seed and eval_fraction)."""
+    import numpy as np
 
-    rows = [(t, show(b), show(a)) for t, b, a in zip(SENTENCES, before, after)]
-    w1 = max(len(r[0]) for r in rows) + 2
-    w2 = max(len(r[1]) for r in rows) + 2
-    return [f"{'':{w1}}{'before':{w2}}after"] + [f"{t:{w1}}{b:{w2}}{a}" for t, b, a in rows]
+    from mlmkit.io.sources import is_eval_record, iter_texts
+
+    found: list[str] = []
+    for idx, text in iter_texts(cfg):
+        if not is_eval_record(np.array([idx]), cfg.seed, cfg.eval_fraction)[0]:
+            continue
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if 8 <= len(sentence.split()) <= 30 and "http" not in sentence:
+                found.append(sentence)
+                if len(found) == most:
+                    return found
+    return found
+
+
+def _masked_words(sentence: str, tokenizer: Any) -> list[tuple[str, str, int]]:
+    """(sentence with the word as `<mask>`, word, its token id) for every word of 3+ letters
+    that is one token of `tokenizer`, so that one mask stands for exactly the word."""
+    out = []
+    for m in _WORD.finditer(sentence):
+        ids = tokenizer(" " + m.group(), add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out.append((sentence[:m.start()] + "<mask>" + sentence[m.end():], m.group(), ids[0]))
+    return out
+
+
+def _rank_and_top(model_dir: str, texts: list[str], targets: list[int], batch: int = 64
+                  ) -> list[tuple[int, list[tuple[str, float]]]]:
+    """For each text's one mask: the rank of `targets[i]` among the vocabulary's logits (1 is
+    the first guess) and the three first guesses with their probabilities."""
+    import torch
+
+    from mlmkit.modeling.load import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(model_dir), load_model(model_dir).eval()
+    out = []
+    for start in range(0, len(texts), batch):
+        chunk = [t.replace("<mask>", tok.mask_token) for t in texts[start:start + batch]]
+        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True)
+        with torch.inference_mode():
+            logits = model(**enc).logits[enc["input_ids"] == tok.mask_token_id].float()
+        want = torch.tensor(targets[start:start + batch])
+        ranks = (logits > logits.gather(1, want[:, None])).sum(1) + 1
+        probs, ids = logits.softmax(-1).topk(3, dim=-1)
+        for r, p, i in zip(ranks.tolist(), probs.tolist(), ids.tolist()):
+            out.append((r, [(tok.decode([t]).strip(), q) for t, q in zip(i, p)]))
+    return out
+
+
+def rank_guesses(base: str, tuned: str, sentences: list[str]) -> list[Guess]:
+    """Every one-token word of `sentences`, masked in turn, ranked by both models (which share
+    the tokenizer: the tuned model is the base adapted)."""
+    from mlmkit.modeling.load import load_tokenizer
+
+    tok = load_tokenizer(tuned)
+    cases = [c for s in sentences for c in _masked_words(s, tok)]
+    texts, targets = [c[0] for c in cases], [c[2] for c in cases]
+    before, after = _rank_and_top(base, texts, targets), _rank_and_top(tuned, texts, targets)
+    return [Guess(t, w, b[0], a[0], b[1], a[1])
+            for (t, w, _), b, a in zip(cases, before, after)]
+
+
+def pick_examples(guesses: list[Guess], n: int = EXAMPLES) -> list[Guess]:
+    """The rule, fixed before looking: in corpus order, the first word of each sentence that the
+    tuned model now gets right (its first guess) and the base model did not; the first `n`
+    such sentences."""
+    chosen: list[Guess] = []
+    seen: set[str] = set()
+    for g in guesses:
+        sentence = g.text.replace("<mask>", g.word)
+        if g.tuned_rank == 1 < g.base_rank and sentence not in seen:
+            seen.add(sentence)
+            chosen.append(g)
+            if len(chosen) == n:
+                break
+    return chosen
+
+
+def _top_text(top: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{w} {p:.2f}" for w, p in top)
+
+
+def _clip(text: str, width: int = 74) -> str:
+    """`text` cut to `width` characters around its mask."""
+    if len(text) <= width:
+        return text
+    at = text.index("<mask>")
+    start = max(0, min(at - width // 2, len(text) - width))
+    return ("…" if start else "") + text[start:start + width].strip() + (
+        "…" if start + width < len(text) else "")
+
+
+def render_report(base: Any, final: Any, guesses: list[Guess], knowledge: Guess | None
+                  ) -> list[str]:
+    """The demo's result in at most ~22 lines: perplexity and accuracy of base and tuned model
+    on the held-out masks, the held-out words chosen by `pick_examples`, and one sentence of
+    general knowledge. `base` and `final` are Metrics."""
+    row = "  {:<38}{:>10}  {:>10}{}".format
+    lines = [row(f"{final.tokens:,} held-out masked tokens", "base", "tuned", ""),
+             row("perplexity (lower is better)", f"{base.perplexity:,.1f}",
+                 f"{final.perplexity:,.1f}",
+                 f"  ({base.perplexity / final.perplexity:.1f}x lower)")]
+    for label, key in (("top-1 accuracy (first guess right)", "accuracy"),
+                       ("top-5 accuracy (right in 5 guesses)", "top5_accuracy")):
+        lines.append(row(label, f"{getattr(base, key):.1%}", f"{getattr(final, key):.1%}", ""))
+    lines.append(f"The tuned model's first guess is right {final.accuracy:.1%} of the time, up "
+                 f"from {base.accuracy:.1%}.")
+    if guesses:
+        rose = sum(g.tuned_rank < g.base_rank for g in guesses) / len(guesses)
+        fell = sum(g.tuned_rank > g.base_rank for g in guesses) / len(guesses)
+        lines += ["", f"What adapting to ELI5 changed: of {len(guesses):,} held-out words "
+                      "masked one at a time, the tuned model",
+                  f"ranks the true word higher for {rose:.0%}, lower for {fell:.0%}. "
+                  f"First {EXAMPLES} it gets and the base missed:"]
+        for g in pick_examples(guesses):
+            lines += [f"  {_clip(g.text)}  [{g.word}]",
+                      f"    base  #{g.base_rank:<6,} {_top_text(g.base_top)}",
+                      f"    tuned #{g.tuned_rank:<6,} {_top_text(g.tuned_top)}"]
+    if knowledge is not None:
+        lines += ["", f"General knowledge, outside ELI5: {knowledge.text}",
+                  f"    base  {_top_text(knowledge.base_top)}",
+                  f"    tuned {_top_text(knowledge.tuned_top)}"]
+    return lines
 
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # in a clone of the repository
@@ -146,14 +281,27 @@ def default_demo_data() -> str:
     return str(sample)
 
 
+def _knowledge(base: str, tuned: str) -> Guess:
+    from mlmkit.modeling.load import load_tokenizer
+
+    word = "spiral"  # the true answer; only its ranks are read from it
+    target = load_tokenizer(tuned)(" " + word, add_special_tokens=False)["input_ids"][0]
+    (b_rank, b_top), = _rank_and_top(base, [KNOWLEDGE], [target])
+    (t_rank, t_top), = _rank_and_top(tuned, [KNOWLEDGE], [target])
+    return Guess(KNOWLEDGE, word, b_rank, t_rank, b_top, t_top)
+
+
 def run_demo(data: str, output: str, settings: DemoSettings | None = None,
              quiet: bool = False) -> dict[str, Any]:
     """Adapt the pinned pretrained model to `data` and print what changed; falls back to the
     from-scratch tiny RoBERTa of `assets/` when the model cannot be fetched."""
+    import torch
+
     from mlmkit.config import TrainConfig
-    from mlmkit.inference.fill import FillMask
+    from mlmkit.training.card import describe_hardware
     from mlmkit.training.runner import train
 
+    started = time.perf_counter()
     s = settings or DemoSettings()
     try:
         model = str(fetch_pinned_model())
@@ -168,21 +316,21 @@ def run_demo(data: str, output: str, settings: DemoSettings | None = None,
         scratch = True
     if scratch:  # the settings of the from-scratch demo before the pretrained one existed
         s = DemoSettings(epochs=3, learning_rate=1e-3, batch_size=32, warmup_ratio=0.06)
-    before = None if scratch else [_top(FillMask(model, device="cpu"), t) for t in SENTENCES]
     cfg = TrainConfig(model=model, data=data, text_field=["answers.text"], output=output,
                       overwrite=True, from_scratch=scratch, epochs=s.epochs,
                       learning_rate=s.learning_rate, batch_size=s.batch_size,
                       warmup_ratio=s.warmup_ratio, quiet=quiet)
     result = train(cfg)
-    after = [_top(FillMask(output, device="cpu"), t) for t in SENTENCES]
-    base, final = result.base.perplexity, result.final.perplexity
-    print(f"\nfixed-mask perplexity on {result.base.tokens:,} held-out masked tokens: "
-          f"{base:,.1f} before, {final:,.1f} after ({base / final:.1f}x lower), "
-          f"{result.train_seconds:.0f} s of training")
-    print("\nfill-mask top-3:")
-    print("\n".join(_side_by_side(before or [[("(random init)", 0.0)]] * len(SENTENCES),
-                                   after)))
-    print(f"\nthe adapted model: {output} (transformers.pipeline('fill-mask', '{output}') "
+    # A random initialisation has no weights to rank words with: no examples then.
+    guesses = [] if scratch else rank_guesses(model, output, held_out_sentences(cfg))
+    knowledge = None if scratch else _knowledge(model, output)
+    print("\n" + "\n".join(render_report(result.base, result.final, guesses, knowledge)))
+    seconds = time.perf_counter() - started
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"\ntook {seconds:.0f} s ({result.train_seconds:.0f} s of training) on "
+          f"{describe_hardware()}; torch device {device}")
+    print(f"the adapted model: {output} (transformers.pipeline('fill-mask', '{output}') "
           "loads it)")
-    return {"base": base, "final": final, "before": before, "after": after,
-            "train_seconds": result.train_seconds, "from_scratch": scratch}
+    return {"base": result.base, "final": result.final, "guesses": guesses,
+            "knowledge": knowledge, "seconds": seconds, "train_seconds": result.train_seconds,
+            "from_scratch": scratch}

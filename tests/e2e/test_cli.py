@@ -66,6 +66,10 @@ def test_train_prints_perplexity_before_and_after(capsys, tiny_roberta, sample_p
     assert f"perplexity before: {metrics['base']['perplexity']:.3f}" in stdout
     assert f"perplexity after:  {metrics['final']['perplexity']:.3f}" in stdout
     assert f"saved {out} (3 steps" in stdout
+    for when in ("base", "final"):
+        m = metrics[when]
+        assert (f"top-1 accuracy {m['accuracy']:.1%}, top-5 {m['top5_accuracy']:.1%}"
+                in stdout)
 
 
 def test_eval_json_matches_training_metrics(capsys, trained_roberta, model_dir):

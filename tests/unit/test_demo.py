@@ -11,6 +11,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlmkit import FillMask, TrainConfig, train
@@ -111,3 +112,85 @@ def test_a_short_adaptation_lowers_perplexity(splade, sample_path, tmp_path):
                           output=str(tmp_path / "run"), quiet=True))
     assert r.final.perplexity < r.base.perplexity / 3
     assert r.base.perplexity > 1000  # the SPLADE head before adaptation fills oddly
+
+
+def guess(text, word, base_rank, tuned_rank):
+    return demo_module.Guess(text, word, base_rank, tuned_rank, [("x", 0.5)], [(word, 0.4)])
+
+
+def test_examples_are_picked_by_the_stated_rule():
+    guesses = [guess("A <mask> b.", "a", 100, 2),  # rose, but not the first guess
+               guess("A a <mask>.", "b", 1, 1),  # the base guessed it too
+               guess("<mask> c d.", "C", 2000, 1),
+               guess("C <mask> d.", "c", 30, 1),  # the same sentence as the one before
+               guess("E <mask> f.", "e", 5, 20),  # fell
+               guess("G <mask> h.", "g", 2, 1),
+               guess("I <mask> j.", "i", 60, 1)]
+    picked = demo_module.pick_examples(guesses)
+    # Corpus order, one per sentence, only words now guessed first that the base missed.
+    assert [g.word for g in picked] == ["C", "g", "i"]
+
+
+def test_report_is_short_and_reads_at_a_glance():
+    from mlmkit.training.perplexity import Metrics
+
+    base = Metrics(loss=8.26, perplexity=3864.3, tokens=2715, blocks=100, accuracy=0.021,
+                   top5_accuracy=0.052)
+    final = Metrics(loss=4.22, perplexity=68.4, tokens=2715, blocks=100, accuracy=0.312,
+                    top5_accuracy=0.503)
+    long = "word " * 30 + "so the <mask> rises " + "word " * 30
+    guesses = [guess(long, "air", 900, 1), guess("B <mask> b.", "b", 4, 8),
+               guess("C <mask> c.", "c", 40, 1), guess("D <mask> d.", "d", 3, 1),
+               guess("F <mask> f.", "f", 3, 1)]
+    knowledge = demo_module.Guess(demo_module.KNOWLEDGE, "spiral", 2, 7, [("spiral", 0.3)],
+                                  [("big", 0.1)])
+    lines = demo_module.render_report(base, final, guesses, knowledge)
+    text = "\n".join(lines)
+    assert len(lines) <= 21 and max(map(len, lines)) <= 100
+    assert "first guess is right 31.2% of the time, up from 2.1%" in text
+    assert "3,864.3" in text and "68.4" in text and "56.5x lower" in text
+    assert "50.3%" in text and "5.2%" in text
+    assert "of 5 held-out words" in text and "higher for 80%, lower for 20%" in text
+    assert "so the <mask> rises" in text and "[air]" in text and "#900" in text
+    assert text.index("[air]") < text.index("[c]") < text.index("[d]")  # the rule's order
+    assert "[b]" not in text and "[f]" not in text  # three examples, by the rule
+    # The numbers line up under their headings.
+    head = lines[0]
+    assert head.split() == ["2,715", "held-out", "masked", "tokens", "base", "tuned"]
+    for number in ("3,864.3", "2.1%", "5.2%"):
+        line = next(line for line in lines if number in line)
+        assert line.index(number) + len(number) == head.index("base") + 4
+    assert "The Milky Way is a <mask> galaxy." in text and "tuned big 0.10" in text
+
+
+def test_held_out_sentences_come_from_the_held_out_records(sample_path, tiny_bert):
+    from mlmkit.io.sources import is_eval_record, iter_texts
+
+    cfg = TrainConfig(model=str(tiny_bert), data=str(sample_path), text_field=["answers.text"],
+                      output="unused")
+    sentences = demo_module.held_out_sentences(cfg, most=40)
+    assert len(sentences) == 40
+    texts = list(iter_texts(cfg))
+    held = " ".join(" ".join(t.split()) for i, t in texts
+                    if is_eval_record(np.array([i]), cfg.seed, cfg.eval_fraction)[0])
+    kept = " ".join(" ".join(t.split()) for i, t in texts
+                    if not is_eval_record(np.array([i]), cfg.seed, cfg.eval_fraction)[0])
+    assert all(s in held for s in sentences)
+    assert sum(s in kept for s in sentences) < 3  # not the training records' sentences
+
+
+def test_ranks_are_those_of_the_fill_mask_pipeline(trained_roberta, tiny_roberta):
+    from transformers import pipeline
+
+    tuned = trained_roberta[0].output
+    sentences = ["The water in the ocean is salty because rivers carry salt into it.",
+                 "Your brain needs sleep to store what you learned during the day."]
+    guesses = demo_module.rank_guesses(tuned, tuned, sentences)
+    assert len(guesses) > 6 and all(g.base_rank == g.tuned_rank for g in guesses)
+    fill = pipeline("fill-mask", model=tuned, device="cpu")
+    for g in guesses[:4]:
+        ranked = fill(g.text, top_k=fill.model.config.vocab_size)
+        word_id = fill.tokenizer(" " + g.word, add_special_tokens=False)["input_ids"]
+        assert [r["token"] for r in ranked].index(*word_id) + 1 == g.tuned_rank
+        assert [w for w, _ in g.tuned_top] == [r["token_str"].strip() for r in ranked[:3]]
+        assert [p for _, p in g.tuned_top] == pytest.approx([r["score"] for r in ranked[:3]])

@@ -215,3 +215,43 @@ def test_weights_of_an_earlier_export_in_another_layout_are_removed(loaded, tmp_
 
     reloaded = AutoModelForMaskedLM.from_pretrained(out)
     assert torch.equal(reloaded.lm_head.bias, model.lm_head.bias)
+
+
+def test_card_states_what_was_measured_and_what_ran(tmp_path):
+    metrics = run_metrics()
+    # A hash split holds each record out with probability eval_fraction: 23.6%, not 20%.
+    metrics["data"].update(train_records=764, eval_records=236, eval_held_out=True,
+                           line_by_line=False)
+    metrics["base"].update(accuracy=0.1, top5_accuracy=0.25)
+    metrics["final"].update(accuracy=0.3125, top5_accuracy=0.5)
+    config = run_config(HUB_MODEL, tmp_path / "x", epochs=1, max_steps=1)
+    text = render_model_card(card_info(HUB_MODEL, precision="bf16"), metrics, config).text
+    split = "236 of 1,000 records (23.6%) held out by eval_fraction 0.2, seed 42"
+    assert f"predicted tokens; {split})" in text and "20% of the records" not in text
+    assert f"| Held-out blocks | 40 (from {split}) |" in text
+    assert "Eval held out" not in text and "True" not in text and "| Line by line | no |" in text
+    assert "| Mixed precision | bf16 (asked: auto) |" in text
+    assert "| Epochs | 1 (capped at 1 step) |" in text
+    assert "| 12.35 | 10.0% | 25.0% |" in text and "| 7.89 | 31.2% | 50.0% |" in text
+    assert "first guess for a masked token is right 31.2% of the time, against 10.0%" in text
+
+    cpu = render_model_card(card_info(HUB_MODEL, precision="no"), metrics,
+                            run_config(HUB_MODEL, tmp_path / "x", mixed_precision="no")).text
+    assert "| Mixed precision | no (float32) |" in cpu
+    unknown = render_model_card(card_info(HUB_MODEL), metrics, config).text
+    assert "| Mixed precision | auto (what ran was not recorded) |" in unknown
+    eval_file = render_model_card(card_info(HUB_MODEL), metrics, run_config(
+        HUB_MODEL, tmp_path / "x", eval_data="held.jsonl")).text
+    assert "every record of `held.jsonl`" in eval_file and "records (" not in eval_file
+
+
+def test_card_of_metrics_without_accuracy_or_split_counts(tmp_path):
+    """metrics.json of a run recorded before accuracy and the counts existed still renders."""
+    metrics = run_metrics()
+    metrics["history"] = [dict(metrics["history"][0], step=s) for s in range(1, 43)]
+    text = render_model_card(card_info(HUB_MODEL), metrics,
+                             run_config(HUB_MODEL, tmp_path / "x")).text
+    assert "| 12.35 | not measured | not measured |" in text
+    assert "records held out by eval_fraction 0.2, seed 42" in text
+    assert "first guess" not in text
+    assert "Every 3rd evaluation" in text

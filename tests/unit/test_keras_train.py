@@ -69,6 +69,9 @@ def test_base_perplexity_is_the_same_on_both_backends(name, request, sample_path
     got = kt.keras_evaluate(to_keras(hf), fixed.inputs, fixed.labels, tok.pad_token_id, 16)
     assert (got.tokens, got.blocks) == (want.tokens, want.blocks)
     assert got.perplexity == pytest.approx(want.perplexity, rel=1e-4)
+    # The same hits, up to a near-tie the two backends' float rounding may order either way.
+    assert got.accuracy == pytest.approx(want.accuracy, abs=2 / want.tokens)
+    assert got.top5_accuracy == pytest.approx(want.top5_accuracy, abs=2 / want.tokens)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])

@@ -242,3 +242,18 @@ def test_write_failure_names_the_reason_and_the_disk_and_lets_other_errors_throu
     for e in (TypeError("x"), KeyboardInterrupt(), RuntimeError("CUDA out of memory"),
               OSError("no errno"), MlmkitError("a check")):
         assert write_failure("x", where, e) is None
+
+
+def test_a_runs_card_states_its_measured_split_precision_and_accuracy(trained_roberta):
+    cfg, r = trained_roberta
+    out = Path(cfg.output)
+    data = json.loads((out / "metrics.json").read_text())["data"]
+    card = (out / "README.md").read_text()
+    held, total = data["eval_records"], data["eval_records"] + data["train_records"]
+    assert f"{held:,} of {total:,} records ({held / total:.1%}) held out" in card
+    assert "Eval held out" not in card
+    ran = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() \
+        else "no (float32)"
+    assert f"| Mixed precision | {ran} (asked: auto) |" in card
+    assert (f"| {r.final.perplexity:,.2f} | {r.final.accuracy:.1%} | "
+            f"{r.final.top5_accuracy:.1%} |") in card

@@ -31,6 +31,7 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
     if ns.json:
         print(json.dumps({"model": cfg.model, **m.to_dict()}))
     else:
-        print(f"{cfg.model}: perplexity {m.perplexity:.3f} (loss {m.loss:.4f}) on {m.tokens:,} "
-              f"masked tokens in {m.blocks:,} blocks (eval seed {cfg.eval_seed})")
+        print(f"{cfg.model}: perplexity {m.perplexity:.3f} (loss {m.loss:.4f}), "
+              f"{m.accuracy_text()} on {m.tokens:,} masked tokens in {m.blocks:,} blocks "
+              f"(eval seed {cfg.eval_seed})")
     return 0

@@ -43,9 +43,12 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         return 0
     lines = [f"saved {r.output_dir} ({r.steps} steps, {r.train_seconds:.1f} s of training)"]
     if r.base:
-        lines.append(f"perplexity before: {r.base.perplexity:.3f} (loss {r.base.loss:.4f}, "
-                     f"{r.base.tokens:,} fixed masked tokens)")
+        lines.append(", ".join(filter(None, [
+            f"perplexity before: {r.base.perplexity:.3f} (loss {r.base.loss:.4f}, "
+            f"{r.base.tokens:,} fixed masked tokens)", r.base.accuracy_text()])))
     if r.final:
-        lines.append(f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})")
+        lines.append(", ".join(filter(None, [
+            f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})",
+            r.final.accuracy_text()])))
     print("\n".join([*lines, *published]))
     return 0

@@ -297,6 +297,14 @@ def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = Tr
     Uses the batch's `masked_index`/`masked_labels` (see `masking.sparse_targets`) when it has
     them, else the positions of `labels` that are not -100.
     """
+    loss, targets, _ = masked_lm_outputs(model, batch, sparse)
+    return loss, (targets != -100).sum()
+
+
+def masked_lm_outputs(model: Any, batch: dict[str, torch.Tensor], sparse: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of token losses, targets [n], logits [n, V]) at the predicted positions of a batch
+    (see `masked_lm_loss`); a target is -100 on a padding slot of `masked_index`."""
     if "masked_index" in batch:
         positions, targets = batch["masked_index"], batch["masked_labels"]
     else:
@@ -306,7 +314,7 @@ def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], sparse: bool = Tr
                            sparse)
     loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum",
                                              ignore_index=-100)
-    return loss, (targets != -100).sum()
+    return loss, targets, logits
 
 
 _DEVICES = "cpu, cuda, cuda:N, mps or auto"

@@ -34,6 +34,7 @@ class CardInfo:
     train_seconds: float
     from_scratch: bool = False
     license: str | None = None  # None: the local base model's license, when its card has one
+    precision: str | None = None  # what ran: "bf16", "fp16" or "no"; None: not recorded
 
 
 # --------------------------------------------------------------------------- facts
@@ -132,9 +133,39 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _number(value: Any, digits: int = 2) -> str:
     if value is None:
         return NOT_MEASURED
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
         return str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
+
+
+def _percent(value: Any) -> str:
+    return NOT_MEASURED if value is None else f"{value:.1%}"
+
+
+def _plural(n: float, noun: str) -> str:
+    return f"{n:,g} {noun}" + ("" if n == 1 else "s")
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def held_out(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """Where the evaluation records came from, as measured: the split by hash gives each record
+    an `eval_fraction` chance, so the share held out is counted, not assumed."""
+    if config.get("eval_data"):
+        return f"every record of `{config['eval_data']}`"
+    data = metrics.get("data") or {}
+    fraction = f"eval_fraction {config.get('eval_fraction', 0):g}, seed {config.get('seed')}"
+    held, kept = data.get("eval_records"), data.get("train_records")
+    if held is None or kept is None:  # metrics written without the counts
+        return f"records held out by {fraction}"
+    total = held + kept
+    return (f"{held:,} of {total:,} records ({held / total if total else 0:.1%}) held out by "
+            f"{fraction}")
 
 
 def _duration(seconds: float) -> str:
@@ -178,16 +209,14 @@ def _results(card: CardInfo, metrics: dict[str, Any], config: dict[str, Any]) ->
         return (f"Perplexity was {NOT_MEASURED}: the run had no held-out data "
                 "(`eval_fraction` 0 and no `eval_data`).")
     before = "Random initialisation" if card.from_scratch else f"Base ({card.base_model})"
-    rows = [[label, _number(m.get("loss"), 4), _number(m.get("perplexity"))]
+    rows = [[label, _number(m.get("loss"), 4), _number(m.get("perplexity")),
+             _percent(m.get("accuracy")), _percent(m.get("top5_accuracy"))]
             for label, m in ((before, base or {}), ("This model", final or {}))]
     measured = final or base
-    held_out = (f"every record of `{config['eval_data']}`" if config.get("eval_data") else
-                f"{config.get('eval_fraction', 0):.0%} of the records, held out by seed "
-                f"{config.get('seed')}")
     masks = (f"fixed masks (eval seed {config.get('eval_seed')}, "
              f"{config.get('mlm_probability', 0.15):.0%} of tokens selected) of "
              f"{measured['blocks']:,} held-out blocks of {config.get('block_size')} tokens "
-             f"({measured['tokens']:,} predicted tokens; {held_out})")
+             f"({measured['tokens']:,} predicted tokens; {held_out(metrics, config)})")
     if base is None:
         text = (f"Measured on {masks}; the base model was {NOT_MEASURED} "
                 "(`skip_base_eval`).")
@@ -197,8 +226,15 @@ def _results(card: CardInfo, metrics: dict[str, Any], config: dict[str, Any]) ->
         change = final["perplexity"] / base["perplexity"] - 1 if base["perplexity"] else 0.0
         text = (f"Both rows are measured on the same {masks}, so they compare directly: "
                 f"training changed perplexity by {change:+.1%}.")
-    text += " Perplexity is exp of the token-weighted mean loss; lower is better."
-    return _table(["Model", "Masked-LM loss", "Perplexity"], rows) + "\n\n" + text
+        if base.get("accuracy") is not None and final.get("accuracy") is not None:
+            text += (f" The model's first guess for a masked token is right "
+                     f"{final['accuracy']:.1%} of the time, against {base['accuracy']:.1%} "
+                     "before.")
+    text += (" Perplexity is exp of the token-weighted mean loss; lower is better. Top-1 and "
+             "top-5 accuracy: the share of masked positions whose original token is the "
+             "model's highest logit, or among its five highest; higher is better.")
+    return _table(["Model", "Masked-LM loss", "Perplexity", "Top-1 accuracy",
+                   "Top-5 accuracy"], rows) + "\n\n" + text
 
 
 def _history(metrics: dict[str, Any], most: int = 20) -> str:
@@ -209,19 +245,25 @@ def _history(metrics: dict[str, Any], most: int = 20) -> str:
     every = -(-len(history) // most)
     shown = history[::-1][::every][::-1]
     rows = [[h.get("step"), _number(h.get("epoch")), _number(h.get("loss"), 4),
-             _number(h.get("perplexity"))] for h in shown]
-    note = "" if every == 1 else f"\n\nEvery {every}th evaluation; all are in `metrics.json`."
-    return ("### During training\n\n" + _table(["Step", "Epoch", "Loss", "Perplexity"], rows)
-            + note)
+             _number(h.get("perplexity")), _percent(h.get("accuracy"))] for h in shown]
+    note = "" if every == 1 else (f"\n\nEvery {_ordinal(every)} evaluation; all are in "
+                                  "`metrics.json`.")
+    header = ["Step", "Epoch", "Loss", "Perplexity", "Top-1 accuracy"]
+    return "### During training\n\n" + _table(header, rows) + note
 
 
 def _data(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     rows = [["Source", f"`{config.get('data')}`"]]
     if config.get("eval_data"):
         rows.append(["Evaluation source", f"`{config['eval_data']}`"])
-    for key, value in (metrics.get("data") or {}).items():
-        # File digests and the like stay in metrics.json; the sources are the rows above.
-        if isinstance(value, dict) or key in ("source", "eval_source", "dtype"):
+    data = metrics.get("data") or {}
+    if "eval_blocks" in data:
+        rows.append(["Held-out blocks", f"{data['eval_blocks']:,} (from "
+                     f"{held_out(metrics, config)})"])
+    for key, value in data.items():
+        # File digests and the like stay in metrics.json; the sources and the split are the
+        # rows above.
+        if isinstance(value, dict) or key in ("source", "eval_source", "dtype", "eval_held_out"):
             continue
         if isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value)) or "-"
@@ -229,7 +271,16 @@ def _data(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     return _table(["Statistic", "Value"], rows)
 
 
-def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token: str) -> str:
+def _precision(ran: str | None, asked: str | None) -> str:
+    """What ran ("bf16", "fp16", "no": float32), with what was asked when it differs."""
+    if ran is None:
+        return f"{asked} (what ran was not recorded)"
+    shown = "no (float32)" if ran == "no" else ran
+    return shown if ran == asked else f"{shown} (asked: {asked})"
+
+
+def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token: str,
+                     card_precision: str | None = None) -> str:
     c = config.get
     mask, rand = c("mask_replace_prob", 0.8), c("random_replace_prob", 0.1)
     warmup = (f"{c('warmup_steps')} steps of" if c("warmup_steps") else
@@ -241,7 +292,7 @@ def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token
         ["Learning rate", f"{c('learning_rate'):g} (AdamW, {c('lr_scheduler')} schedule, "
                           f"{warmup} warmup, weight decay {c('weight_decay')})"],
         ["Batch size", batch],
-        ["Epochs", f"{c('epochs'):g}" + (f" (capped at {c('max_steps'):,} steps)"
+        ["Epochs", f"{c('epochs'):g}" + (f" (capped at {_plural(c('max_steps'), 'step')})"
                                            if c("max_steps") else "")],
         ["Optimizer steps", _number(metrics.get("steps"))],
         ["Block size", f"{c('block_size')} tokens"],
@@ -250,7 +301,7 @@ def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token
                             f"{1 - mask - rand:.0%} unchanged"],
         ["Whole-word masking", "yes" if c("whole_word_mask") else "no"],
         ["Gradient clipping", c("max_grad_norm") or "none"],
-        ["Mixed precision", c("mixed_precision")],
+        ["Mixed precision", _precision(card_precision, c("mixed_precision"))],
         ["Seed", c("seed")],
         ["Eval seed", c("eval_seed")],
     ]
@@ -305,7 +356,7 @@ def render_model_card(card: CardInfo, metrics: dict[str, Any], config: dict[str,
         f"# {name}", _intro(name, card, config),
         "## Results", _results(card, metrics, config), _history(metrics),
         "## Training data", _data(metrics, config),
-        "## Training", _hyperparameters(metrics, config, mask_token),
+        "## Training", _hyperparameters(metrics, config, mask_token, card.precision),
         f"Trained for {_duration(card.train_seconds)} (optimizer steps only; evaluation and "
         f"checkpoints not counted) on {card.hardware or 'unrecorded hardware'}, with mlmkit "
         f"{__version__}. The command:",

@@ -25,7 +25,7 @@ from mlmkit.quiet import libraries_quiet
 from mlmkit.settings import named
 from mlmkit.training.checkpoint import commit_checkpoint
 from mlmkit.training.loop import EpochBatches, Stopwatch
-from mlmkit.training.perplexity import Metrics, fixed_eval_dataset
+from mlmkit.training.perplexity import TOP_K, Metrics, count_hits, fixed_eval_dataset, summarise
 from mlmkit.training.recipe import Recipe, TrainResult, check_load_best, prepare_tokenizer_and_data
 from mlmkit.training.rundir import check_output, settings_record, start_run_dir
 
@@ -132,23 +132,24 @@ def tf_dataset(blocks: MaskedBlocks) -> Any:
 
 def keras_evaluate(model: Any, inputs: np.ndarray, labels: np.ndarray, pad_id: int,
                    batch_size: int) -> Metrics:
-    """Token-weighted masked-LM loss and perplexity on fixed masks (see evaluate.evaluate)."""
-    total, count, segments = 0.0, 0, uses_segments(model)
+    """Token-weighted masked-LM loss, perplexity and top-1/top-5 accuracy on fixed masks, by
+    the PyTorch path's rules (perplexity.count_hits, perplexity.summarise)."""
+    total, count, top1, topk, segments = 0.0, 0, 0, 0, uses_segments(model)
     for start in range(0, len(inputs), batch_size):
         x, y, w = keras_batch(inputs[start:start + batch_size].astype(np.int64),
                               labels[start:start + batch_size].astype(np.int64), pad_id,
                               segments)
-        logits = model(x, training=False)
-        logp = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)
+        logits = keras.ops.cast(model(x, training=False), "float32")
+        logp = keras.ops.log_softmax(logits, axis=-1)
         picked = keras.ops.convert_to_numpy(keras.ops.take_along_axis(
             logp, keras.ops.expand_dims(keras.ops.convert_to_tensor(y), -1), axis=-1))[..., 0]
         total -= float((picked.astype(np.float64) * w).sum())
         count += int(w.sum())
-    if count == 0:
-        raise MlmkitError("evaluation: no token was masked; the held-out blocks are empty")
-    mean = total / count
-    return Metrics(loss=mean, perplexity=math.exp(min(mean, 700.0)), tokens=count,
-                   blocks=len(inputs))
+        k = min(TOP_K, int(logits.shape[-1]))
+        top = keras.ops.convert_to_numpy(keras.ops.top_k(logits, k)[1])
+        hits = count_hits(top, np.where(w > 0, y, IGNORE_INDEX))
+        top1, topk = top1 + int(hits[0]), topk + int(hits[1])
+    return summarise(total, count, len(inputs), top1, topk)
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):

@@ -2,12 +2,17 @@
 
 Perplexity is exp of the mean loss over all predicted tokens (token-weighted), not the mean of
 per-batch means the HF Trainer reports, so it does not depend on the evaluation batch size.
+
+Accuracy, from the same forward pass: the share of masked positions (labels != -100) whose
+original token is the model's first guess (top-1, the `eval_accuracy` of transformers'
+run_mlm.py) or among its five highest logits (top-5). Positions replaced by a random token or
+left unchanged by the 80/10/10 rule count as masked: the target is always the original token.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -16,19 +21,55 @@ import torch
 from mlmkit.config import EvalConfig, MaskConfig
 from mlmkit.corpus.masking import Masker
 from mlmkit.errors import MlmkitError
-from mlmkit.modeling.load import masked_lm_loss
+from mlmkit.modeling.load import masked_lm_outputs
+
+TOP_K = 5  # the k of `top5_accuracy`
 
 
 @dataclass
 class Metrics:
+    """Fixed-mask results; `tokens` counts the predicted (masked) positions, the accuracies are
+    shares of them in [0, 1] (None in a run recorded before mlmkit measured them)."""
+
     loss: float
     perplexity: float
     tokens: int
     blocks: int
+    accuracy: float | None = None  # top-1: the original token is the highest logit
+    top5_accuracy: float | None = None  # the original token is among the 5 highest logits
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics as a JSON-ready dict (as metrics.json holds them)."""
         return asdict(self)
+
+    def accuracy_text(self) -> str:
+        """"top-1 accuracy 31.2%, top-5 50.0%", or "" when they were not measured."""
+        if self.accuracy is None or self.top5_accuracy is None:
+            return ""
+        return f"top-1 accuracy {self.accuracy:.1%}, top-5 {self.top5_accuracy:.1%}"
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Metrics:
+        """The metrics of a saved record (metrics.json, a run's state), its other keys ignored."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+
+def count_hits(top: Any, targets: Any) -> tuple[Any, Any]:
+    """(top-1 hits, top-k hits) as 0-d arrays of `top`'s library (a tensor stays on its device:
+    no wait per batch): `top` holds each predicted position's k highest-scoring token ids, best
+    first ([..., k]); `targets` the original tokens ([...], -100 where nothing was predicted,
+    which no id equals). Torch tensors or NumPy arrays alike: one rule for both backends."""
+    hit = top == targets[..., None]
+    return hit[..., 0].sum(), hit.any(-1).sum()
+
+
+def summarise(total: float, count: int, blocks: int, top1: int, topk: int) -> Metrics:
+    """Metrics from the sums over every scored batch (`total` the summed token losses)."""
+    if count == 0:
+        raise MlmkitError("evaluation: no token was masked; the held-out blocks are empty")
+    mean = total / count
+    return Metrics(loss=mean, perplexity=math.exp(min(mean, 700.0)), tokens=count,
+                   blocks=blocks, accuracy=top1 / count, top5_accuracy=topk / count)
 
 
 class FixedMaskDataset(torch.utils.data.Dataset):
@@ -56,41 +97,40 @@ def fixed_eval_dataset(blocks: np.ndarray, tokenizer: Any, cfg: MaskConfig) -> F
 @torch.inference_mode()
 def evaluate(model: Any, loader: Any, accelerator: Any = None, sparse: bool = True,
              progress: bool = False, device: torch.device | str | None = None) -> Metrics:
-    """Token-weighted masked-LM loss and perplexity over every batch of `loader`.
-
-    With an Accelerate `accelerator`, each process scores its shard and the sums are reduced.
+    """Token-weighted masked-LM loss, perplexity and top-1/top-5 accuracy over every batch of
+    `loader`. With an Accelerate `accelerator`, each process scores its shard and the sums are
+    reduced.
     """
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64)
-    count = torch.zeros((), dtype=torch.int64)
-    blocks = 0
     dev = accelerator.device if accelerator is not None else (device or next(
         model.parameters()).device)
-    total, count = total.to(dev), count.to(dev)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    # Predicted tokens, blocks, top-1 and top-5 hits.
+    counts = torch.zeros(4, dtype=torch.int64, device=dev)
     for batch in tqdm(loader, desc="evaluating", unit=" batches", disable=not progress,
                       leave=False):
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         if accelerator is not None:
             with accelerator.autocast():
-                loss, n = masked_lm_loss(model, batch, sparse)
+                loss, targets, logits = masked_lm_outputs(model, batch, sparse)
         else:
-            loss, n = masked_lm_loss(model, batch, sparse)
+            loss, targets, logits = masked_lm_outputs(model, batch, sparse)
+        top1, topk = count_hits(logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices,
+                                targets)
         total += loss.double()
-        count += n
-        blocks += len(batch["input_ids"])
+        counts[0] += (targets != -100).sum()
+        counts[1] += len(batch["input_ids"])
+        counts[2] += top1
+        counts[3] += topk
     if accelerator is not None:
         total = accelerator.reduce(total, "sum")
-        count = accelerator.reduce(count, "sum")
-        blocks = int(accelerator.reduce(torch.tensor(blocks, device=dev), "sum"))
+        counts = accelerator.reduce(counts, "sum")
     model.train(was_training)
-    n = int(count)
-    if n == 0:
-        raise MlmkitError("evaluation: no token was masked; the held-out blocks are empty")
-    mean = float(total) / n
-    return Metrics(loss=mean, perplexity=math.exp(min(mean, 700.0)), tokens=n, blocks=blocks)
+    n, blocks, top1, topk = counts.tolist()
+    return summarise(float(total), n, blocks, top1, topk)
 
 
 def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:

@@ -88,7 +88,7 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
 
 
 def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult, model: Any,
-                  tokenizer: Any, hardware: str) -> None:
+                  tokenizer: Any, hardware: str, precision: str) -> None:
     """The run's model directory: weights, tokenizer, metrics.json, settings, model card and
     curves, the same for every backend (`model` is a transformers model)."""
     from mlmkit.training.card import CardInfo
@@ -103,7 +103,7 @@ def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult
     card = CardInfo(base_model=cfg.model, datasets=[record["data"]]
                     + ([record["eval_data"]] if record["eval_data"] else []),
                     command=command, hardware=hardware, train_seconds=result.train_seconds,
-                    from_scratch=cfg.from_scratch)
+                    from_scratch=cfg.from_scratch, precision=precision)
     # The curves first: the export's manifest, written last, then vouches for them too.
     plot_curves(out / "metrics.jsonl", out / "curves.png")
     export_model(model, tokenizer, out, config=record, metrics=metrics, card=card,
@@ -157,6 +157,10 @@ class Recipe:
 
     def _hardware(self) -> str:
         raise NotImplementedError
+
+    def _precision(self) -> str:
+        """The mixed precision that ran: "bf16", "fp16" or "no" (float32, as Keras runs here)."""
+        return "no"
 
     def _barrier(self) -> None:
         """Wait for every process (one process: nothing to wait for)."""
@@ -318,9 +322,8 @@ class Recipe:
         s = self.state
         step = exported["step"] if exported else (s.history[-1]["step"] if s.history else None)
         entry = next((h for h in reversed(s.history) if h["step"] == step), None)
-        final = Metrics(**{k: entry[k] for k in ("loss", "perplexity", "tokens", "blocks")}
-                        ) if entry else None
-        return TrainResult(output_dir=self.out, base=Metrics(**s.base) if s.base else None,
+        final = Metrics.from_dict(entry) if entry else None
+        return TrainResult(output_dir=self.out, base=Metrics.from_dict(s.base) if s.base else None,
                            final=final, history=s.history, steps=s.step,
                            train_seconds=s.train_seconds, data=self.corpus.stats, best=s.best)
 
@@ -366,4 +369,4 @@ class Recipe:
     def export(self, result: TrainResult) -> None:
         """Write the model directory: weights, tokenizer, metrics, settings, model card."""
         export_result(self.out, self.cfg, self.command, result, self._hf_model(),
-                      self.tokenizer, self._hardware())
+                      self.tokenizer, self._hardware(), self._precision())

@@ -342,6 +342,9 @@ class Run(Recipe):
 
         return describe_hardware(self.accelerator)
 
+    def _precision(self) -> str:
+        return self.accelerator.mixed_precision
+
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
