@@ -73,10 +73,11 @@ def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: R
 
 def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], plain: Any,
                   tally: LineTally, doing: str, quiet: bool, gap: bool = False,
-                  whole_record: bool = False) -> int:
+                  whole_record: bool = False, header: str | None = None) -> int:
     """Run every input through `run` (the engine's stream: results in input order, an
     `MlmkitError` in place of a failed one) and write the results: JSON lines with --json or
-    --output (or without a `plain` printer), else `plain(result, out)`. Texts given on the
+    --output (or without a `plain` printer), else `plain(result, out)`, under `header` (a line
+    written once, before the first result). Texts given on the
     command line must all succeed: a bad one is an error of the command. A bad line of --input
     or stdin is reported by its number, as an error record in its place (JSON) or on stderr,
     and the rest go on; the counts are printed at the end, and the exit code is 1 if any line
@@ -119,6 +120,8 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
             else:
                 if shown and gap:
                     out.write("\n")  # a blank line between texts' candidates
+                if not shown and header:
+                    out.write(header)
                 shown += 1
                 plain(res, out)
             if bar is not None:
