@@ -84,6 +84,8 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
     failed. The output file appears under its name only once complete, so a failed or killed
     run leaves any earlier file of that name as it was ('-', a device or a FIFO gets the lines
     as they come)."""
+    from mlmkit.training.tracking import progress_mode
+
     as_json = ns.json or bool(ns.output) or plain is None
     typed = ns.input is None and any(t != "-" for t in ns.texts)
     pending: deque[InputItem] = deque()  # read, and not written yet
@@ -97,7 +99,9 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
         bar = None
-        if ns.output and not quiet:
+        # A bar while the results go to a file, drawn on a terminal only: a log file would get
+        # every redraw, joined by carriage returns.
+        if ns.output and progress_mode(quiet) == "bar":
             from tqdm.auto import tqdm
 
             bar = stack.enter_context(tqdm(desc=doing, unit=" lines"))
