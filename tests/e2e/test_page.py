@@ -19,7 +19,6 @@ from mlmkit.serving.app import create_app  # noqa: E402
 from mlmkit.serving.page import SPELLINGS  # noqa: E402
 from mlmkit.testing import LiveServer  # noqa: E402
 
-SPLADE = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "bert-tiny-splade"
 MILKY_WAY = "The Milky Way is a [MASK] galaxy."
 # Markup where the page shows the model's name, its mask token and its candidates.
 HOSTILE_NAME = '"><img src=x onerror="window.pwned=1">'
@@ -129,13 +128,6 @@ def browser():
     driver.set_script_timeout(WAIT_S)
     yield driver
     driver.quit()
-
-
-@pytest.fixture(scope="module")
-def splade() -> Path:
-    if not (SPLADE / "model.safetensors").is_file():
-        pytest.skip(f"the pretrained bert-tiny-splade is not at {SPLADE.resolve()}")
-    return SPLADE.resolve()
 
 
 @pytest.fixture(scope="module")
