@@ -201,7 +201,7 @@ def test_the_page_shows_the_pipelines_candidates(browser, splade: Path, splade_u
         [100 * r["score"] for r in want], abs=1e-3)  # bars to scale
     top = browser.find_element(By.CSS_SELECTOR, "#results .candidate .token")
     assert top.is_displayed() and top.text == want[0]["token_str"]
-    assert browser.find_element(By.ID, "model").text == "bert-tiny-splade"
+    assert browser.find_element(By.ID, "model").text == splade.name  # the directory served
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert [e["message"] for e in browser.get_log("browser") if e["level"] != "INFO"] == []
     if SCREENSHOT:  # a 900x600 viewport (the window's size includes its frame)
