@@ -37,7 +37,10 @@ demo: setup
 	$(BIN)/mlmkit demo --data $(DATA) --output $(DEMO)
 	$(BIN)/mlmkit fill $(DEMO) "The Milky Way is a <mask> galaxy." --top-k 3
 
+# The pretrained model some tests use is fetched first (into ~/.cache/mlmkit, digest-checked,
+# as the demo does) unless ../shared has it: the tests never reach the network themselves.
 test: setup
+	$(BIN)/python tests/fetch_models.py
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q
 
 lint: setup

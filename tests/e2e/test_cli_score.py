@@ -32,9 +32,25 @@ def test_texts_after_options_are_scored_as_the_library_does(capsys, tiny_bert, s
     assert got == scorer(TEXTS, metric="word-l2r")
     code, out, _ = run(capsys, "score", tiny_bert, TEXTS[0], "--device", "cpu", TEXTS[1])
     assert code == 0
-    lines = out.splitlines()
+    lines = out.splitlines()[1:]  # under the table's header
     assert [ln.split(None, 2)[2] for ln in lines] == TEXTS
     assert float(lines[0].split()[0]) == pytest.approx(scorer(TEXTS[0])["pll"], abs=1e-3)
+
+
+def test_the_table_has_one_header_over_its_columns(capsys, tiny_bert, scorer):
+    code, out, _ = run(capsys, "score", tiny_bert, *TEXTS)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["PLL", "pseudo-PPL", "text"] and len(rows) == len(TEXTS)
+    for row, text in zip(rows, TEXTS):
+        pll, pppl, rest = row.split(None, 2)
+        assert rest == text and float(pll) == pytest.approx(scorer(text)["pll"], abs=1e-3)
+        # right-aligned numbers under their names, the text under "text"
+        assert header.index("PLL") + 3 == row.index(pll) + len(pll)
+        assert header.index("pseudo-PPL") + 10 == row.index(pppl) + len(pppl)
+        assert header.index("text") == row.index(text)
+    code, out, _ = run(capsys, "score", tiny_bert, "--json", *TEXTS)
+    assert [json.loads(line)["text"] for line in out.splitlines()] == TEXTS  # no header
 
 
 def test_bad_lines_are_numbered_and_the_rest_scored(capsys, tmp_path, tiny_bert, scorer):

@@ -19,7 +19,6 @@ from mlmkit.serving.app import create_app  # noqa: E402
 from mlmkit.serving.page import SPELLINGS  # noqa: E402
 from mlmkit.testing import LiveServer  # noqa: E402
 
-SPLADE = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "bert-tiny-splade"
 MILKY_WAY = "The Milky Way is a [MASK] galaxy."
 # Markup where the page shows the model's name, its mask token and its candidates.
 HOSTILE_NAME = '"><img src=x onerror="window.pwned=1">'
@@ -132,13 +131,6 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def splade() -> Path:
-    if not (SPLADE / "model.safetensors").is_file():
-        pytest.skip(f"the pretrained bert-tiny-splade is not at {SPLADE.resolve()}")
-    return SPLADE.resolve()
-
-
-@pytest.fixture(scope="module")
 def splade_url(splade: Path):
     with LiveServer(create_app(FillMask(str(splade), device="cpu"))) as server:
         yield server.url
@@ -209,7 +201,7 @@ def test_the_page_shows_the_pipelines_candidates(browser, splade: Path, splade_u
         [100 * r["score"] for r in want], abs=1e-3)  # bars to scale
     top = browser.find_element(By.CSS_SELECTOR, "#results .candidate .token")
     assert top.is_displayed() and top.text == want[0]["token_str"]
-    assert browser.find_element(By.ID, "model").text == "bert-tiny-splade"
+    assert browser.find_element(By.ID, "model").text == splade.name  # the directory served
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert [e["message"] for e in browser.get_log("browser") if e["level"] != "INFO"] == []
     if SCREENSHOT:  # a 900x600 viewport (the window's size includes its frame)

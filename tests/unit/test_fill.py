@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,6 @@ import torch
 
 from mlmkit import FillMask, MlmkitError
 from mlmkit.inference.fill import batch_decoder
-
-# ../shared beside the checkout; MLMKIT_SHARED points elsewhere (a copy carried to a GPU machine).
-SHARED_MODELS = Path(os.environ.get("MLMKIT_SHARED",
-                                    Path(__file__).resolve().parents[3] / "shared")) / "models"
 
 TEXTS = [
     "The sun is a <mask> star.",
@@ -165,9 +160,10 @@ def real_tokenizer_engines(request, tmp_path_factory):
     that the top-k are clearly ordered rather than near-ties."""
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-    src = SHARED_MODELS / request.param
-    if not src.is_dir():
-        pytest.skip(f"{src} not found")
+    # conftest.py: ../shared's copies ($MLMKIT_SHARED: a copy carried to a GPU machine), else
+    # the same tokenizers from tests/data and bert-tiny-splade.
+    src = request.getfixturevalue({"distilroberta-base-shape": "distilroberta_dir",
+                                   "bert-base-uncased-shape": "bert_base_dir"}[request.param])
     path = tmp_path_factory.mktemp(request.param)
     cfg = AutoConfig.from_pretrained(src, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=64,

@@ -21,16 +21,6 @@ from mlmkit import MlmkitError, Scorer
 from mlmkit.probing.run import guess_task, probe_models, run_probes
 from mlmkit.probing.stats import mcnemar_exact, paired_bootstrap
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-BLIMP = SHARED / "blimp-sample" / "blimp-8-paradigms.jsonl.gz"
-CROWS = SHARED / "crows-pairs" / "crows_pairs_anonymized.csv.gz"
-
-
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real data not found at {path.resolve()}")
-    return path.resolve()
-
 
 def _write_jsonl(path: Path, lines: list) -> Path:
     path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n"
@@ -75,10 +65,10 @@ def test_paired_bootstrap_interval_matches_the_normal_approximation():
 
 
 @pytest.fixture(scope="module")
-def blimp_pairs(tmp_path_factory) -> Path:
+def blimp_pairs(tmp_path_factory, blimp_path) -> Path:
     """25 pairs of each of the 8 paradigms of the real BLiMP sample, gzipped."""
     per_uid: dict[str, list[str]] = defaultdict(list)
-    with gzip.open(_need(BLIMP), "rt", encoding="utf-8") as fh:
+    with gzip.open(blimp_path, "rt", encoding="utf-8") as fh:
         for line in fh:
             uid = json.loads(line)["UID"]
             if len(per_uid[uid]) < 25:
@@ -146,11 +136,10 @@ def _paper_pair(model, tok, row) -> tuple[float, float, int]:
     return s1, s2, int(s1 > s2) if direction == "stereo" else int(s2 > s1)
 
 
-def test_crows_pairs_equals_the_papers_metric(splade, tmp_path):
+def test_crows_pairs_equals_the_papers_metric(splade, crows_rows, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    with gzip.open(_need(CROWS), "rt", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))[::15][:100]  # 100 pairs across the file
+    rows = crows_rows  # 100 pairs across the file
     path = tmp_path / "crows-100.csv"
     with path.open("w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

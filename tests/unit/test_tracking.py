@@ -206,3 +206,32 @@ def test_plot_curves_without_data_or_matplotlib(tmp_path, caplog, monkeypatch):
     assert not (tmp_path / CURVES_PNG).exists()
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3 and "matplotlib is not installed" in messages[2]
+
+
+def test_plot_curves_shows_a_series_of_one_point(tmp_path, monkeypatch):
+    """A short run logs the training loss once: its legend entry must come with something
+    drawn (a line of one point is invisible), and no legend entry is without data."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+    savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        drawn.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    log_path = tmp_path / "metrics.jsonl"
+    log_path.write_text("".join(json.dumps(e) + "\n" for e in [
+        {"event": "eval", "step": 0, "loss": 4.5, "perplexity": 90.0},
+        {"event": "train", "step": 3, "loss": 4.1},
+        {"event": "eval", "step": 3, "loss": 4.0, "perplexity": 54.6}]))
+    assert plot_curves(log_path, tmp_path / CURVES_PNG) == tmp_path / CURVES_PNG
+    ax_loss = drawn[0].axes[0]
+    lines = {line.get_label(): line for line in ax_loss.get_lines()}
+    assert set(lines) == {"training", "evaluation"}
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["training", "evaluation"]
+    for line in lines.values():
+        visible_line = len(line.get_xdata()) >= 2 and line.get_linestyle() not in ("None", "")
+        assert visible_line or line.get_marker() not in (None, "None", "", " "), line.get_label()
+    assert list(lines["training"].get_xdata()) == [3]

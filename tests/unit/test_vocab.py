@@ -13,17 +13,13 @@ import torch
 from mlmkit import MlmkitError, audit_vocab, extend_vocab
 from mlmkit.cli.main import main
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
-SPLADE = SHARED / "bert-tiny-splade"
 FIELDS = ["answers.text"]
 
 
 @pytest.fixture(scope="session")
-def distilroberta_small(tmp_path_factory) -> Path:
+def distilroberta_small(tmp_path_factory, distilroberta_dir) -> Path:
     """The real DistilRoBERTa tokenizer on a small random model (the shape has no weights)."""
-    shape = SHARED / "distilroberta-base-shape"
-    if not (shape / "tokenizer.json").is_file():
-        pytest.skip(f"real tokenizer files not found at {shape.resolve()}")
+    shape = distilroberta_dir
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(shape)
@@ -34,13 +30,6 @@ def distilroberta_small(tmp_path_factory) -> Path:
     AutoModelForMaskedLM.from_config(cfg).save_pretrained(out)
     AutoTokenizer.from_pretrained(shape).save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="session")
-def splade() -> Path:
-    if not (SPLADE / "model.safetensors").is_file():
-        pytest.skip(f"bert-tiny-splade not found at {SPLADE.resolve()}")
-    return SPLADE.resolve()
 
 
 @pytest.fixture(scope="session")

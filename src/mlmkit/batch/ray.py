@@ -123,14 +123,18 @@ class BatchResult:
     skipped: int  # shards an earlier run had finished
     records: int  # rows read, blank lines not included
     outputs: int
+    written: int  # outputs of the shards this run did (not those it skipped)
     errors: int
     blank: int
     seconds: float
 
     def summary(self) -> str:
+        # A rerun counts what it wrote itself: "454 written" after a run that skipped every
+        # shard told of work not done.
+        total = f" by this run, {self.outputs:,} in all" if self.skipped else ""
         parts = [f"mlmkit: {plural(self.records, 'record')} in {plural(self.shards, 'shard')}"
-                 f" ({self.skipped:,} already done, skipped): {self.outputs:,} written to "
-                 f"{self.output}"]
+                 f" ({self.skipped:,} already done, skipped): {self.written:,} written to "
+                 f"{self.output}{total}"]
         if self.errors:
             parts.append(f"{plural(self.errors, 'error')} in {Path(self.output) / ERRORS}")
         if self.blank:
@@ -300,7 +304,7 @@ def run_batch(job: BatchJob, input_spec: str, output: str | Path,
             finally:
                 if ours:
                     ray.shutdown()
-    return _finish(out, shards, digest, len(shards) - len(todo), time.perf_counter() - started)
+    return _finish(out, shards, digest, {s.index for s in todo}, time.perf_counter() - started)
 
 
 def _start_ray(ray: Any, res: BatchResources) -> None:
@@ -350,10 +354,11 @@ def _run_pool(ray: Any, job: BatchJob, res: BatchResources, out: Path, todo: lis
                           "again resumes it") from None
 
 
-def _finish(out: Path, shards: list[Shard], digest: str, skipped: int,
+def _finish(out: Path, shards: list[Shard], digest: str, ran: set[int],
             seconds: float) -> BatchResult:
     """Once every shard is done: the errors of all shards in one file, in row order, and the
-    manifest of every file with its digest (from the completion records)."""
+    manifest of every file with its digest (from the completion records); `ran`: the indices
+    of the shards this run did."""
     records = [finished_shard(out, s, digest) for s in shards]
     missing = [s.index for s, r in zip(shards, records) if r is None]
     if missing:
@@ -367,4 +372,6 @@ def _finish(out: Path, shards: list[Shard], digest: str, skipped: int,
     write_sealed_json(out / MANIFEST, {
         "job": digest, "shards": len(shards), **totals,
         "files": {n: e for r in records for n, e in r["files"].items()}})
-    return BatchResult(str(out), len(shards), skipped, seconds=seconds, **totals)
+    written = sum(r["outputs"] for s, r in zip(shards, records) if s.index in ran)
+    return BatchResult(str(out), len(shards), len(shards) - len(ran), written=written,
+                       seconds=seconds, **totals)

@@ -81,6 +81,8 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="mlmkit: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = _parse(build_parser(), argv)
+    if getattr(ns, "quiet", False):  # the result and errors only: no "data: ...", no eval lines
+        logging.getLogger("mlmkit").setLevel(logging.WARNING)
     try:
         # A mistyped model path is refused before the seconds of importing transformers.
         model = getattr(ns, "model", None)

@@ -73,16 +73,19 @@ def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: R
 
 def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], plain: Any,
                   tally: LineTally, doing: str, quiet: bool, gap: bool = False,
-                  whole_record: bool = False) -> int:
+                  whole_record: bool = False, header: str | None = None) -> int:
     """Run every input through `run` (the engine's stream: results in input order, an
     `MlmkitError` in place of a failed one) and write the results: JSON lines with --json or
-    --output (or without a `plain` printer), else `plain(result, out)`. Texts given on the
+    --output (or without a `plain` printer), else `plain(result, out)`, under `header` (a line
+    written once, before the first result). Texts given on the
     command line must all succeed: a bad one is an error of the command. A bad line of --input
     or stdin is reported by its number, as an error record in its place (JSON) or on stderr,
     and the rest go on; the counts are printed at the end, and the exit code is 1 if any line
     failed. The output file appears under its name only once complete, so a failed or killed
     run leaves any earlier file of that name as it was ('-', a device or a FIFO gets the lines
     as they come)."""
+    from mlmkit.training.tracking import progress_mode
+
     as_json = ns.json or bool(ns.output) or plain is None
     typed = ns.input is None and any(t != "-" for t in ns.texts)
     pending: deque[InputItem] = deque()  # read, and not written yet
@@ -96,7 +99,9 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(atomic_open(ns.output)) if ns.output else sys.stdout
         bar = None
-        if ns.output and not quiet:
+        # A bar while the results go to a file, drawn on a terminal only: a log file would get
+        # every redraw, joined by carriage returns.
+        if ns.output and progress_mode(quiet) == "bar":
             from tqdm.auto import tqdm
 
             bar = stack.enter_context(tqdm(desc=doing, unit=" lines"))
@@ -119,6 +124,8 @@ def write_results(ns: argparse.Namespace, run: Callable[[Iterable], Iterable], p
             else:
                 if shown and gap:
                     out.write("\n")  # a blank line between texts' candidates
+                if not shown and header:
+                    out.write(header)
                 shown += 1
                 plain(res, out)
             if bar is not None:

@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_flags(c, only=("device", "dtype", "max_tokens", "quiet"))
 
 
+# The plain table: pseudo-log-likelihood (nats, higher is likelier) and pseudo-perplexity.
+HEADER = f"{'PLL':>12}  {'pseudo-PPL':>10}  text\n"
+
+
 def _plain(rec: dict, out: Any) -> None:
     out.write(f"{rec['pll']:12.4f}  {rec['pppl']:10.3f}  {rec['text']}\n")
 
@@ -60,4 +64,4 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         "scoring", "could not be scored")
     return write_results(ns, lambda items: task.run(scorer, items, params),
                          None if ns.rescore else _plain, LineTally(tally), doing, engine.quiet,
-                         whole_record=task.reads_records)
+                         whole_record=task.reads_records, header=HEADER)

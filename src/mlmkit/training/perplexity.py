@@ -148,6 +148,7 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
         pick_device,
     )
     from mlmkit.training.rundir import run_eval_settings
+    from mlmkit.training.tracking import progress_mode
 
     if cfg.data is None:
         run = run_eval_settings(cfg.model)
@@ -163,7 +164,8 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
         raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
                           f"{cfg.model} accepts")
     data_cfg = replace(cfg, eval_fraction=0.0, eval_data=None) if cfg.all_records else cfg
-    corpus = load_blocks(data_cfg, tokenizer, progress=not cfg.quiet)
+    progress = progress_mode(cfg.quiet) == "bar"  # no carriage returns into a log file
+    corpus = load_blocks(data_cfg, tokenizer, progress=progress)
     blocks = corpus.train if cfg.all_records else corpus.eval
     if len(blocks) == 0:
         raise MlmkitError(f"{describe_source(cfg.data)}: no held-out block to score; raise "
@@ -171,6 +173,5 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     model = load_model(cfg.model, config).to(device)
     loader = torch.utils.data.DataLoader(fixed_eval_dataset(blocks, tokenizer, cfg),
                                          batch_size=cfg.eval_batch_size)
-    metrics = evaluate(model, loader, sparse=cfg.sparse_head, progress=not cfg.quiet,
-                       device=device)
+    metrics = evaluate(model, loader, sparse=cfg.sparse_head, progress=progress, device=device)
     return metrics, corpus.stats

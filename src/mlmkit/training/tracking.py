@@ -230,8 +230,10 @@ def plot_curves(metrics_log: Path, png: Path) -> Path | None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_loss, ax_ppl = fig.subplots(1, 2)
+    # Training loss as a line, with a marker while it has one point (a short run): a line of
+    # one point draws nothing, and its legend entry would stand alone.
     if train_loss[0]:
-        ax_loss.plot(*train_loss, label="training")
+        ax_loss.plot(*train_loss, "o-" if len(train_loss[0]) == 1 else "-", label="training")
     if eval_loss[0]:
         ax_loss.plot(*eval_loss, "o-", label="evaluation")
     ax_loss.set(title="loss", xlabel="step", ylabel="masked-token cross-entropy")
