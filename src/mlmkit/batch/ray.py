@@ -88,6 +88,7 @@ class BatchJob:
 
     @property
     def task(self) -> Task:
+        """The inference task `command` names."""
         return task_named(self.command)
 
     @property

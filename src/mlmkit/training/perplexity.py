@@ -21,12 +21,16 @@ from mlmkit.modeling.load import masked_lm_loss
 
 @dataclass
 class Metrics:
+    """Masked-LM loss and perplexity on fixed masks, and how many tokens and blocks they are
+    over."""
+
     loss: float
     perplexity: float
     tokens: int
     blocks: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, as metrics.json holds them."""
         return asdict(self)
 
 

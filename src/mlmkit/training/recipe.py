@@ -30,6 +30,9 @@ log = logging.getLogger("mlmkit")
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the exported directory, base and final fixed-mask metrics, the
+    per-evaluation history, steps, training seconds, data statistics and the best checkpoint."""
+
     output_dir: Path
     base: Metrics | None
     final: Metrics | None  # of the exported model: the last step's, or the best with --load-best
@@ -58,10 +61,12 @@ class TrainState:
     finished: bool = False
 
     def save(self, checkpoint_dir: Path) -> None:
+        """Write the state into a checkpoint directory."""
         write_json(checkpoint_dir / STATE_FILE, asdict(self), indent=None)
 
     @classmethod
     def load(cls, checkpoint_dir: Path) -> TrainState:
+        """The state a checkpoint directory holds."""
         saved = read_state(checkpoint_dir)
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 

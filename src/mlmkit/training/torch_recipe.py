@@ -87,6 +87,7 @@ class Run(Recipe):
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Check the output (and the run to resume), then load the data, model and optimizer."""
         cfg = self.cfg
         if cfg.resume:
             self._check_resume()
@@ -205,6 +206,7 @@ class Run(Recipe):
 
     # -- the run's life ------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """The whole run: setup, base evaluation, training, export."""
         from mlmkit.training.tracking import MetricsLog
 
         self.setup()
@@ -242,6 +244,7 @@ class Run(Recipe):
             return self.finish()
 
     def resume(self, checkpoint: Path) -> None:
+        """Load a checkpoint's weights, optimizer, scheduler, RNG and training state."""
         self.accelerator.load_state(str(checkpoint))
         self.state = TrainState.load(checkpoint)
         self.last_saved = checkpoint

@@ -64,13 +64,16 @@ class VocabAudit:
 
     @property
     def fertility(self) -> float:
+        """Tokens per word."""
         return self.word_tokens / self.words
 
     @property
     def single_token_share(self) -> float:
+        """The share of words kept as one token."""
         return self.single_token_words / self.words
 
     def to_dict(self) -> dict[str, Any]:
+        """The audit as `mlmkit vocab audit --json` prints it."""
         return {"texts": self.texts, "words": self.words, "word_tokens": self.word_tokens,
                 "fertility": self.fertility, "single_token_share": self.single_token_share,
                 "distinct_words": self.distinct_words, "word_definition": WORD_DEFINITION,

@@ -59,6 +59,8 @@ class VocabExtension:
     changed_texts: int  # 0 unless a new token changed the split of the text around it
 
     def to_dict(self) -> dict[str, Any]:
+        """The extension as `vocab extend --json` prints it (vocab_extension.json adds the
+        data's description)."""
         return {"output": self.output, "base_model": self.base_model, "tokenizer": self.tokenizer,
                 "method": _METHOD[self.tokenizer], "init": "mean of the old pieces' rows "
                 "(input embedding, output embedding when untied, output bias)",
@@ -71,6 +73,7 @@ class VocabExtension:
                 "added": [asdict(w) for w in self.added]}
 
     def summary(self) -> str:
+        """A few lines for people: words added, tokens saved, fertility before and after."""
         saved = sum(w.cost for w in self.added)
         shown = ", ".join(f"{w.word} ({len(w.pieces)})" for w in self.added[:8])
         more = f" and {len(self.added) - 8:,} more" if len(self.added) > 8 else ""
