@@ -6,6 +6,9 @@
 - `<!-- fields: TrainConfig -->` becomes the table of a settings dataclass's fields (the Python
   keywords), with type, default, allowed values and help.
 - `<!-- api -->` becomes one mkdocstrings block per name of `mlmkit.__all__`.
+- A `--flag` a page names that no mlmkit command has (a renamed or removed flag) is a warning,
+  except on benchmarks.md (the bench scripts' flags) and for the other tools' flags in
+  `OTHER_TOOLS_FLAGS`.
 - Every public name of `mlmkit.__all__` and of `mlmkit.config`, and every public method of
   those classes, must have a docstring: one missing is a warning, which `mkdocs build --strict`
   turns into a failed build.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib
 import inspect
 import logging
@@ -36,6 +40,12 @@ API_SECTIONS = {
     "vocab": "Vocabulary", "probing": "Probing", "batch": "Ray batch jobs",
     "serving": "Serving", "errors": "Errors",
 }
+# Flags of other tools that the pages name (pip, torchrun, ray, mkdocs); pages whose flags are
+# not mlmkit's (the bench scripts').
+OTHER_TOOLS_FLAGS = {"--no-deps", "--nproc_per_node", "--head", "--strict"}
+PAGES_OF_OTHER_FLAGS = {"benchmarks.md"}
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+
 # Public by name but not API: the settings' internal hook, hidden on the site as well (mkdocs.yml
 # `filters`); Settings documents it once.
 HIDDEN = {"check_together"}
@@ -86,6 +96,28 @@ def flag_table(command: str) -> str:
         if rows:
             out += [f"**{group.title}**", "", "| flag | what it sets |", "|---|---|", *rows, ""]
     return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=1)
+def all_flags() -> frozenset[str]:
+    """Every option string of every mlmkit command and subcommand, hidden aliases included."""
+    _mlmkit()
+    from mlmkit.cli.main import build_parser
+
+    found: set[str] = set()
+    todo = [build_parser()]
+    while todo:
+        for action in todo.pop()._actions:
+            found.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                todo += list(action.choices.values())
+    return frozenset(found)
+
+
+def unknown_flags(text: str, known: frozenset[str] | None = None) -> list[str]:
+    """The `--flags` a text names that neither mlmkit nor the other tools it names have."""
+    known = (all_flags() if known is None else known) | OTHER_TOOLS_FLAGS
+    return sorted({f for f in _FLAG.findall(text) if f not in known})
 
 
 def _invocation(formatter: argparse.HelpFormatter, action: argparse.Action) -> str:
@@ -216,6 +248,9 @@ def on_pre_build(config: Any) -> None:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    if page.file.src_path not in PAGES_OF_OTHER_FLAGS:
+        for flag in unknown_flags(markdown):
+            log.warning(f"{page.file.src_path}: {flag}: no mlmkit command has this flag")
     try:
         return expand(markdown)
     except ValueError as e:
