@@ -30,6 +30,9 @@ log = logging.getLogger("mlmkit")
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the exported directory, base and final fixed-mask metrics, the
+    per-evaluation history, steps, training seconds, data statistics and the best checkpoint."""
+
     output_dir: Path
     base: Metrics | None
     final: Metrics | None  # of the exported model: the last step's, or the best with --load-best
