@@ -104,7 +104,10 @@ def all_flags() -> frozenset[str]:
     _mlmkit()
     from mlmkit.cli.main import build_parser
 
-    found: set[str] = set()
+    from mlmkit.cli.compat import RUN_MLM
+
+    # run_mlm.py's names, which `train` and `eval` read before argparse (cli/compat.py).
+    found: set[str] = {f"--{n}" for n in RUN_MLM} | {f"--{n.replace('_', '-')}" for n in RUN_MLM}
     todo = [build_parser()]
     while todo:
         for action in todo.pop()._actions:

@@ -49,7 +49,7 @@ def test_every_setting_is_in_its_commands_flag_table(hooks, command, names):
 def test_flag_table_has_the_commands_own_flags_and_no_hidden_alias(hooks):
     table = hooks.flag_table("fill")
     assert "`--top-k N`" in table or "`--top-k VALUE`" in table
-    assert "| `model` |" in table  # the positional argument
+    assert "| `MODEL` |" in table and "`--model VALUE`" in table  # positional, or the flag
     assert "--batch_size" not in table and "--model_name_or_path" not in hooks.flag_table("train")
 
 
