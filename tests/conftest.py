@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Before transformers / huggingface_hub are imported anywhere: no test may reach the Hub.
@@ -247,3 +249,44 @@ def fake_hub(monkeypatch):
     yield hub
     _http.set_client_factory(_http.default_client_factory)
     model.hub_cache_only.cache_clear()
+
+
+class _WhoAmI(BaseHTTPRequestHandler):
+    """/api/whoami-v2 as the Hub answers it: `answer` (JSON) with `status`."""
+
+    answer: dict = {}
+    status = 200
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = json.dumps(self.answer).encode()
+        self.send_response(self.status if self.path == "/api/whoami-v2" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def whoami_hub():
+    """A Hub on 127.0.0.1 that answers whoami, a write token of user 'me' until a test calls
+    `.login(role, name=..., orgs=..., scoped=...)` or sets `.status`; its address is `.url`."""
+
+    class Login(_WhoAmI):
+        @classmethod
+        def login(cls, role: str = "write", name: str = "me", orgs=(), scoped=None) -> None:
+            token = {"displayName": "t", "role": role}
+            if scoped is not None:
+                token["fineGrained"] = {"scoped": scoped, "global": []}
+            cls.answer = {"type": "user", "name": name, "orgs": [{"name": o} for o in orgs],
+                          "auth": {"type": "access_token", "accessToken": token}}
+
+    Login.login()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Login)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Login.url = f"http://127.0.0.1:{server.server_port}"
+    yield Login
+    server.shutdown()
+    server.server_close()

@@ -3,13 +3,10 @@ token it stops in seconds with one line and exit 2, before the output directory 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,41 +14,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-class ReadOnlyLogin(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        body = json.dumps({"type": "user", "name": "me", "orgs": [], "auth": {
-            "type": "access_token", "accessToken": {"role": "read"}}}).encode()
-        self.send_response(200 if self.path == "/api/whoami-v2" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def hub_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ReadOnlyLogin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.parametrize("case", ["offline", "no-login", "read-token"])
 def test_push_to_hub_preflight_refuses_in_seconds(case, tiny_roberta, sample_path, tmp_path,
-                                                  hub_url):
+                                                  whoami_hub):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "0",
            "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_ENDPOINT": hub_url}
+           "HF_ENDPOINT": whoami_hub.url}
     env.pop("HF_TOKEN", None)
     env.pop("HUGGING_FACE_HUB_TOKEN", None)
     if case == "offline":
         env["HF_HUB_OFFLINE"] = "1"
     elif case == "read-token":
         env["HF_TOKEN"] = "hf_fake"
+        whoami_hub.login("read")
     out = tmp_path / "never-made"
     t0 = time.monotonic()
     proc = subprocess.run(

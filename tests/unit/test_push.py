@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,41 +35,11 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-class WhoAmI(BaseHTTPRequestHandler):
-    """/api/whoami-v2 as the Hub answers it, for the token role the test sets."""
-
-    answer: dict = {}
-    status = 200
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        body = json.dumps(self.answer).encode()
-        self.send_response(self.status if self.path == "/api/whoami-v2" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def whoami(role: str = "write", name: str = "me", orgs=(), scoped=None) -> dict:
-    token = {"displayName": "t", "role": role}
-    if scoped is not None:
-        token["fineGrained"] = {"scoped": scoped, "global": []}
-    return {"type": "user", "name": name, "orgs": [{"name": o} for o in orgs],
-            "auth": {"type": "access_token", "accessToken": token}}
-
-
 @pytest.fixture
-def hub(monkeypatch):
+def hub(monkeypatch, whoami_hub):
     """A Hub on 127.0.0.1 that answers whoami (a write token of user 'me'), and an HfApi
     that records what would be uploaded instead of uploading it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), WhoAmI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(WhoAmI, "answer", whoami())
-    monkeypatch.setattr(WhoAmI, "status", 200)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(constants, "ENDPOINT", whoami_hub.url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     calls: list[tuple[str, dict]] = []
@@ -95,9 +63,7 @@ def hub(monkeypatch):
             return SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/c1")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    yield SimpleNamespace(calls=calls, api=FakeApi)
-    server.shutdown()
-    server.server_close()
+    return SimpleNamespace(calls=calls, api=FakeApi, login=whoami_hub)
 
 
 def uploads(hub) -> list[dict]:
@@ -211,12 +177,12 @@ def test_push_to_hub_is_refused_before_training_writes_anything(
         monkeypatch.delenv("HF_TOKEN")
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     elif case == "read-token":
-        monkeypatch.setattr(WhoAmI, "answer", whoami("read"))
+        hub.login.login("read")
     elif case == "fine-grained":
-        monkeypatch.setattr(WhoAmI, "answer", whoami("fineGrained", scoped=[
-            {"entity": {"type": "user", "name": "me"}, "permissions": ["repo.content.read"]}]))
+        hub.login.login("fineGrained", scoped=[
+            {"entity": {"type": "user", "name": "me"}, "permissions": ["repo.content.read"]}])
     elif case == "invalid-token":
-        monkeypatch.setattr(WhoAmI, "status", 401)
+        hub.login.status = 401
     elif case == "unreachable":
         import socket
 
@@ -234,11 +200,11 @@ def test_push_to_hub_is_refused_before_training_writes_anything(
     assert "\n" not in err
 
 
-def test_fine_grained_token_with_write_access_passes(monkeypatch, hub):
+def test_fine_grained_token_with_write_access_passes(hub):
     from mlmkit.io.hub import check_push_access
 
-    monkeypatch.setattr(WhoAmI, "answer", whoami("fineGrained", orgs=["lab"], scoped=[
-        {"entity": {"type": "org", "name": "lab"}, "permissions": ["repo.write"]}]))
+    hub.login.login("fineGrained", orgs=["lab"], scoped=[
+        {"entity": {"type": "org", "name": "lab"}, "permissions": ["repo.write"]}])
     check_push_access("lab/eli5", "--push-to-hub")
     with pytest.raises(MlmkitError, match="cannot write to me"):
         check_push_access("me/eli5", "--push-to-hub")
