@@ -23,8 +23,10 @@ log = logging.getLogger("mlmkit")
 
 # The libraries' root loggers; each configures its own on first import, so the ones loaded
 # lazily (transformers, datasets) are imported before their level is set.
-LOGGERS = ("transformers", "accelerate", "datasets", "huggingface_hub", "httpx", "keras",
-           "keras_hub", "absl", "ray", "ray.data")
+# The Hugging Face stack's (httpx2 is huggingface_hub 2's HTTP client: its "HTTP Request:"
+# lines), which the CLI also keeps at ERROR for a whole command.
+HF_LOGGERS = ("transformers", "accelerate", "datasets", "huggingface_hub", "httpx", "httpx2")
+LOGGERS = (*HF_LOGGERS, "keras", "keras_hub", "absl", "ray", "ray.data")
 
 
 def notice(message: str, *args: object) -> None:

@@ -64,7 +64,9 @@ def _quiet_libraries() -> None:
     """Only once a command runs: importing transformers costs seconds that --help and a usage
     error must not pay."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    for noisy in ("transformers", "datasets", "accelerate", "httpx", "httpx2", "huggingface_hub"):
+    from mlmkit.quiet import HF_LOGGERS
+
+    for noisy in HF_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import transformers
 
