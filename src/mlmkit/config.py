@@ -196,15 +196,20 @@ class TrainConfig(DataConfig, MaskConfig):
                               f"{named('from_scratch', True)} or {named('train_tokenizer')} "
                               "(pretrained weights fix the model's shape)")
         if self.push_to_hub:  # refused now, not after the hours of training before the upload
-            from huggingface_hub.errors import HFValidationError
-            from huggingface_hub.utils import validate_repo_id
+            check_repo_id(self.push_to_hub, named("push_to_hub", self.push_to_hub))
 
-            try:
-                validate_repo_id(self.push_to_hub)
-            except HFValidationError as e:
-                raise MlmkitError(f"{named('push_to_hub', self.push_to_hub)}: expected a Hub "
-                                  "repository id, NAME or OWNER/NAME: "
-                                  f"{str(e).splitlines()[0]}") from None
+
+def check_repo_id(repo_id: str, where: str) -> None:
+    """Refuse a name that cannot be a Hub repository id (`--push-to-hub`, `mlmkit push`);
+    `where` begins the error."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise MlmkitError(f"{where}: expected a Hub repository id, NAME or OWNER/NAME: "
+                          f"{str(e).splitlines()[0]}") from None
 
 
 @documented

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlmkit.config import check_repo_id
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import (
     MANIFEST,
@@ -167,14 +168,7 @@ def commit_message(run: Path, manifest: dict[str, Any]) -> str:
 def publish(run: Path, repo_id: str, where: str, *, private: bool = False,
             revision: str | None = None, message: str | None = None) -> str:
     """`push`, with `where` beginning each error (the flag that asked, or the repository)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise MlmkitError(f"{where}: expected a Hub repository id, NAME or OWNER/NAME: "
-                          f"{str(e).splitlines()[0]}") from None
+    check_repo_id(repo_id, where)
     manifest = check_publishable(run)
     check_push_access(repo_id, where)
     # Only what the export wrote and vouches for: never checkpoints (optimizer state), caches,
