@@ -237,8 +237,9 @@ class DeviceConfig(Settings):
     """Where and in what precision an inference model runs."""
 
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="engine")
-    dtype: str = _f("auto", "weights' precision: auto is bfloat16 on a GPU, float32 otherwise",
-                    choices=["auto", "float32", "bfloat16", "float16"], group="engine")
+    dtype: str = _f("auto", "precision: auto is bfloat16 on a GPU, float32 (exact) otherwise; "
+                    "int8 (CPU only) quantizes the linear layers, the fastest on a CPU",
+                    choices=["auto", "float32", "bfloat16", "float16", "int8"], group="engine")
 
 
 def _max_candidates(group: str) -> Any:

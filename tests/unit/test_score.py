@@ -105,7 +105,7 @@ def test_settings_are_checked_before_loading(tmp_path):
     with pytest.raises(MlmkitError, match="max_tokens=0"):
         Scorer(str(tmp_path / "nowhere"), max_tokens=0)
     with pytest.raises(MlmkitError, match="dtype"):
-        Scorer(str(tmp_path / "nowhere"), device="cpu", dtype="int8")
+        Scorer(str(tmp_path / "nowhere"), device="cpu", dtype="int4")
 
 
 def test_bfloat16_is_close(splade):

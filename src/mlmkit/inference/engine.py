@@ -41,7 +41,7 @@ class Engine:
                  dtype: str = "auto", batch_size: int | None = None,
                  max_tokens: int | None = None) -> None:
         check_budget(batch_size, max_tokens)  # before loading: a bad setting costs nothing
-        self.model, self.tokenizer, self.device = inference_model(
+        self.model, self.tokenizer, self.device, self.precision = inference_model(
             model, tokenizer, device, dtype, type(self).__name__)
         self._check_tokenizer()
         gpu = self.device.type == "cuda"

@@ -15,6 +15,7 @@ import torch
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import OFFLINE, first_line, model_dir, reach, refusal
+from mlmkit.modeling.precision import apply_precision, check_precision
 from mlmkit.modeling.weights import check_weights, mismatch
 
 log = logging.getLogger("mlmkit")
@@ -318,27 +319,23 @@ def masked_lm_outputs(model: Any, batch: dict[str, torch.Tensor], sparse: bool =
 
 
 _DEVICES = "cpu, cuda, cuda:N, mps or auto"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine: str
-                    ) -> tuple[Any, Any, torch.device]:
-    """(model, tokenizer, device) ready for inference: `model` a path or Hub id (loaded with its
-    tokenizer) or a model object (then `tokenizer` is required), on `device` in `dtype` ('auto':
-    bfloat16 on a GPU, else float32), in eval mode. The settings are checked before the model
-    loads, so a wrong one costs no loading time. `engine` names the caller in errors."""
+                    ) -> tuple[Any, Any, torch.device, str]:
+    """(model, tokenizer, device, precision) ready for inference: `model` a path or Hub id
+    (loaded with its tokenizer) or a model object (then `tokenizer` is required), on `device`
+    in `dtype` ('auto': bfloat16 on a GPU, else float32; 'int8': see modeling/precision.py), in
+    eval mode. The settings are checked before the model loads, so a wrong one costs no loading
+    time. `engine` names the caller in errors."""
     dev = pick_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise MlmkitError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    precision = check_precision(dtype, dev)
     if isinstance(model, str):
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model)
     elif tokenizer is None:
         raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
-    return model.to(device=dev, dtype=DTYPES[dtype]).eval(), tokenizer, dev
+    return apply_precision(model, dev, precision), tokenizer, dev, precision
 
 
 def pick_device(device: str) -> torch.device:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mlmkit.errors import MlmkitError
+from mlmkit.modeling.precision import precision_of
 from mlmkit.probing.cloze import NOT_ONE_TOKEN, count_facts, run_cloze
 from mlmkit.probing.records import first_fields
 from mlmkit.probing.stats import compare, summarize
@@ -114,7 +115,7 @@ def _engines(model: ModelLike, tokenizer: Any, device: str, dtype: str,
     if not isinstance(model, str):
         param = next(model.parameters())
         device = str(param.device) if device == "auto" else device
-        dtype = str(param.dtype).removeprefix("torch.") if dtype == "auto" else dtype
+        dtype = precision_of(model) if dtype == "auto" else dtype
     return Engines(model, tokenizer, device, dtype, max_tokens)
 
 

@@ -75,8 +75,7 @@ class Engines:
         engine = self._scorer or self._fill
         if engine is None:
             return self._model, self._tokenizer, self._device, self._dtype
-        dtype = str(next(engine.model.parameters()).dtype).removeprefix("torch.")
-        return engine.model, engine.tokenizer, str(engine.device), dtype
+        return engine.model, engine.tokenizer, str(engine.device), engine.precision
 
     @property
     def scorer(self) -> Scorer:

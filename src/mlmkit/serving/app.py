@@ -269,9 +269,9 @@ def _scorer_for(engine: Any) -> tuple[Any, str]:
     if not isinstance(model, torch.nn.Module) or tokenizer is None:
         return None, f"the engine {type(engine).__name__} has no model and tokenizer to share"
     from mlmkit.inference.score import Scorer
-    from mlmkit.modeling.load import DTYPES
+    from mlmkit.modeling.precision import precision_of
 
-    dtype = next((name for name, t in DTYPES.items() if t == model.dtype), "float32")
+    dtype = getattr(engine, "precision", None) or precision_of(model)
     try:
         return Scorer(model, tokenizer, device=str(engine.device), dtype=dtype), ""
     except MlmkitError as e:

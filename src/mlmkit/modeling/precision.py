@@ -1,0 +1,114 @@
+"""The precision an inference model runs in: float32 (exact), bfloat16, float16, or int8.
+
+int8 quantizes every linear layer (the encoder's and the vocabulary projection) to int8 weights
+with one scale per output channel, and quantizes each row of its input (each token) with its
+own scale at run time ("W8A8, per-token dynamic"); the products run as int8 x int8 -> int32
+through `torch._int_mm` (oneDNN: VNNI or AMX where the CPU has them) and are rescaled to
+float32. Embeddings, layer norms, attention and the softmax stay float32.
+
+Why our own ~40 lines rather than a library's, measured in bench/cpu_precision.py
+(docs/benchmarks.md, "CPU inference at the hardware's limit"):
+- `torch.ao.quantization.quantize_dynamic` (deprecated in favour of torchao) quantizes a
+  whole batch's activations with one scale: top-1 agreement with float32 on the real
+  bert-tiny-splade fell to 84.4%, against 95.4% for per-token scales;
+- torchao's `Int8DynamicActivationInt8WeightConfig` does per-token scales too, but in eager
+  mode on a CPU it ran 4-20x slower than float32 (it is built for torch.compile, which on this
+  CPU compiled for 34 s and then ran bfloat16 5x slower than eager for variable shapes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlmkit.errors import MlmkitError
+
+# The precisions an inference engine takes; int8 holds float32 outside its linear layers.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+              "int8": torch.float32}
+ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class Int8Linear(nn.Module):
+    """An `nn.Linear` for inference with int8 weights (a scale per output channel) and int8
+    activations (a scale per row, computed at each call); the output is float32 (or the
+    input's float dtype)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+        q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_t", q.t().contiguous())  # [in, out]: _int_mm's layout
+        self.register_buffer("weight_scale", scale)
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+        q = (rows / scale).round_().clamp_(-127, 127).to(torch.int8)
+        y = torch._int_mm(q, self.weight_t).float().mul_(scale * self.weight_scale)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, [out, in] as `nn.Linear` has it (for code that reads it)."""
+        return (self.weight_t.t().float() * self.weight_scale[:, None])
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, int8 per-channel weights, per-token activations")
+
+
+def quantize_int8(model: nn.Module) -> int:
+    """Replace each `nn.Linear` of `model` in place by an `Int8Linear`; the number replaced.
+    A layer shared by two parents (a tied head) is converted once."""
+    done: dict[int, Int8Linear] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                if id(child) not in done:
+                    done[id(child)] = Int8Linear(child)
+                setattr(parent, name, done[id(child)])
+    return len(done)
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """`precision` ('auto': bfloat16 on a GPU, else float32) checked against the device, in
+    one line naming the setting."""
+    from mlmkit.settings import named
+
+    if precision == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    precision = ALIASES.get(precision, precision)
+    if precision not in PRECISIONS:
+        raise MlmkitError(f"{named('dtype', precision, quoted=True)}: expected auto, "
+                          f"{', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise MlmkitError(f"{named('dtype', 'int8')}: int8 runs on a CPU only; on "
+                          f"{device.type} use bfloat16 (or float16)")
+    return precision
+
+
+def apply_precision(model: Any, device: torch.device, precision: str) -> Any:
+    """`model` on `device` in `precision` (checked, not 'auto'), in eval mode; a model already
+    quantized stays as it is."""
+    model = model.to(device=device, dtype=PRECISIONS[precision]).eval()
+    if precision == "int8" and not any(isinstance(m, Int8Linear) for m in model.modules()):
+        quantize_int8(model)
+    return model
+
+
+def precision_of(model: Any) -> str:
+    """The precision a loaded model runs in, as `apply_precision` named it."""
+    if any(isinstance(m, Int8Linear) for m in model.modules()):
+        return "int8"
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    return next((n for n, t in PRECISIONS.items() if t == dtype and n != "int8"), "float32")
