@@ -121,3 +121,18 @@ def test_resume_keeps_the_base_probe_and_probes_only_the_trained_model(
     assert r.probes[key]["base"] == first.probes[key]["base"]
     both = probe_models([str(tiny_roberta), str(out)], "pairs", probe_files["pairs"])
     assert r.probes[key]["difference"] == both.comparisons[0]["metrics"]
+
+
+@pytest.mark.parametrize("task, records, error", [
+    ("cloze", [{"masked_sentences": ["No mask here."], "obj_label": "x"}],
+     r"line 1: field 'masked_sentences\[0\]'.*expected a string with one \[MASK\]"),
+    ("bias", ["sent_more,sent_less,stereo_antistereo", "A b.,C d.,stereo", "A b.,C d.,both"],
+     r"line 3: field 'stereo_antistereo': 'both'"),
+    ("pairs", [{"sentence_good": "A b."}, {"sentence_good": "A b."}],
+     r"line 1: no field 'sentence_bad'.*\(2 bad records in"),
+])
+def test_check_records_reads_each_task_without_a_model(task, records, error, tmp_path):
+    path = tmp_path / ("p.csv" if task == "bias" else "p.jsonl")
+    _write(path, records)
+    with pytest.raises(MlmkitError, match=error):
+        probe_run.check_records(path, task)
