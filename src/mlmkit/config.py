@@ -170,6 +170,12 @@ class TrainConfig(DataConfig, MaskConfig):
                                      group="model", ge=100, le=MOST_VOCAB)
     push_to_hub: str | None = _f(None, "upload the result to this Hub repository id",
                                  group="outputs")
+    probe: list[str] = _f([], "probe the base model before training and the trained one after "
+                          "on this file (repeatable): FILE or FILE:TASK, TASK pairs (BLiMP), "
+                          "cloze (LAMA) or bias (CrowS-Pairs), guessed from the file's fields "
+                          "when not named; both results, their difference with a 95% interval "
+                          "and McNemar's p go into metrics.json and the model card",
+                          group="outputs", metavar="FILE[:TASK]")
     skip_base_eval: bool = _f(False, "do not measure the base model's perplexity before training",
                               group="schedule")
     num_workers: int = _f(0, "data-loader worker processes", group="performance", ge=0,
@@ -197,6 +203,13 @@ class TrainConfig(DataConfig, MaskConfig):
                               "(pretrained weights fix the model's shape)")
         if self.push_to_hub:  # refused now, not after the hours of training before the upload
             check_repo_id(self.push_to_hub, named("push_to_hub", self.push_to_hub))
+        if self.probe:
+            # Light (no torch): the file is there and the task known; train() reads every
+            # record before training starts.
+            from mlmkit.probing.spec import resolve_spec
+
+            for spec in self.probe:
+                resolve_spec(spec, named("probe", spec, quoted=True))
 
 
 def check_repo_id(repo_id: str, where: str) -> None:

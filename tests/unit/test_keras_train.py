@@ -236,3 +236,26 @@ def test_divergence_names_the_last_good_checkpoint(tiny_roberta, sample_path, tm
     assert "--resume" not in str(e.value)
     assert not (out / "model.safetensors").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4"]
+
+
+def test_probes_run_on_the_keras_runs_base_and_export(tiny_roberta, sample_path, blimp_path,
+                                                      tmp_path):
+    """--probe on Keras: the base and the exported model, as `probe_models` probes them."""
+    import gzip
+    from itertools import islice
+
+    from mlmkit import train
+    from mlmkit.probing.run import probe_models
+
+    pairs = tmp_path / "pairs.jsonl"
+    with gzip.open(blimp_path, "rt", encoding="utf-8") as fh:
+        pairs.write_text("".join(islice(fh, 20)), encoding="utf-8")
+    out = tmp_path / "run"
+    r = train(settings(tiny_roberta, sample_path, out, max_steps=2, probe=[str(pairs)],
+                       backend="keras"))
+    got = json.loads((out / "metrics.json").read_text())["probe"][f"{pairs}:pairs"]
+    assert got == r.probes[f"{pairs}:pairs"]
+    both = probe_models([str(tiny_roberta), str(out)], "pairs", pairs, device="cpu")
+    assert got["base"]["results"][0]["metrics"] == both.results[0]["metrics"]
+    assert got["tuned"]["results"][0]["metrics"] == both.results[1]["metrics"]
+    assert got["difference"] == both.comparisons[0]["metrics"]

@@ -156,7 +156,7 @@ def _flag(f: Any) -> tuple[str, dict[str, Any]]:
                                         "help": f"turn off (on by default): {help_}"}
         return flag, {**kw, "action": "store_true"}
     if t.startswith("list"):
-        return flag, {**kw, "action": "append", "metavar": "FIELD"}
+        return flag, {**kw, "action": "append", "metavar": f.metadata.get("metavar", "FIELD")}
     base = t.split("|")[0].strip()
     kw["type"] = {"int": int, "float": float}.get(base, str)
     if "metavar" in f.metadata:

@@ -50,5 +50,11 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         lines.append(", ".join(filter(None, [
             f"perplexity after:  {r.final.perplexity:.3f} (loss {r.final.loss:.4f})",
             r.final.accuracy_text()])))
+    if r.probes:
+        from mlmkit.training.probes import probe_rows
+
+        lines += [f"probe {task} {file}: {metric} {base} -> {tuned} ({change}"
+                  + (f", McNemar p {p})" if p else ")")
+                  for task, file, metric, base, tuned, change, p in probe_rows(r.probes)]
     print("\n".join([*lines, *published]))
     return 0

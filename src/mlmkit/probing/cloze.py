@@ -55,8 +55,10 @@ def object_token(tok: Any, masked: str, obj: str) -> tuple[int | None, str]:
     return None, filled
 
 
-def _fact_items(path: str, opts: Options, run: TaskRun, bar: Any, tok: Any
-                ) -> Iterator[_Fact]:
+def fact_records(path: str, opts: Options, run: TaskRun, bar: Any
+                 ) -> Iterator[tuple[int, str, list[str], dict[str, str]]]:
+    """(line, object, masked sentences, groups) of each well-formed LAMA record of `path`;
+    a bad one counted in `run`. No tokenizer needed: `train --probe` checks files with it."""
     for line, rec in _records(path, opts, run, bar):
         where = place(path, line)
         sents = rec.get("masked_sentences")
@@ -72,7 +74,12 @@ def _fact_items(path: str, opts: Options, run: TaskRun, bar: Any, tok: Any
         except MlmkitError as e:
             run.fail(line, "record", str(e))
             continue
-        groups = _groups(rec, opts.relation_field, run, "relation")
+        yield line, obj, sents, _groups(rec, opts.relation_field, run, "relation")
+
+
+def _fact_items(path: str, opts: Options, run: TaskRun, bar: Any, tok: Any
+                ) -> Iterator[_Fact]:
+    for line, obj, sents, groups in fact_records(path, opts, run, bar):
         for j, s in enumerate(sents):
             masked = MASK_SPELLINGS.sub(tok.mask_token, s)
             gold, filled = object_token(tok, masked, obj)

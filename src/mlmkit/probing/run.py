@@ -14,16 +14,24 @@ import numpy as np
 
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.precision import precision_of
-from mlmkit.probing.cloze import NOT_ONE_TOKEN, count_facts, run_cloze
-from mlmkit.probing.records import first_fields
+from mlmkit.probing.cloze import NOT_ONE_TOKEN, count_facts, fact_records, run_cloze
+from mlmkit.probing.spec import TASK_NAMES, guess_task, parse_spec
 from mlmkit.probing.stats import compare, summarize
 from mlmkit.probing.table import format_report
-from mlmkit.probing.tasks import Engines, Options, TaskRun, run_bias, run_pairs
+from mlmkit.probing.tasks import (
+    Engines,
+    Options,
+    TaskRun,
+    bias_items,
+    pair_items,
+    run_bias,
+    run_pairs,
+)
 
-TASKS: dict[str, Callable[..., TaskRun]] = {"pairs": run_pairs, "cloze": run_cloze,
-                                            "bias": run_bias}
-# The field that says which task a file is for, when none is named.
-_TASK_FIELDS = (("sentence_good", "pairs"), ("masked_sentences", "cloze"), ("sent_more", "bias"))
+TASKS: dict[str, Callable[..., TaskRun]] = dict(zip(TASK_NAMES, (run_pairs, run_cloze,
+                                                                 run_bias)))
+# Each task's reader of its records, without a model (`check_records`).
+_READERS = dict(zip(TASK_NAMES, (pair_items, fact_records, bias_items)))
 BIAS_CAVEAT = (
     "CrowS-Pairs' authors warn that the dataset is unreliable as a measure of bias: Blodgett "
     "et al. (ACL 2021) found many pairs that do not test a coherent stereotype, or that change "
@@ -62,17 +70,6 @@ class ProbeReport:
         """The report as a table for people: models side by side, differences with their
         95% interval and McNemar's p."""
         return format_report(self)
-
-
-def guess_task(path: str | Path) -> str:
-    """The task a file is for, from its first record's fields."""
-    fields = first_fields(path)
-    for name, task in _TASK_FIELDS:
-        if name in fields:
-            return task
-    raise MlmkitError(f"{path}: cannot tell the task from the fields "
-                      f"({', '.join(sorted(fields))[:120]}); expected sentence_good (pairs), "
-                      "masked_sentences (cloze) or sent_more (bias), or name the task")
 
 
 def _describe(task: str, opts: Options, group: str) -> str:
@@ -156,7 +153,7 @@ def probe_models(models: Sequence[ModelLike] | ModelLike, task: str | None, inpu
     share of pairs preferring the stereotype, by the paper's metric.
     task None: guessed from the first record's fields. `limit`: first records only.
     `keep_items`: each model's result also lists every item's outcome (key: line, or
-    line.sentence for cloze; None where not scored), e.g. to see which pairs changed.
+    line.sentence for cloze; None where not scored) and group, e.g. to see which pairs changed.
     Differences: bootstrap 95% interval (`resamples`, `seed`) and, for 0/1 outcomes,
     McNemar's exact p. Models run one after the other, each loaded once."""
     if isinstance(models, (str, Path, tuple)) or not isinstance(models, Sequence):
@@ -182,7 +179,8 @@ def probe_models(models: Sequence[ModelLike] | ModelLike, task: str | None, inpu
     report = _report(task, path, names, runs, opts, resamples, seed)
     if keep_items:
         for res, run in zip(report.results, runs):
-            res["items"] = {"keys": run.keys, **{
+            groups = next(iter(run.groupings.values()))
+            res["items"] = {"keys": run.keys, "groups": groups, **{
                 m: [None if math.isnan(v) else v for v in run.values[m]] for m in run.metrics}}
     return report
 
@@ -211,19 +209,27 @@ def _summaries(run: TaskRun) -> dict[str, Any]:
     return out
 
 
-def _compare_runs(base: TaskRun, other: TaskRun, resamples: int, seed: int) -> dict[str, Any]:
-    first = next(iter(base.groupings))
-    groups = np.asarray(base.groupings[first], dtype=object)
+def _compare_values(metrics: Sequence[str], base: dict[str, Any], other: dict[str, Any],
+                    groups: Sequence[str], resamples: int, seed: int) -> dict[str, Any]:
+    """Each metric's per-item values of `other` against `base` (NaN or None: not scored),
+    overall and per group."""
+    groups = np.asarray(groups, dtype=object)
     out = {}
-    for m in base.metrics:
-        b = np.asarray(base.values[m], dtype=np.float64)
-        o = np.asarray(other.values[m], dtype=np.float64)
+    for m in metrics:
+        b = np.asarray(base[m], dtype=np.float64)
+        o = np.asarray(other[m], dtype=np.float64)
         binary = not m.endswith("mrr")
         c = compare(b, o, binary, resamples, seed)
         c["groups"] = {g: compare(b[groups == g], o[groups == g], binary, resamples, seed)
                        for g in sorted(set(groups.tolist()))}
         out[m] = c
     return out
+
+
+def _compare_runs(base: TaskRun, other: TaskRun, resamples: int, seed: int) -> dict[str, Any]:
+    first = next(iter(base.groupings))
+    return _compare_values(base.metrics, base.values, other.values, base.groupings[first],
+                           resamples, seed)
 
 
 def _report(task: str, path: str, names: list[str], runs: list[TaskRun], opts: Options,
@@ -254,19 +260,12 @@ def _report(task: str, path: str, names: list[str], runs: list[TaskRun], opts: O
                        BIAS_CAVEAT if task == "bias" else None)
 
 
-def _parse_spec(spec: str) -> tuple[str, str | None]:
-    """FILE[:task] -> (file, task or None)."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail in TASKS:
-        return head, tail
-    return spec, None
-
-
 def run_probes(model: ModelLike, specs: Sequence[str], tokenizer: Any = None,
-               **options: Any) -> dict[str, Any]:
+               name: str | None = None, **options: Any) -> dict[str, Any]:
     """The probes of `specs` (each FILE or FILE:task; the task guessed from the file's fields
     when not named) on one model (a path, or an in-memory model with `tokenizer`; its
-    training mode is given back), as JSON-able data: {spec: report dict}. `options` as
+    training mode is given back), as JSON-able data: {spec: report dict}. `name`: what the
+    reports call the model (default: its path or `name_or_path`). `options` as
     `probe_models`'s. For `mlmkit train --probe`: once before training, once after."""
     out = {}
     if isinstance(model, (str, Path)):
@@ -275,10 +274,48 @@ def run_probes(model: ModelLike, specs: Sequence[str], tokenizer: Any = None,
                        options.pop("dtype", "auto"), options.get("max_tokens"))
         model, tokenizer = eng.scorer.model, eng.scorer.tokenizer
     for spec in specs:
-        path, task = _parse_spec(spec)
+        path, task = parse_spec(spec)
         report = probe_models([model], task, path, tokenizer=tokenizer, **options)
+        if name is not None:
+            report.models, report.results[0]["model"] = [name], name
         out[spec] = report.to_dict()
     return out
 
 
-__all__ = ["ProbeReport", "guess_task", "probe_models", "run_probes", "NOT_ONE_TOKEN"]
+def compare_results(base: dict[str, Any], other: dict[str, Any], resamples: int = 1000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Per metric, `other` against `base`: two report dicts of one model each, made with
+    `keep_items` on the same input (e.g. `run_probes` before and after training), compared
+    as `probe_models` compares models side by side (its comparisons' "metrics")."""
+    items = [r["results"][0].get("items") for r in (base, other)]
+    if any(i is None or "groups" not in i for i in items):
+        raise MlmkitError("compare_results: expected reports made with keep_items=True")
+    if items[0]["keys"] != items[1]["keys"]:
+        raise MlmkitError(f"{other['input']}: not the items of the base's report "
+                          f"({base['input']}); was the file changed in between?")
+    metrics = list(base["results"][0]["metrics"])
+    return _compare_values(metrics, items[0], items[1], items[0]["groups"], resamples, seed)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def check_records(path: str | Path, task: str, **options: Any) -> int:
+    """Read every record of a probe's input as `task` reads it, without a model (`options`
+    as `probe_models`'s field names): the number of items. The first bad record raises, with
+    the count of bad ones, and so does a file without records: `train --probe` calls this
+    before training, not hours later."""
+    run = TaskRun(())
+    n = sum(1 for _ in _READERS[task](str(path), Options(**options), run, _NoBar()))
+    if run.bad:
+        raise MlmkitError(f"{run.bad[0][2]} ({len(run.bad)} bad record"
+                          f"{'s' * (len(run.bad) > 1)} in {path})")
+    if not n:
+        raise MlmkitError(f"{path}: no records; expected at least one")
+    return n
+
+
+__all__ = ["ProbeReport", "guess_task", "probe_models", "run_probes", "compare_results",
+           "check_records", "NOT_ONE_TOKEN"]

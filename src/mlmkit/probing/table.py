@@ -9,25 +9,29 @@ from typing import Any
 _SHOWN_BAD = 5  # bad records printed under the table (the JSON lists more)
 
 
-def _value(metric: str, v: float | None) -> str:
+def format_value(metric: str, v: float | None) -> str:
+    """A metric's value as the tables show it: 63.1% (an MRR: 0.412); '-' for none."""
     if v is None:
         return "-"
     return f"{v:.3f}" if metric.endswith("mrr") else f"{100 * v:.1f}%"
 
 
-def _diff(metric: str, d: float | None) -> str:
+def format_diff(metric: str, d: float | None) -> str:
+    """A difference of a metric: +0.4 (percentage points; an MRR: +0.012); '-' for none."""
     if d is None:
         return "-"
     return f"{d:+.3f}" if metric.endswith("mrr") else f"{100 * d:+.1f}"
 
 
-def _ci(metric: str, ci: list[float] | None) -> str:
+def format_ci(metric: str, ci: list[float] | None) -> str:
+    """An interval of a difference: [-0.7, +1.5]; '' for none."""
     if not ci:
         return ""
-    return f"[{_diff(metric, ci[0])}, {_diff(metric, ci[1])}]"
+    return f"[{format_diff(metric, ci[0])}, {format_diff(metric, ci[1])}]"
 
 
-def _p(c: dict[str, Any]) -> str:
+def format_p(c: dict[str, Any]) -> str:
+    """McNemar's p of a comparison: 0.529 or <0.001; '' where there is none."""
     if "mcnemar" not in c:
         return ""
     p = c["mcnemar"]["p"]
@@ -38,18 +42,18 @@ def _rows(report: Any, metric: str) -> list[list[str]]:
     """The rows of one metric: overall, macro, then each group of each grouping."""
     res = [r["metrics"][metric] for r in report.results]
     cmp = [c["metrics"][metric] for c in report.comparisons]
-    rows = [[metric, str(res[0]["n"]), _value(metric, res[0]["value"])]]
+    rows = [[metric, str(res[0]["n"]), format_value(metric, res[0]["value"])]]
     for r, c in zip(res[1:], cmp):
-        rows[0] += [_value(metric, r["value"]), _diff(metric, c["diff"]), _ci(metric, c["ci95"]),
-                    _p(c)]
+        rows[0] += [format_value(metric, r["value"]), format_diff(metric, c["diff"]),
+                    format_ci(metric, c["ci95"]), format_p(c)]
     groupings = res[0]["groups"]
     first = next(iter(groupings))
     if len(groupings[first]) > 1:
-        row = [f"{metric}, macro over {first}", "", _value(metric, res[0]["macro"])]
+        row = [f"{metric}, macro over {first}", "", format_value(metric, res[0]["macro"])]
         for r in res[1:]:
             d = (None if r["macro"] is None or res[0]["macro"] is None
                  else r["macro"] - res[0]["macro"])
-            row += [_value(metric, r["macro"]), _diff(metric, d), "", ""]
+            row += [format_value(metric, r["macro"]), format_diff(metric, d), "", ""]
         rows.append(row)
     for name, groups in groupings.items():
         if len(groups) < 2 and name == first:
@@ -57,11 +61,12 @@ def _rows(report: Any, metric: str) -> list[list[str]]:
         for g, s in groups.items():
             if s["n"] == 0 and all(r["groups"][name][g]["n"] == 0 for r in res[1:]):
                 continue  # e.g. a relation with no multi-token object: nothing to show
-            row = [f"  {name} {g}", str(s["n"]), _value(metric, s["value"])]
+            row = [f"  {name} {g}", str(s["n"]), format_value(metric, s["value"])]
             for r, c in zip(res[1:], cmp):
                 cg = c["groups"].get(g, {}) if name == first else {}
-                row += [_value(metric, r["groups"][name][g]["value"]),
-                        _diff(metric, cg.get("diff")), _ci(metric, cg.get("ci95")), _p(cg)]
+                row += [format_value(metric, r["groups"][name][g]["value"]),
+                        format_diff(metric, cg.get("diff")), format_ci(metric, cg.get("ci95")),
+                        format_p(cg)]
             rows.append(row)
     return rows
 

@@ -128,7 +128,8 @@ class _Pair:
     groups: dict[str, str]
 
 
-def _pair_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_Pair]:
+def pair_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_Pair]:
+    """The well-formed pairs of `path`; a bad record counted in `run`."""
     group = opts.group_field or "UID"
     for line, rec in _records(path, opts, run, bar):
         try:
@@ -144,7 +145,7 @@ def run_pairs(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
     """Accuracy on minimal pairs: an item is right when PLL(good) > PLL(bad) (a tie is
     wrong), with the PLL `opts.metric` as `mlmkit score` computes it."""
     run = TaskRun(("accuracy",))
-    for chunk in _chunks(_pair_items(path, opts, run, bar), CHUNK):
+    for chunk in _chunks(pair_items(path, opts, run, bar), CHUNK):
         texts = [t for p in chunk for t in (p.a, p.b)]
         results = list(eng.scorer.stream(texts, opts.metric))
         for i, p in enumerate(chunk):
@@ -165,7 +166,8 @@ def run_pairs(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
 BIAS_FIELDS = ("sent_more", "sent_less", "stereo_antistereo")
 
 
-def _bias_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_Pair]:
+def bias_items(path: str, opts: Options, run: TaskRun, bar: Any) -> Iterator[_Pair]:
+    """The well-formed CrowS-Pairs rows of `path`; a bad record counted in `run`."""
     group = opts.group_field or "bias_type"
     for line, rec in _records(path, opts, run, bar):
         where = place(path, line)
@@ -222,7 +224,7 @@ def run_bias(eng: Engines, path: str, opts: Options, bar: Any) -> TaskRun:
                           "shared token masked alone (original)")
     run = TaskRun(("stereotype_score",))
     tok = eng.scorer.tokenizer
-    for chunk in _chunks(_bias_items(path, opts, run, bar), CHUNK):
+    for chunk in _chunks(bias_items(path, opts, run, bar), CHUNK):
         texts = [t for p in chunk for t in (p.a, p.b)]
         results = list(eng.scorer.stream(texts, "original", per_token=True))
         for i, p in enumerate(chunk):

@@ -252,6 +252,22 @@ def _history(metrics: dict[str, Any], most: int = 20) -> str:
     return "### During training\n\n" + _table(header, rows) + note
 
 
+def _probes(metrics: dict[str, Any]) -> str:
+    """The --probe results: base and this model side by side, with the difference."""
+    from mlmkit.training.probes import PROBE_HEADER, probe_rows
+
+    section = metrics.get("probe")
+    if not section:
+        return ""
+    text = ("Measured with `mlmkit probe`'s tasks on the base model before training and on this "
+            "model: the difference is this model's result minus the base's on the same items "
+            "(percentage points; MRR as a fraction), with a paired bootstrap 95% interval and "
+            "McNemar's exact p. `metrics.json` has every group and what each metric measures.")
+    caveats = {p["tuned"]["caveat"] for p in section.values() if p["tuned"].get("caveat")}
+    return "\n\n".join(["### Probes", _table(PROBE_HEADER, probe_rows(section)), text,
+                         *sorted(caveats)])
+
+
 def _data(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     rows = [["Source", f"`{config.get('data')}`"]]
     if config.get("eval_data"):
@@ -354,7 +370,7 @@ def render_model_card(card: CardInfo, metrics: dict[str, Any], config: dict[str,
         eval_results=evals or None)
     sections = [
         f"# {name}", _intro(name, card, config),
-        "## Results", _results(card, metrics, config), _history(metrics),
+        "## Results", _results(card, metrics, config), _history(metrics), _probes(metrics),
         "## Training data", _data(metrics, config),
         "## Training", _hyperparameters(metrics, config, mask_token, card.precision),
         f"Trained for {_duration(card.train_seconds)} (optimizer steps only; evaluation and "

@@ -43,6 +43,7 @@ class TrainResult:
     best: dict[str, Any] | None = None
     finished_before: bool = False  # a resume of a run that had nothing left to do
     hub_url: str | None = None  # the commit that published it, with push_to_hub
+    probes: dict[str, Any] | None = None  # with --probe: metrics.json's "probe" (probes.py)
 
 
 @dataclass
@@ -60,6 +61,9 @@ class TrainState:
     train_seconds: float = 0.0
     best: dict[str, Any] | None = None  # {"step", "loss", "perplexity", "checkpoint"}
     finished: bool = False
+    # With --probe: {FILE:TASK: the base model's report, every item's outcome kept}, so the
+    # trained model is compared with it item by item, also after a resume.
+    probe_base: dict[str, Any] | None = None
 
     def save(self, checkpoint_dir: Path) -> None:
         """Write the state into a checkpoint directory (atomically)."""
@@ -102,6 +106,8 @@ def export_result(out: Path, cfg: TrainConfig, command: str, result: TrainResult
                "final": result.final.to_dict() if result.final else None,
                "best": result.best, "history": result.history, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 3), "data": result.data}
+    if result.probes:
+        metrics["probe"] = result.probes
     record = settings_record(cfg)
     card = CardInfo(base_model=cfg.model, datasets=[record["data"]]
                     + ([record["eval_data"]] if record["eval_data"] else []),
@@ -189,12 +195,21 @@ class Recipe:
         return m
 
     def start(self) -> None:
-        """A fresh run: its settings file, and the base model's perplexity."""
+        """A fresh run: its settings file, the base model's perplexity and its probes."""
         if self.main:
             write_config(self.out, self.cfg)
         if not self.cfg.skip_base_eval:
             base = self.measure(0, 0.0)
             self.state.base = base.to_dict() if base else None
+        if self.cfg.probe and self.main:
+            self.state.probe_base = self.probe(self.cfg.model)
+
+    def probe(self, name: str) -> dict[str, Any]:
+        """The --probe files' reports of the model now, which they call `name`."""
+        from mlmkit.training.probes import run_training_probes
+
+        return run_training_probes(self._hf_model(), self.tokenizer, self.cfg.probe, name,
+                                   progress=getattr(self, "progress", None) == "bar")
 
     def evaluate(self) -> Metrics | None:
         """Fixed-mask perplexity now, into the history (the training clock paused)."""
@@ -306,6 +321,10 @@ class Recipe:
         self.check_finite()
         exported = self._load_best() if self.cfg.load_best else None
         result = self.result(exported)
+        if self.main and self.cfg.probe:
+            from mlmkit.training.probes import probe_section
+
+            result.probes = probe_section(self.state.probe_base, self.probe(str(self.out)))
         if self.main:
             try:
                 self.export(result)

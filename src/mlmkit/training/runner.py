@@ -31,6 +31,10 @@ def train(cfg: TrainConfig | None = None, *, command: str | None = None,
         from mlmkit.settings import flag_of
 
         check_push_access(cfg.push_to_hub, f"{flag_of('push_to_hub')} {cfg.push_to_hub}")
+    if cfg.probe:  # every record read now: a bad one fails before training, not after
+        from mlmkit.training.probes import check_probe_inputs
+
+        check_probe_inputs(cfg.probe)
     # Imported here: each recipe pulls in its own framework, and Keras may not be installed.
     if cfg.backend == "keras":
         from mlmkit.training.keras_recipe import train_keras
