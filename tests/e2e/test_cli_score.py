@@ -114,3 +114,18 @@ def test_unknown_metric_is_one_line_before_loading(capsys, tmp_path):
     assert code == 2 and out == ""
     assert err.strip() == ("error: metric 'l2r': expected one of original, word-l2r, "
                            "whole-word")
+
+
+def test_one_dtype_flag_picks_int8_for_score_and_fill(capsys, tiny_bert):
+    """`--dtype int8` gives the int8 engine's own records from both commands."""
+    from mlmkit import FillMask
+
+    code, out, _ = run(capsys, "score", tiny_bert, "--dtype", "int8", "--json", *TEXTS)
+    assert code == 0
+    int8 = Scorer(str(tiny_bert), device="cpu", dtype="int8")
+    assert [json.loads(line) for line in out.splitlines()] == int8(TEXTS)
+    assert int8(TEXTS) != Scorer(str(tiny_bert), device="cpu")(TEXTS)  # a real change
+    code, out, _ = run(capsys, "fill", tiny_bert, "--dtype", "int8", "--json", "A [MASK] day.")
+    assert code == 0
+    assert json.loads(out) == FillMask(str(tiny_bert), device="cpu", dtype="int8")(
+        "A [MASK] day.")

@@ -126,3 +126,35 @@ def test_a_score_request_past_its_work_budget_is_413_before_any_work(engine):
     assert f"{n * n:,} tokens" in big.json()["error"]
     assert small.status_code == 200 and "pll" in small.json()
     assert len(calls) == 1  # only the small request reached the engine
+
+
+def test_an_int8_server_runs_fill_and_score_in_int8_and_says_so(tiny_bert):
+    """`create_app(path, dtype="int8")`: the fill engine and the /score engine are one int8
+    model; /health and the page name the precision; the answers are int8's own."""
+    from mlmkit.modeling.precision import Int8Linear
+
+    app = create_app(str(tiny_bert), dtype="int8", device="cpu")
+    fill = app.state.engine
+    score = app.state.batcher.engines[Scorer]
+    assert fill.precision == score.precision == "int8" and score.model is fill.model
+    assert any(isinstance(m, Int8Linear) for m in fill.model.modules())
+    int8_fill = FillMask(str(tiny_bert), device="cpu", dtype="int8")
+
+    async def go(c):
+        return (await c.get("/health"), await c.get("/"),
+                await c.post("/", json={"inputs": "The cat sat on the [MASK]."}),
+                await c.post("/score", json={"inputs": SENTENCES[0]}))
+
+    health, page, filled, scored = run(app, go)
+    assert health.json()["precision"] == "int8"
+    assert f"{tiny_bert.name} · int8" in page.text
+    assert filled.json() == int8_fill("The cat sat on the [MASK].")
+    assert scored.json()["pll"] == pytest.approx(
+        Scorer(str(tiny_bert), device="cpu", dtype="int8")(SENTENCES[0])["pll"], abs=1e-4)
+
+
+def test_precision_belongs_to_the_engine_when_one_is_given(engine):
+    from mlmkit.errors import MlmkitError
+
+    with pytest.raises(MlmkitError, match="device and dtype are the engine's"):
+        create_app(engine, dtype="int8")

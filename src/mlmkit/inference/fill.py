@@ -62,6 +62,7 @@ class FillMask(Engine):
         super().__init__(model, tokenizer, device, dtype, batch_size, max_tokens)
         self._decode_batch = batch_decoder(self.tokenizer)
         self._warned_targets: set[str] = set()
+        self._vocab = lru_cache(maxsize=1)(self.tokenizer.get_vocab)  # once, not per request
 
     # ------------------------------------------------------------------ public API
 
@@ -98,7 +99,7 @@ class FillMask(Engine):
         records say it: "target")."""
         stand_ins: dict[int, str] = {}
         targets = [targets] if isinstance(targets, str) else list(targets)
-        vocab = self.tokenizer.get_vocab()
+        vocab = self._vocab()
         ids = []
         for t in targets:
             i = vocab.get(t)

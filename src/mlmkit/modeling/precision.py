@@ -48,11 +48,13 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Few, whole-tensor ops: at one sentence each op's fixed cost is what counts.
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
-        q = (rows / scale).round_().clamp_(-127, 127).to(torch.int8)
-        y = torch._int_mm(q, self.weight_t).float().mul_(scale * self.weight_scale)
+        scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True)
+        scale = scale.clamp_min_(1e-12).mul_(1 / 127)
+        q = torch.div(rows, scale).round_().to(torch.int8)  # within [-127, 127] by the scale
+        y = torch.mul(torch._int_mm(q, self.weight_t), scale * self.weight_scale)
         if self.bias is not None:
             y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
