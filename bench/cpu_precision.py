@@ -251,7 +251,6 @@ def run_fill_arms(model_dir: str, sentences: list[str], args, peak: dict, flops:
         "sentences_per_s": best[0], "batch_size": best[1],
         "gflops": pflops * best[0] / len(pn) / 1e9,
         **latencies(lambda t: pipe(t, top_k=5), lat_items)}
-    del pipe
     for prec in PRECISIONS:
         fm = FillMask(model_dir, dtype=prec)
         fm(sentences[:64])
@@ -313,7 +312,6 @@ def run_agreement(real: Path, sentences: list[str], work: Path, res: dict) -> No
     texts = [s.replace("<mask>", "[MASK]") for s in sentences]
     pipe = pipeline("fill-mask", model=str(real), device=-1, dtype=torch.float32)
     ref = pipe(texts, batch_size=32, top_k=5)
-    del pipe
     out = res["agreement"]
     for prec in PRECISIONS:
         out[f"mlmkit {prec}"] = agreement(ref, FillMask(str(real), dtype=prec)(texts, top_k=5))
@@ -404,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     other = foreign_load(start, time.perf_counter() - wall0)
     fill = res["fill"]
     fastest = min((k for k in fill if k.startswith("mlmkit")), key=lambda k: fill[k]["p50_ms"])
-    print(f"ratio mlmkit int8 / pipeline float32, sentences/s: "
-          f"{fill['mlmkit int8']['sentences_per_s'] / fill['pipeline float32']['sentences_per_s']:.2f}x"
+    ratio = fill["mlmkit int8"]["sentences_per_s"] / fill["pipeline float32"]["sentences_per_s"]
+    print(f"ratio mlmkit int8 / pipeline float32, sentences/s: {ratio:.2f}x"
           f"; p50 one sentence: pipeline {fill['pipeline float32']['p50_ms']:.1f} ms, mlmkit "
           f"float32 {fill['mlmkit float32']['p50_ms']:.1f} ms, fastest ({fastest}) "
           f"{fill[fastest]['p50_ms']:.1f} ms")

@@ -330,9 +330,9 @@ def _version() -> str:
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
           header_timeout_s: float = 10.0, max_connections: int = 256, **limits: Any) -> None:
     """Serve `model` (a `FillMask` or a model path) with uvicorn until interrupted; `limits` are
-    `create_app`'s keyword arguments (device and dtype too, for a path), `header_timeout_s` and `max_connections` bound how
-    uvicorn holds connections (`connections.server_config`). Loopback only unless `host` says
-    otherwise."""
+    `create_app`'s keyword arguments (device and dtype too, for a path), `header_timeout_s` and
+    `max_connections` bound how uvicorn holds connections (`connections.server_config`).
+    Loopback only unless `host` says otherwise."""
     import uvicorn
 
     ServeConfig(header_timeout_s=header_timeout_s, max_connections=max_connections)
