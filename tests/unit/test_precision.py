@@ -137,3 +137,18 @@ def test_int8_scores_close_to_float32_and_shares_the_fill_engines_model(splade):
     # the ranking of the three sentences is float32's
     assert sorted(range(3), key=lambda i: got[i]["pll"]) == sorted(range(3),
                                                                    key=lambda i: ref[i]["pll"])
+
+
+def test_int8_leaves_a_model_object_it_was_given_as_it_was(tiny_bert):
+    """A model passed in (one being trained, say) is quantized as a copy: its own layers and
+    outputs are unchanged."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = tok("The cat sat on the [MASK].", return_tensors="pt")["input_ids"]
+    before = model(ids).logits.detach().clone()
+    engine = FillMask(model, tok, device="cpu", dtype="int8")
+    assert engine.model is not model and precision_of(engine.model) == "int8"
+    assert precision_of(model) == "float32"
+    assert torch.equal(model(ids).logits.detach(), before)

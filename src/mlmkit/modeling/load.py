@@ -330,12 +330,13 @@ def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine:
     time. `engine` names the caller in errors."""
     dev = pick_device(device)
     precision = check_precision(dtype, dev)
-    if isinstance(model, str):
+    owned = isinstance(model, str)
+    if owned:
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model)
     elif tokenizer is None:
         raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
-    return apply_precision(model, dev, precision), tokenizer, dev, precision
+    return apply_precision(model, dev, precision, owned), tokenizer, dev, precision
 
 
 def pick_device(device: str) -> torch.device:
