@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -184,8 +185,9 @@ def upload_dir(folder: Path, repo_id: str, where: str, *, message: str, allow: l
         # None, not False: a repository not asked to be private gets the owner's default.
         api.create_repo(repo_id, exist_ok=True, private=private or None)
         if private and not api.repo_info(repo_id).private:
-            raise MlmkitError(f"{where}: --private, but the repository exists and is public; "
-                              "make it private in its settings, or choose another name")
+            raise MlmkitError(f"{where}: {named('private', True)}, but the repository exists "
+                              "and is public; make it private in its settings, or choose "
+                              "another name")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),

@@ -26,6 +26,7 @@ from mlmkit.io.files import (
     write_manifest,
 )
 from mlmkit.io.hub import check_push_access, upload_dir
+from mlmkit.settings import from_cli, named
 from mlmkit.training.card import CARD_FILE, CardInfo, render_model_card
 from mlmkit.training.checkpoint import fsync_path, newest_step
 from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE, METRICS_LOG
@@ -144,8 +145,9 @@ def check_publishable(run: Path) -> dict[str, Any]:
     steps, newest = manifest.get("steps"), newest_step(run)
     if isinstance(steps, int) and newest is not None and newest > steps:
         raise MlmkitError(f"{run}: its export is of step {steps}, but the run went on to step "
-                          f"{newest} (still training, or stopped); finish it with `mlmkit "
-                          f"train --resume {run}` first")
+                          f"{newest} (still training, or stopped); finish it first: "
+                          + (f"`mlmkit train {named('resume', str(run))}`" if from_cli()
+                             else f"train({named('resume', str(run))})"))
     return manifest
 
 
