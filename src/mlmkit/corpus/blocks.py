@@ -123,7 +123,29 @@ class Corpus:
         if s["dropped_tokens"]:
             parts.append(f"{s['dropped_tokens']:,} tokens of final partial blocks dropped "
                          f"({named('pad_last_block', True)} keeps them)")
+        for side in ("train", "eval"):
+            if f"{side}_blocks_available" in s:
+                parts.append(f"the first {s[f'{side}_blocks']:,} of {side}'s "
+                             f"{s[f'{side}_blocks_available']:,} blocks used "
+                             f"({named(f'max_{side}_blocks', s[f'{side}_blocks'])})")
         return "; ".join(parts)
+
+    def first(self, train: int | None, eval: int | None, pad_id: int | None) -> Corpus:
+        """The corpus of only the first `train` training and `eval` held-out blocks (None: all
+        of them), as run_mlm.py's --max_train_samples / --max_eval_samples take them; its stats
+        count the blocks and tokens used, and the blocks there were (`*_blocks_available`)."""
+        arrays, stats = {"train": self.train, "eval": self.eval}, dict(self.stats)
+        for side, most in (("train", train), ("eval", eval)):
+            if most is None or most >= len(arrays[side]):
+                continue
+            taken = arrays[side][:most]
+            stats[f"{side}_blocks_available"] = len(arrays[side])
+            stats[f"{side}_blocks"] = most
+            # Padding is no token (the collator masks it out of attention): count what is used.
+            stats[f"{side}_tokens"] = (most * taken.shape[1] if pad_id is None
+                                       else int(np.count_nonzero(taken != pad_id)))
+            arrays[side] = taken
+        return dataclasses.replace(self, train=arrays["train"], eval=arrays["eval"], stats=stats)
 
 
 def _backend(tokenizer: Any, truncate_to: int | None = None) -> Any:

@@ -156,7 +156,9 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
         if run is None:
             raise MlmkitError(f"{named('data')}: no corpus given, and {cfg.model} is not a run "
                               "directory of mlmkit whose own data settings could be reused")
-        cfg = replace(cfg, **run)
+        # The run's own held-out blocks, unless fewer are asked for.
+        fewer = {"max_eval_blocks": cfg.max_eval_blocks} if cfg.max_eval_blocks else {}
+        cfg = replace(cfg, **{**run, **fewer})
     device = pick_device(cfg.device)  # a wrong --device fails before any data is read
     tokenizer = load_tokenizer(cfg.model)
     config = load_model_config(cfg.model)
@@ -164,6 +166,9 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     data_cfg = replace(cfg, eval_fraction=0.0, eval_data=None) if cfg.all_records else cfg
     progress = progress_mode(cfg.quiet) == "bar"  # no carriage returns into a log file
     corpus = load_blocks(data_cfg, tokenizer, progress=progress)
+    most = cfg.max_eval_blocks  # with all_records, every block scored is a "training" one
+    corpus = corpus.first(most if cfg.all_records else None, None if cfg.all_records else most,
+                          tokenizer.pad_token_id)
     blocks = corpus.train if cfg.all_records else corpus.eval
     if len(blocks) == 0:
         raise MlmkitError(f"{describe_source(cfg.data)}: no held-out block to score; raise "

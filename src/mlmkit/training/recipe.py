@@ -85,6 +85,7 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
         model_config.vocab_size = len(tokenizer)
     check_block_fits(cfg.block_size, max_block_size(model_config, tokenizer), cfg.model)
     corpus = load_blocks(cfg, tokenizer, progress=progress)
+    corpus = corpus.first(cfg.max_train_blocks, cfg.max_eval_blocks, tokenizer.pad_token_id)
     return tokenizer, model_config, corpus
 
 
