@@ -136,15 +136,13 @@ class Corpus:
         count the blocks and tokens used, and the blocks there were (`*_blocks_available`)."""
         arrays, stats = {"train": self.train, "eval": self.eval}, dict(self.stats)
         for side, most in (("train", train), ("eval", eval)):
-            if most is None or most >= len(arrays[side]):
-                continue
-            taken = arrays[side][:most]
-            stats[f"{side}_blocks_available"] = len(arrays[side])
-            stats[f"{side}_blocks"] = most
-            # Padding is no token (the collator masks it out of attention): count what is used.
-            stats[f"{side}_tokens"] = (most * taken.shape[1] if pad_id is None
-                                       else int(np.count_nonzero(taken != pad_id)))
-            arrays[side] = taken
+            if most is not None and most < len(arrays[side]):
+                taken = arrays[side][:most]
+                # Padding is no token (the collator masks it out of attention): not counted.
+                tokens = taken.size if pad_id is None else int(np.count_nonzero(taken != pad_id))
+                stats.update({f"{side}_blocks_available": len(arrays[side]),
+                              f"{side}_blocks": most, f"{side}_tokens": tokens})
+                arrays[side] = taken
         return dataclasses.replace(self, train=arrays["train"], eval=arrays["eval"], stats=stats)
 
 
