@@ -63,6 +63,13 @@ class DataConfig(Settings):
                    group="data", ge=0, le=2**32 - 1)
 
 
+def _max_blocks(side: str) -> Any:
+    # One field each for `train` and `eval`: the same bound and the same words.
+    blocks = {"train": "training blocks", "eval": "held-out blocks (those evaluated)"}[side]
+    return _f(None, f"take only the first N {blocks}, counted after grouping, as run_mlm.py's "
+              f"--max_{side}_samples (default: all)", group="data", ge=1)
+
+
 @documented
 @dataclass
 class MaskConfig(Settings):
@@ -97,6 +104,8 @@ class TrainConfig(DataConfig, MaskConfig):
     model: str = _f("distilbert/distilroberta-base", "Hub id or local directory of a masked LM",
                     group="model")
     output: str | None = _f(None, "directory to write the fine-tuned model to", group="outputs")
+    max_train_blocks: int | None = _max_blocks("train")
+    max_eval_blocks: int | None = _max_blocks("eval")
     # Batch 64 with lr 1e-4 instead of the guide's 8 with 2e-5 (its PyTorch recipe sets no batch
     # size, so Trainer's default of 8 applies; its TensorFlow recipe uses 16), changed together
     # by the rule that they change only on a benchmark showing equal or better fixed-mask
@@ -235,6 +244,7 @@ class EvalConfig(DataConfig, MaskConfig):
                     group="model")
     eval_batch_size: int = _f(64, "blocks per evaluation step", group="performance", ge=1,
                               le=MOST_BLOCKS)
+    max_eval_blocks: int | None = _max_blocks("eval")
     all_records: bool = _f(False, "score every record, not only the held-out fraction (for a "
                            "separate test corpus)", group="data")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="performance")

@@ -24,6 +24,7 @@ from typing import Any
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import cache_dir, sha256_file
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -289,8 +290,9 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"  # in a clone of the rep
 def default_demo_data() -> str:
     sample = ASSETS / "eli5-sample.jsonl.gz"
     if not sample.is_file():
-        raise MlmkitError(f"--data: the demo's sample {sample} is not here (an installed "
-                          "package has no assets/); pass --data with an ELI5-style corpus")
+        raise MlmkitError(f"{named('data')}: the demo's sample {sample} is not here (an "
+                          f"installed package has no assets/); pass {named('data')} with an "
+                          "ELI5-style corpus")
     return str(sample)
 
 

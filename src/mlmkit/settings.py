@@ -130,12 +130,18 @@ def speaking_cli() -> Iterator[None]:
         _CALLER.reset(token)
 
 
+def from_cli() -> bool:
+    """Whether the command line is the caller (within `speaking_cli`): for the rare message
+    that says a whole command rather than one setting."""
+    return _CALLER.get() == "cli"
+
+
 def named(name: str, value: Any = _NO_VALUE, *, quoted: bool = False) -> str:
     """A setting as the caller names it, with its value if given: from the command line
     '--block-size', '--block-size 64' (`quoted`: "--split 'x'"), and a switch to turn on
     (True) just '--overwrite', a value to give (...) '--data DATA'; from Python 'block_size',
     'block_size=64', 'overwrite=True', 'data=...'."""
-    if _CALLER.get() == "cli":
+    if from_cli():
         if value is _NO_VALUE or value is True:
             return flag_of(name)
         if value is ...:

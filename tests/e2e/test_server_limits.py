@@ -75,7 +75,7 @@ def test_an_amplification_request_is_refused_before_any_work_while_others_wait_t
     assert answered_while_held and amplify.status_code == 413
     assert amplify.json()["error"] == (
         "'inputs': 16 texts with 5,328 masks x top_k 100 = 532,800 candidates, more than the "
-        "server's limit of 6,400 a request (--max-request-candidates)")
+        "server's limit of 6,400 a request (max_request_candidates)")
     assert all("[MASK][MASK]" not in t for t in gated.seen)
     for r, text in zip(valid, TEXTS):
         assert r.status_code == 200 and same(r.json(), engine(text))
@@ -92,7 +92,7 @@ def test_amplification_amid_valid_requests_costs_them_nothing(engine: FillMask) 
 
     rs, batches = run(app, go)
     refused = [r for i, r in enumerate(rs) if i % 5 == 2]
-    assert all(r.status_code == 413 and "--max-request-candidates" in r.json()["error"]
+    assert all(r.status_code == 413 and "(max_request_candidates)" in r.json()["error"]
                for r in refused)
     for i, r in enumerate(rs):
         if i % 5 != 2:
@@ -121,7 +121,7 @@ def test_a_text_past_its_budget_is_422_and_an_answer_past_its_size_is_413(
     assert roomy.status_code == 200 and [len(r) for r in roomy.json()[1]] == [4, 4, 4]
     _, big, fine = go(create_app(engine, max_response_mb=0.01))
     assert big.status_code == 413 and "more than the server's limit of 0.01 MB " \
-        "(--max-response-mb)" in big.json()["error"]
+        "(max_response_mb)" in big.json()["error"]
     assert fine.status_code == 200 and same(fine.json(), engine(TEXTS[0], top_k=2))
 
 

@@ -122,7 +122,7 @@ def test_a_score_request_past_its_work_budget_is_413_before_any_work(engine):
         return big, small
 
     big, small = run(app, go)
-    assert big.status_code == 413 and "--max-score-work" in big.json()["error"]
+    assert big.status_code == 413 and "(max_score_work)" in big.json()["error"]
     assert f"{n * n:,} tokens" in big.json()["error"]
     assert small.status_code == 200 and "pll" in small.json()
     assert len(calls) == 1  # only the small request reached the engine

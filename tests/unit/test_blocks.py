@@ -316,7 +316,7 @@ def test_broken_entry_with_foreign_files_is_left_alone(cache_cfg, roberta_tokeni
         load_blocks(cache_cfg, roberta_tokenizer, progress=False)
     msg = str(e.value)
     assert msg.startswith(f"block cache {entry}: train.bin has ") and "notes.txt" in msg
-    assert "mlmkit did not write" in msg and "--no-cache" in msg
+    assert "mlmkit did not write" in msg and "no_cache=True" in msg
     assert (entry / "notes.txt").read_text() == "mine" and (entry / "meta.json").is_file()
 
 
@@ -445,7 +445,7 @@ def test_eval_data_errors_name_the_eval_corpus(tmp_path, sample_records, roberta
         load_blocks(DataConfig(eval_data=["one"], **kw), roberta_tokenizer, progress=False)
     tiny = write_jsonl(tmp_path / "tiny.jsonl", [{"answers": {"text": ["a few words"]}}])
     with pytest.raises(MlmkitError, match=rf"^{tiny}: the corpus holds \d+ tokens, less than one "
-                       "block of 32; add text, lower --block-size or pass --pad-last-block$"):
+                       "block of 32; add text, lower block_size or pass pad_last_block=True$"):
         load_blocks(DataConfig(eval_data=str(tiny), **kw), roberta_tokenizer, progress=False)
 
 
@@ -531,7 +531,7 @@ def test_line_by_line_needs_a_pad_token(tmp_path, distilroberta_tokenizer):
     tok = copy.deepcopy(distilroberta_tokenizer)
     tok.pad_token = None
     cfg = DataConfig(data=["a line", "another"], block_size=16, line_by_line=True, no_cache=True)
-    with pytest.raises(MlmkitError, match="--line-by-line: the tokenizer .* has no pad token"):
+    with pytest.raises(MlmkitError, match="line_by_line=True: the tokenizer .* has no pad token"):
         load_blocks(cfg, tok, progress=False)
 
 

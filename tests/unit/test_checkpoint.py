@@ -157,7 +157,7 @@ def test_non_finite_loss_stops_with_the_checkpoint_to_resume(tiny_roberta, sampl
     out = tmp_path / "run"
     fail_at_call(monkeypatch, 6, value=float("nan"))
     with pytest.raises(MlmkitError, match=r"loss is not finite at step 6: .*nothing was "
-                                          r"exported.*step_4.*--resume latest"):
+                                          r"exported.*step_4.*resume='latest'"):
         train(small_cfg(tiny_roberta, sample_path, out))
     assert not (out / "model.safetensors").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4"]

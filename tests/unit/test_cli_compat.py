@@ -6,6 +6,7 @@ same in every command."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 
 import pytest
@@ -132,6 +133,8 @@ def test_the_guides_recipe_as_run_mlm_flags(capsys):
     (["--model-name-or-path", "m"], "model", "m"),  # HfArgumentParser's dash spelling
     (["--model_name_or_path=m"], "model", "m"),
     (["--max-seq-length=64"], "block_size", 64),
+    (["--max_train_samples", "100"], "max_train_blocks", 100),
+    (["--max_eval_samples", "20"], "max_eval_blocks", 20),
 ])
 def test_values_are_converted_where_the_units_differ(argv, field, value):
     assert getattr(config_of(argv), field) == value
@@ -151,8 +154,6 @@ def test_harmless_flags_pass_with_one_note_each(capsys):
 
 # refused flag -> what the message must name
 REFUSED = {
-    "--max_train_samples 100": "--limit N",
-    "--max_eval_samples 100": "--eval-fraction",
     "--model_type bert": "--from-scratch",
     "--config_name c": "--config-overrides",
     "--tokenizer_name t": "--train-tokenizer",
@@ -217,8 +218,10 @@ def test_the_table_covers_training_arguments_and_maps_onto_real_settings():
 
 def test_eval_takes_the_names_of_its_own_settings(capsys):
     cfg = config_of(["--model_name_or_path", "m", "--validation_file", "v.txt",
-                     "--max_seq_length", "32", "--do_eval"], "eval", EvalConfig)
-    assert (cfg.model, cfg.eval_data, cfg.block_size) == ("m", "v.txt", 32)
+                     "--max_seq_length", "32", "--do_eval", "--max_eval_samples", "9"], "eval",
+                    EvalConfig)
+    assert (cfg.model, cfg.eval_data, cfg.block_size, cfg.max_eval_blocks) == ("m", "v.txt", 32,
+                                                                              9)
     assert "note: --do_eval" in capsys.readouterr().err
     err = refused(capsys, ["--learning_rate", "1e-4"], "eval")
     assert "--learning_rate: sets --learning-rate of mlmkit train; `mlmkit eval` has no such " \
@@ -301,3 +304,37 @@ def test_no_model_at_all_is_one_line(capsys, command):
 def test_train_and_eval_keep_their_default_model():
     assert config_of([]).model == TrainConfig().model
     assert config_of([], "eval", EvalConfig).model == EvalConfig().model
+
+
+def test_max_samples_take_the_first_blocks_end_to_end(tiny_roberta, sample_path, tmp_path,
+                                                      capsys):
+    """run_mlm.py's --max_train_samples / --max_eval_samples, pasted: the first N grouped
+    blocks of each side, min(N, what there is), counted so in metrics.json and the card; a
+    resume keeps them."""
+    from mlmkit.training.recipe import prepare_tokenizer_and_data
+
+    data = dict(model=str(tiny_roberta), data=str(sample_path), text_field=["answers.text"],
+                limit=60, block_size=32)
+    _, _, whole = prepare_tokenizer_and_data(TrainConfig(**data), False)
+    assert len(whole.train) > 3 and len(whole.eval) < 10_000
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", str(tiny_roberta), "--train_file", str(sample_path),
+            "--text-field", "answers.text", "--limit", "60", "--max_seq_length", "32",
+            "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--max_train_samples", "3",
+            "--max_eval_samples", "10000", "--skip-base-eval", "--quiet"]
+    assert main(argv) == 0
+    stats = json.loads((out / "metrics.json").read_text())["data"]
+    assert (stats["train_blocks"], stats["train_blocks_available"]) == (3, len(whole.train))
+    assert stats["eval_blocks"] == len(whole.eval) and "eval_blocks_available" not in stats
+    assert stats["train_tokens"] == 3 * 32  # the first three full blocks, nothing else
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["max_train_blocks"], saved["max_eval_blocks"]) == (3, 10_000)
+    assert "| Train blocks available | " in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--max-train-blocks", "4"]) == 2
+    assert "--max-train-blocks 4 (the run's: 3)" in capsys.readouterr().err
+    # The blocks taken are the first ones, in order.
+    cfg = TrainConfig(**data, max_train_blocks=3, max_eval_blocks=2)
+    _, _, first = prepare_tokenizer_and_data(cfg, False)
+    assert (first.train == whole.train[:3]).all() and (first.eval == whole.eval[:2]).all()

@@ -143,7 +143,7 @@ def test_default_field_is_text_or_the_only_string(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"n": 1, "body": "hello there"}])
     assert texts_of(DataConfig(data=str(tmp_path / "a.jsonl"))) == ["hello there"]
     write_jsonl(tmp_path / "b.jsonl", [{"title": "x", "body": "y"}])
-    with pytest.raises(MlmkitError, match="--text-field"):
+    with pytest.raises(MlmkitError, match="name one with text_field "):
         texts_of(DataConfig(data=str(tmp_path / "b.jsonl")))
 
 
@@ -307,6 +307,6 @@ def test_other_splits_of_local_files_are_refused_in_one_line(split, needle, reco
     path = write_jsonl(tmp_path / "c.jsonl", records)
     with pytest.raises(MlmkitError) as e:
         texts_of(DataConfig(data=str(path), split=split))
-    assert str(e.value).startswith(f"--split {split}: ") and needle in str(e.value)
+    assert str(e.value).startswith(f"split={split!r}: ") and needle in str(e.value)
     with pytest.raises(MlmkitError, match="in-memory data is not split"):
         texts_of(DataConfig(data=["a text"], split=split))

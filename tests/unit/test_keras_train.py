@@ -204,10 +204,10 @@ def test_load_best_exports_the_verified_best_checkpoint(tiny_roberta, sample_pat
     assert json.loads((out / "metrics.json").read_text())["final"]["perplexity"] == 5.0
     flip_byte(ckpts / "step_4" / "model.safetensors")
     assert verify_manifest(ckpts / "step_6") == []
-    with pytest.raises(MlmkitError, match=r"--load-best .*step_4: damaged checkpoint: "
+    with pytest.raises(MlmkitError, match=r"load_best=True .*step_4: damaged checkpoint: "
                                           r"model.safetensors does not match its sha256"):
         run._load_best()
-    with pytest.raises(MlmkitError, match="--load-best: needs an evaluation at every"):
+    with pytest.raises(MlmkitError, match="load_best=True: needs an evaluation at every"):
         train(settings(tiny_roberta, sample_path, tmp_path / "x", eval_every=2, save_every=3,
                        load_best=True, backend="keras"))
 
@@ -230,10 +230,10 @@ def test_divergence_names_the_last_good_checkpoint(tiny_roberta, sample_path, tm
     out = tmp_path / "run"
     with pytest.raises(MlmkitError, match=r"loss is not finite at step 5: training diverged "
                        r"and nothing was exported from .*; the last good checkpoint, "
-                       r".*step_4, is kept; a lower --learning-rate") as e:
+                       r".*step_4, is kept; a lower learning_rate") as e:
         train(settings(tiny_roberta, sample_path, out, max_steps=8, save_every=4,
                        eval_every=4, backend="keras"))
-    assert "--resume" not in str(e.value)
+    assert "resume" not in str(e.value)
     assert not (out / "model.safetensors").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4"]
 

@@ -12,6 +12,7 @@ from mlmkit.config import TrainConfig
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.load import load_model, load_model_config
 from mlmkit.modeling.overrides import apply_overrides
+from mlmkit.settings import speaking_cli
 
 
 @pytest.fixture
@@ -42,12 +43,20 @@ def config(roberta_shape):
     ("hidden_size=200000", ["parameters (", "GiB in float32) does not fit this machine's"]),
 ])
 def test_bad_override_is_one_line_naming_it(config, text, needles):
-    with pytest.raises(MlmkitError) as e:
+    with speaking_cli(), pytest.raises(MlmkitError) as e:  # as `--config-overrides` names it
         apply_overrides(config, text)
     message = str(e.value)
     assert "\n" not in message
     for needle in needles:
         assert needle in message, message
+
+
+def test_python_names_the_keyword(config):
+    with pytest.raises(MlmkitError, match=r"^config_overrides='hidden_size=-3': expected an "
+                                          "integer >= 1 "):
+        apply_overrides(config, "hidden_size=-3")
+    with pytest.raises(MlmkitError, match="train a tokenizer with train_tokenizer=...$"):
+        apply_overrides(config, "vocab_size=900")
 
 
 def test_good_overrides_keep_their_types_and_the_model_builds(config, roberta_shape):

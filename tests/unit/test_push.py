@@ -18,6 +18,8 @@ from huggingface_hub.utils import filter_repo_objects
 from mlmkit import MlmkitError, push
 from mlmkit.cli.main import main
 from mlmkit.config import TrainConfig
+from mlmkit.io.files import verify_manifest
+from mlmkit.settings import speaking_cli
 from mlmkit.training.runner import train
 
 STEPS = ["--max-steps", "4", "--eval-every", "2", "--save-every", "2"]
@@ -59,6 +61,11 @@ def hub(monkeypatch, whoami_hub):
             files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
             kw["uploaded"] = set(filter_repo_objects(files, allow_patterns=kw.get(
                 "allow_patterns"), ignore_patterns=kw.get("ignore_patterns")))
+            # What the Hub would hold: the card's text, and whether the manifest vouches for
+            # every file uploaded as it is uploaded.
+            kw["card"] = (folder / "README.md").read_text() if "README.md" in kw[
+                "uploaded"] else None
+            kw["manifest_problems"] = verify_manifest(folder)
             calls.append(("upload_folder", kw))
             return SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/c1")
 
@@ -110,6 +117,35 @@ def test_push_from_python_returns_the_commit_url_and_takes_a_message(finished_ru
     assert ("create_repo", {"repo_id": "eli5", "exist_ok": True, "private": None}) in hub.calls
 
 
+def test_the_uploaded_card_names_the_repository_pushed_to(finished_run, hub):
+    """The run's card names where it was written (no --push-to-hub at training); pushed to
+    me/eli5, the card uploaded loads me/eli5 and is titled so, and the manifest uploaded
+    vouches for it, while the run directory keeps every byte."""
+    before = digests(finished_run)
+    assert 'pipeline("fill-mask", model="me/eli5")' not in (finished_run / "README.md"
+                                                              ).read_text()
+    for repo in ("me/eli5", "me/other"):  # a second push: from the run again, not the first
+        push(finished_run, repo)
+        [up] = uploads(hub)
+        card = up["card"]
+        assert f'fill = pipeline("fill-mask", model="{repo}")' in card
+        assert f"\n# {repo}\n" in card and f"**{repo}** is " in card
+        assert "eli5-run" not in card.split("## How to use")[1]
+        assert up["manifest_problems"] == [] and "manifest.json" in up["uploaded"]
+        assert digests(finished_run) == before
+        hub.calls.clear()
+
+
+def test_a_card_that_names_the_repository_is_uploaded_from_the_run(tiny_roberta, sample_path,
+                                                                   tmp_path, hub):
+    out = tmp_path / "run"
+    assert main(cli_args(tiny_roberta, sample_path, out, "--push-to-hub", "me/x")) == 0
+    hub.calls.clear()
+    push(out, "me/x")
+    [up] = uploads(hub)
+    assert Path(up["folder_path"]) == out and up["card"] == (out / "README.md").read_text()
+
+
 def test_private_push_to_an_existing_public_repo_is_refused(finished_run, hub):
     hub.api.private = False
     with pytest.raises(MlmkitError, match="exists and is public") as e:
@@ -152,7 +188,10 @@ def test_push_refuses_an_export_older_than_the_run(finished_run, tmp_path, hub):
     shutil.copytree(run / "checkpoints" / "step_4", run / "checkpoints" / "step_6")
     with pytest.raises(MlmkitError, match="step 6") as e:
         push(run, "me/eli5")
-    assert "--resume" in str(e.value) and not uploads(hub)
+    assert f"train(resume='{run}')" in str(e.value) and not uploads(hub)  # as Python says it
+    with speaking_cli(), pytest.raises(MlmkitError) as e:
+        push(run, "me/eli5")
+    assert f"`mlmkit train --resume {run}`" in str(e.value)  # as the command line says it
 
 
 def test_push_refuses_a_missing_directory(tmp_path, hub):
@@ -222,6 +261,7 @@ def test_finished_run_resumed_with_push_uploads_and_writes_nothing(finished_run,
     [up] = uploads(hub)
     assert up["repo_id"] == "me/x" and "checkpoints/step_4/model.safetensors" not in up[
         "uploaded"]
+    assert 'model="me/x"' in up["card"] and up["manifest_problems"] == []
     out = capsys.readouterr().out
     assert "already trained" in out and "https://huggingface.co/me/x/commit/c1" in out
 

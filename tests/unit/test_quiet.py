@@ -193,3 +193,33 @@ def test_eval_of_a_run_trained_on_python_texts_asks_for_data(tmp_path, capsys, t
     assert metrics.perplexity > 1
     assert main(["eval", "--model", str(out)]) == 2
     assert capsys.readouterr().err.strip().endswith("pass --data DATA (the texts to evaluate on)")
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    """The command as a process of its own, its logging set up as a user's would be."""
+    proc = subprocess.run([sys.executable, "-m", "mlmkit.cli.main", *map(str, argv)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_quiet_in_a_config_file_silences_what_the_flag_does(tmp_path, tiny_roberta,
+                                                           sample_path):
+    """`quiet: true` in --config's file leaves the result only, as --quiet does: no "mlmkit:
+    data: ..." lines, no progress lines on a log (without either, tests/e2e/test_cli_output.py
+    sees both)."""
+    train = ["train", "--model", tiny_roberta, "--data", sample_path, "--text-field",
+             "answers.text", "--limit", 120, "--block-size", 32, "--max-steps", 2,
+             "--log-every", 1]
+    (tmp_path / "quiet.toml").write_text("quiet = true\n")
+    (tmp_path / "quiet.json").write_text('{"quiet": true}')
+    code, flagged, err = cli(*train, "--output", tmp_path / "flag", "--quiet")
+    assert (code, err) == (0, "") and flagged.startswith(f"saved {tmp_path / 'flag'} (2 steps")
+    code, filed, err = cli(*train, "--output", tmp_path / "file", "--config",
+                           tmp_path / "quiet.toml")
+    assert (code, err) == (0, "")
+    assert filed.startswith(f"saved {tmp_path / 'file'} (2 steps")
+    assert len(filed.splitlines()) == len(flagged.splitlines())
+    code, out, err = cli("eval", "--model", tmp_path / "file", "--config",
+                         tmp_path / "quiet.json")
+    assert (code, err) == (0, "") and out.startswith(f"{tmp_path / 'file'}: perplexity ")

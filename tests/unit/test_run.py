@@ -154,7 +154,7 @@ def test_from_scratch_with_a_new_tokenizer(roberta_shape, sample_path, tmp_path)
 
 def test_bad_settings_fail_before_anything_is_written(tiny_roberta, sample_path, tmp_path):
     out = tmp_path / "o"
-    with pytest.raises(MlmkitError, match="--block-size 1024: above the 512 positions"):
+    with pytest.raises(MlmkitError, match="block_size=1024: above the 512 positions"):
         train(small_cfg(tiny_roberta, sample_path, out, block_size=1024))
     assert not out.exists()
     out.mkdir()

@@ -138,7 +138,7 @@ def test_load_best_exports_the_checkpoint_with_the_lowest_perplexity(tiny_robert
     torch.testing.assert_close(exported[key], best[match], rtol=0, atol=0)
     assert not torch.equal(exported[key], last[match])
     assert json.loads((out / "metrics.json").read_text())["final"]["perplexity"] == 5.0
-    with pytest.raises(MlmkitError, match="--load-best: needs an evaluation at every"):
+    with pytest.raises(MlmkitError, match="load_best=True: needs an evaluation at every"):
         train(small_cfg(tiny_roberta, sample_path, tmp_path / "x", eval_every=2, save_every=3,
                         load_best=True))
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import speaking_cli
 from mlmkit.training.tracking import (
     CURVES_PNG,
     LOGS_DIR,
@@ -78,7 +79,11 @@ def test_missing_tracker_package_is_one_line(monkeypatch, tmp_path):
     assert tracker_init_kwargs(["tensorboard"], tmp_path)["log_with"] == ["tensorboard"]
     with pytest.raises(MlmkitError) as e:
         tracker_init_kwargs(["tensorboard", "wandb"], tmp_path)
-    assert str(e.value) == "--report-to wandb: needs the wandb package: pip install 'mlmkit[wandb]'"
+    needs = ": needs the wandb package: pip install 'mlmkit[wandb]'"
+    assert str(e.value) == "report_to='wandb'" + needs  # as Python says the setting
+    with speaking_cli(), pytest.raises(MlmkitError) as e:
+        tracker_init_kwargs(["tensorboard", "wandb"], tmp_path)
+    assert str(e.value) == "--report-to wandb" + needs  # as the command line does
 
 
 def test_init_kwargs_name_the_run_directory(tmp_path):

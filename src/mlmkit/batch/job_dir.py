@@ -18,6 +18,7 @@ from mlmkit.io.files import (
     remove_partial_writes,
     write_sealed_json,
 )
+from mlmkit.settings import named
 
 JOB_FILE, MANIFEST, ERRORS, SHARDS = "_job.json", "_manifest.json", "_errors.jsonl", "_shards"
 
@@ -45,13 +46,14 @@ def open_job_dir(out: Path, record: dict[str, Any]) -> list[Shard] | None:
     `write_plan`). The job record is the first thing written in a new directory, so a run
     killed at any point leaves one the same command resumes. Refuses anything else, deleting
     nothing but the temporary files of its own killed writes."""
+    at, another = named("output", out), f"another {named('output')}"
     if out.exists() and not out.is_dir():
-        raise MlmkitError(f"--output {out}: is a file; expected a directory (one file per "
+        raise MlmkitError(f"{at}: is a file; expected a directory (one file per "
                           "shard goes there)")
-    probe_writable(out, "--output")
+    probe_writable(out, named("output"))
     if not (out / JOB_FILE).exists():
         if out.exists() and not _only_a_start(out):
-            raise MlmkitError(f"--output {out}: not empty and not written by an mlmkit batch "
+            raise MlmkitError(f"{at}: not empty and not written by an mlmkit batch "
                               f"job (no {JOB_FILE}); expected a new or empty directory")
         out.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(out)
@@ -60,18 +62,18 @@ def open_job_dir(out: Path, record: dict[str, Any]) -> list[Shard] | None:
         return None
     old, problem = read_sealed_json(out / JOB_FILE)
     if old is None:
-        raise MlmkitError(f"--output {out}: {problem}; expected the {JOB_FILE} an earlier run "
+        raise MlmkitError(f"{at}: {problem}; expected the {JOB_FILE} an earlier run "
                           "wrote (move the directory aside to start over)")
     was, now = old.get("settings", {}), record["settings"]
     diffs = [f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in sorted({*was, *now})
              if was.get(k) != now.get(k)]
     if diffs:
-        raise MlmkitError(f"--output {out}: holds a job with other settings ({'; '.join(diffs)})"
-                          "; expected the same arguments to resume it, or another --output")
+        raise MlmkitError(f"{at}: holds a job with other settings ({'; '.join(diffs)})"
+                          f"; expected the same arguments to resume it, or {another}")
     if old.get("inputs") != record["inputs"]:
-        raise MlmkitError(f"--output {out}: its job read other input files (or they changed "
+        raise MlmkitError(f"{at}: its job read other input files (or they changed "
                           f"since: {_first_difference(old.get('inputs'), record['inputs'])}); "
-                          "expected the same input to resume it, or another --output")
+                          f"expected the same input to resume it, or {another}")
     (out / SHARDS).mkdir(exist_ok=True)  # a kill right after the job record leaves none
     for d in (out, out / SHARDS):
         remove_partial_writes(d)

@@ -55,8 +55,8 @@ from mlmkit.io.files import (
 )
 from mlmkit.io.inputs import LineTally, plural
 from mlmkit.quiet import libraries_quiet
+from mlmkit.settings import named
 
-RAY_HINT = "--engine ray needs Ray Data: pip install 'mlmkit[ray]'"
 FORMATS = ("parquet", "jsonl")
 
 
@@ -147,7 +147,8 @@ def import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401  (the core package alone has no Ray Data)
     except ImportError:
-        raise MlmkitError(RAY_HINT) from None
+        raise MlmkitError(f"{named('engine', 'ray')} needs Ray Data: pip install "
+                          "'mlmkit[ray]'") from None
     return ray
 
 
@@ -157,14 +158,14 @@ def check_job(job: BatchJob, res: BatchResources) -> None:
     job.task.params_from(job.options)
     check_budget(res.batch_size, res.max_tokens)
     if job.format not in FORMATS:
-        raise MlmkitError(f"--format {job.format}: expected parquet or jsonl")
-    for flag, value in (("--shard-rows", job.shard_rows), ("--workers", res.workers)):
+        raise MlmkitError(f"{named('format', job.format)}: expected parquet or jsonl")
+    for name, value in (("shard_rows", job.shard_rows), ("workers", res.workers)):
         if not isinstance(value, int) or value < 1:
-            raise MlmkitError(f"{flag} {value}: expected a positive integer")
-    for flag, value in (("--gpus-per-worker", res.gpus_per_worker),
-                        ("--cpus-per-worker", res.cpus_per_worker)):
+            raise MlmkitError(f"{named(name, value)}: expected a positive integer")
+    for name, value in (("gpus_per_worker", res.gpus_per_worker),
+                        ("cpus_per_worker", res.cpus_per_worker)):
         if value < 0:
-            raise MlmkitError(f"{flag} {value}: expected a number >= 0")
+            raise MlmkitError(f"{named(name, value)}: expected a number >= 0")
 
 
 # ---------------------------------------------------------------------- one shard, on an actor
@@ -349,7 +350,7 @@ def _run_pool(ray: Any, job: BatchJob, res: BatchResources, out: Path, todo: lis
         raise
     except Exception as e:  # a shard that fails for good stops Ray Data; say it in one line
         first = next((ln for ln in str(e).splitlines() if "Error" in ln), str(e)[:200])
-        raise MlmkitError(f"--engine ray: the job stopped after {done:,} of "
+        raise MlmkitError(f"{named('engine', 'ray')}: the job stopped after {done:,} of "
                           f"{plural(len(todo), 'shard')} ({first.strip()}); the same command "
                           "again resumes it") from None
 
@@ -362,7 +363,7 @@ def _finish(out: Path, shards: list[Shard], digest: str, ran: set[int],
     records = [finished_shard(out, s, digest) for s in shards]
     missing = [s.index for s, r in zip(shards, records) if r is None]
     if missing:
-        raise MlmkitError(f"--output {out}: {plural(len(missing), 'shard')} not finished "
+        raise MlmkitError(f"{named('output', out)}: {plural(len(missing), 'shard')} not finished "
                           f"(first: {missing[0]}); the same command again finishes them")
     with atomic_open(out / ERRORS) as fh:
         for r in records:

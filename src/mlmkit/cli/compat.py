@@ -237,10 +237,8 @@ RUN_MLM: dict[str, Rule] = {
     "line_by_line": Setting("line_by_line", switch=True),
     "pad_to_max_length": Notice("--line-by-line examples are always padded to --block-size; "
                                 "grouped blocks are full"),
-    "max_train_samples": Refuse("it counts blocks after grouping; mlmkit's --limit N takes the "
-                                "first N records, --max-steps N bounds the training"),
-    "max_eval_samples": Refuse("mlmkit evaluates every held-out block on fixed masks; "
-                               "--eval-fraction or --limit makes the held-out part smaller"),
+    "max_train_samples": Setting("max_train_blocks"),  # both count blocks after grouping
+    "max_eval_samples": Setting("max_eval_blocks"),
     "mlm_probability": Setting("mlm_probability"),
     # the optimisation and the schedule
     "per_device_train_batch_size": Setting("batch_size"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 from dataclasses import MISSING, fields
 from typing import Any, NoReturn
 
@@ -206,11 +207,16 @@ def add_command(sub: Any, name: str, **kw: Any) -> Parser:
 
 def settings_from(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = None,
                   ) -> Any:
-    """defaults < `base` (a run's saved settings) < config file < flags."""
+    """defaults < `base` (a run's saved settings) < config file < flags. Quiet settings, from a
+    flag or the file alike, leave the result and errors only (main does so for --quiet before
+    the settings are read)."""
     flags = {k: v for k, v in vars(ns).items() if k not in ("command", "config", "json")}
     file_values = read_config_file(ns.config) if getattr(ns, "config", None) else {}
     known = {f.name for f in fields(cls)}
     layered = {**{k: v for k, v in CLI_DEFAULTS.items() if k in known},
                **{k: v for k, v in (base or {}).items() if k in known},
                **file_values}
-    return build_config(cls, layered, flags)
+    cfg = build_config(cls, layered, flags)
+    if getattr(cfg, "quiet", False):
+        logging.getLogger("mlmkit").setLevel(logging.WARNING)
+    return cfg

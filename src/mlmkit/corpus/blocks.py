@@ -37,6 +37,7 @@ from mlmkit.io.files import (
     write_sealed_json,
 )
 from mlmkit.io.sources import Source, is_eval_record, iter_records
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -121,8 +122,28 @@ class Corpus:
             parts.append(f"{s['empty_records']:,} empty records skipped")
         if s["dropped_tokens"]:
             parts.append(f"{s['dropped_tokens']:,} tokens of final partial blocks dropped "
-                         "(--pad-last-block keeps them)")
+                         f"({named('pad_last_block', True)} keeps them)")
+        for side in ("train", "eval"):
+            if f"{side}_blocks_available" in s:
+                parts.append(f"the first {s[f'{side}_blocks']:,} of {side}'s "
+                             f"{s[f'{side}_blocks_available']:,} blocks used "
+                             f"({named(f'max_{side}_blocks', s[f'{side}_blocks'])})")
         return "; ".join(parts)
+
+    def first(self, train: int | None, eval: int | None, pad_id: int | None) -> Corpus:
+        """The corpus of only the first `train` training and `eval` held-out blocks (None: all
+        of them), as run_mlm.py's --max_train_samples / --max_eval_samples take them; its stats
+        count the blocks and tokens used, and the blocks there were (`*_blocks_available`)."""
+        arrays, stats = {"train": self.train, "eval": self.eval}, dict(self.stats)
+        for side, most in (("train", train), ("eval", eval)):
+            if most is not None and most < len(arrays[side]):
+                taken = arrays[side][:most]
+                # Padding is no token (the collator masks it out of attention): not counted.
+                tokens = taken.size if pad_id is None else int(np.count_nonzero(taken != pad_id))
+                stats.update({f"{side}_blocks_available": len(arrays[side]),
+                              f"{side}_blocks": most, f"{side}_tokens": tokens})
+                arrays[side] = taken
+        return dataclasses.replace(self, train=arrays["train"], eval=arrays["eval"], stats=stats)
 
 
 def _backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
@@ -258,8 +279,8 @@ def _tokenize_into(work: Path, source: Source, cfg: DataConfig, tokenizer: Any,
 
     pad_id = tokenizer.pad_token_id
     if cfg.line_by_line and pad_id is None:
-        raise MlmkitError(f"--line-by-line: the tokenizer of {tokenizer.name_or_path} has no "
-                          "pad token to fill the lines with")
+        raise MlmkitError(f"{named('line_by_line', True)}: the tokenizer of "
+                          f"{tokenizer.name_or_path} has no pad token to fill the lines with")
     backend = _backend(tokenizer, cfg.block_size if cfg.line_by_line else None)
     dtype = np.dtype(np.uint16 if backend.get_vocab_size() <= 65535 else np.int32)
     writers = {s: _BlockWriter(work / f"{s}.bin", cfg.block_size, dtype) for s in ("train", "eval")}
@@ -359,10 +380,19 @@ def _check_enough(source: Source, cfg: DataConfig, stats: TextStats,
                 else f"the held-out part ({f:.0%} of records)")
         if cfg.line_by_line:
             raise MlmkitError(f"{source.label}: {what} holds no non-blank line")
-        fix = ("pass --pad-last-block" if split == "train" or f == 1
-               else "raise --eval-fraction")
+        fix = (f"pass {named('pad_last_block', True)}" if split == "train" or f == 1
+               else f"raise {named('eval_fraction')}")
         raise MlmkitError(f"{source.label}: {what} holds {w.tokens:,} tokens, less than one "
-                          f"block of {cfg.block_size}; add text, lower --block-size or {fix}")
+                          f"block of {cfg.block_size}; add text, lower {named('block_size')} "
+                          f"or {fix}")
+
+
+def check_block_fits(block_size: int, limit: int, model: str) -> None:
+    """Refuse a block size above the `limit` positions `model` accepts, before any text is
+    tokenized."""
+    if block_size > limit:
+        raise MlmkitError(f"{named('block_size', block_size)}: above the {limit} positions "
+                          f"model {model} accepts")
 
 
 def _open_corpus(path: Path, meta: dict[str, Any]) -> Corpus:

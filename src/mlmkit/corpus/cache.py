@@ -21,6 +21,7 @@ from mlmkit.config import DataConfig
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import cache_dir, check_entries, read_sealed_json, sha256_file
 from mlmkit.io.sources import Source
+from mlmkit.settings import named
 
 # Part of every cache key, with every setting that shapes the blocks (line by line or
 # concatenated among them, so neither kind of entry is ever served for the other). 2 added the
@@ -120,7 +121,7 @@ def _layout_problems(meta: dict[str, Any], layout: dict[str, Any]) -> list[str]:
 def refuse_foreign(final: Path, problems: list[str]) -> None:
     """Stop before rebuilding over a path that holds what mlmkit did not write there: such a
     thing is never deleted."""
-    fix = "move it away or pass --no-cache"
+    fix = f"move it away or pass {named('no_cache', True)}"
     if final.is_symlink() or not final.is_dir():
         raise MlmkitError(f"block cache {final}: not a directory mlmkit made; {fix}")
     try:

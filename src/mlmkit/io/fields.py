@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 # A record comes with its place: (file, line or element number, kind of number), or for
 # in-memory data (its name, index, "index"), shown as data[12].
@@ -78,7 +79,7 @@ def default_text_field(rec: dict[str, Any]) -> str:
     if len(strings) == 1:
         return strings[0]
     raise FieldError("no 'text' field and no single text field to pick; name one with "
-                     f"--text-field (fields here: {', '.join(field_paths(rec))})",
+                     f"{named('text_field')} (fields here: {', '.join(field_paths(rec))})",
                      "no 'text' field")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -173,10 +174,12 @@ def write_refusal(me: dict, repo_id: str) -> str | None:
 
 
 def upload_dir(folder: Path, repo_id: str, where: str, *, message: str, allow: list[str],
-               ignore: list[str], private: bool = False, revision: str | None = None) -> str:
+               ignore: list[str], private: bool = False, revision: str | None = None,
+               shown: Path | None = None) -> str:
     """Upload the files of `folder` that match `allow` and not `ignore` to the model repository
     `repo_id` (created if missing; `private` ones private, and refused if it exists public),
-    on branch `revision` (created from main if missing), as one commit; its URL."""
+    on branch `revision` (created from main if missing), as one commit; its URL. `shown`: the
+    directory errors name, when `folder` is a temporary copy of it."""
     from huggingface_hub import HfApi
 
     try:
@@ -184,8 +187,9 @@ def upload_dir(folder: Path, repo_id: str, where: str, *, message: str, allow: l
         # None, not False: a repository not asked to be private gets the owner's default.
         api.create_repo(repo_id, exist_ok=True, private=private or None)
         if private and not api.repo_info(repo_id).private:
-            raise MlmkitError(f"{where}: --private, but the repository exists and is public; "
-                              "make it private in its settings, or choose another name")
+            raise MlmkitError(f"{where}: {named('private', True)}, but the repository exists "
+                              "and is public; make it private in its settings, or choose "
+                              "another name")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
@@ -194,8 +198,8 @@ def upload_dir(folder: Path, repo_id: str, where: str, *, message: str, allow: l
     except MlmkitError:
         raise
     except Exception as e:
-        raise MlmkitError(f"{where}: upload failed: {first_line(e)} (nothing in {folder} "
-                          "changed)") from None
+        raise MlmkitError(f"{where}: upload failed: {first_line(e)} (nothing in "
+                          f"{shown or folder} changed)") from None
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
 

@@ -31,6 +31,7 @@ from mlmkit.io.fields import TextStats, Where, record_texts
 from mlmkit.io.formats import BLANK, read_entries
 from mlmkit.io.hub import OFFLINE, first_line, offline, reach
 from mlmkit.io.locate import format_of, is_pattern, list_files
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -96,12 +97,12 @@ def _load_hub(cfg: DataConfig) -> Any:
             if unreachable == OFFLINE:
                 raise MlmkitError(f"{what}: not in the local cache, the only place "
                                   "HF_HUB_OFFLINE=1 lets datasets load from; pass a local "
-                                  "file, directory or glob with --data, or unset "
+                                  f"file, directory or glob with {named('data')}, or unset "
                                   "HF_HUB_OFFLINE to download it") from None
             raise MlmkitError(f"{what}: the Hugging Face Hub cannot be reached ({unreachable}) "
                               "and the dataset is not in the local cache; pass a local file, "
-                              "directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
-                              "datasets already in the local cache") from None
+                              f"directory or glob with {named('data')}, or set HF_HUB_OFFLINE=1 "
+                              "to use datasets already in the local cache") from None
         raise MlmkitError(f"{what}: cannot load: {first_line(e)}") from None
     if unreachable is not None and unreachable != OFFLINE:
         log.warning("the Hugging Face Hub cannot be reached (%s); using the cached copy of "
@@ -126,12 +127,12 @@ def iter_records(cfg: DataConfig, name: str = "data") -> Source:
     which messages about in-memory data use ('data[12]: ...')."""
     data = cfg.data
     if data is None or (isinstance(data, str) and not data):
-        raise MlmkitError(f"--{name.replace('_', '-')}: no corpus given; expected a Hub dataset "
+        raise MlmkitError(f"{named(name)}: no corpus given; expected a Hub dataset "
                           "id or local files")
     if is_in_memory(data):
         if cfg.split != "train":
-            raise MlmkitError(f"--split {cfg.split}: in-memory data is not split; slice it "
-                              "yourself (texts[:1000], dataset.select(range(1000)))")
+            raise MlmkitError(f"{named('split', cfg.split)}: in-memory data is not split; "
+                              "slice it yourself (texts[:1000], dataset.select(range(1000)))")
         return _memory_source(data, name, cfg.limit)
     files = resolve_files(data)
     if files is not None:
@@ -169,13 +170,13 @@ def local_slices(split: str) -> list[tuple[str | None, str | None]] | None:
     for part in split.split("+"):
         m = _SLICE.fullmatch(part.strip())
         if m is None:
-            raise MlmkitError(f"--split {split}: expected 'train' or a slice of it, such as "
-                              "'train[:1000]', 'train[10%:]' or 'train[:5%]+train[-5%:]'")
+            raise MlmkitError(f"{named('split', split)}: expected 'train' or a slice of it, "
+                              "such as 'train[:1000]', 'train[10%:]' or 'train[:5%]+train[-5%:]'")
         if m["split"] != "train":
-            raise MlmkitError(f"--split {split}: local files are one split, 'train' (as "
-                              "datasets reads them), which can be sliced ('train[:90%]'); "
-                              "--eval-fraction holds records out for evaluation, and eval "
-                              "scores those by default")
+            raise MlmkitError(f"{named('split', split)}: local files are one split, 'train' "
+                              "(as datasets reads them), which can be sliced ('train[:90%]'); "
+                              f"{named('eval_fraction')} holds records out for evaluation, and "
+                              "eval scores those by default")
         parts.append((m["start"], m["stop"]))
     return parts
 

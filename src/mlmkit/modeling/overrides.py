@@ -20,7 +20,7 @@ from typing import Any
 from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import first_line
 from mlmkit.modeling.weights import build_on_meta
-from mlmkit.settings import parse_overrides
+from mlmkit.settings import named, parse_overrides
 
 # Settings of every transformers config that say how a model runs, not its shape; changing
 # them breaks what mlmkit asks of a masked LM (logits in a dict, no cache, an encoder).
@@ -43,7 +43,8 @@ _RANGES = [
 
 
 def _shown(key: str, value: Any) -> str:
-    return f"--config-overrides {key}={value if isinstance(value, str) else json.dumps(value)}"
+    shown = value if isinstance(value, str) else json.dumps(value)
+    return named("config_overrides", f"{key}={shown}")
 
 
 def _known(config: Any) -> list[str]:
@@ -54,17 +55,17 @@ def _known(config: Any) -> list[str]:
 def _check_key(config: Any, key: str) -> None:
     known = _known(config)
     if key == "vocab_size":
-        raise MlmkitError("--config-overrides vocab_size: set by the tokenizer (the model gets "
-                          "one row per token); for another vocabulary, train a tokenizer with "
-                          "--train-tokenizer N")
+        raise MlmkitError(f"{named('config_overrides', key)}: set by the tokenizer (the model "
+                          "gets one row per token); for another vocabulary, train a tokenizer "
+                          f"with {named('train_tokenizer', ...)}")
     if isinstance(config.to_dict().get(key), (dict, list)):
-        raise MlmkitError(f"--config-overrides {key}: a list or table; change it in the "
+        raise MlmkitError(f"{named('config_overrides', key)}: a list or table; change it in the "
                           "model's config.json")
     if key not in known:
         near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         hint = f" (did you mean {' or '.join(near)}?)" if near else ""
-        raise MlmkitError(f"--config-overrides {key}: {config.model_type} configs have no such "
-                          f"shape setting{hint}; known: {', '.join(known)}")
+        raise MlmkitError(f"{named('config_overrides', key)}: {config.model_type} configs have "
+                          f"no such shape setting{hint}; known: {', '.join(known)}")
 
 
 def _checked(config: Any, key: str, value: Any) -> Any:
@@ -116,11 +117,11 @@ def apply_overrides(config: Any, text: str | None) -> None:
         model = build_on_meta(config)
     except (ArithmeticError, KeyError, RuntimeError, TypeError, ValueError) as e:
         why = f"no such name {e}" if isinstance(e, KeyError) else first_line(e)
-        raise MlmkitError(f"--config-overrides {text}: the model does not build: {why}"
+        raise MlmkitError(f"{named('config_overrides', text)}: the model does not build: {why}"
                           ) from None
     params = sum(p.numel() for p in model.parameters())
     memory = _memory_bytes()
     if memory is not None and 4 * params > memory:
-        raise MlmkitError(f"--config-overrides {text}: a model of {params:,} parameters "
+        raise MlmkitError(f"{named('config_overrides', text)}: a model of {params:,} parameters "
                           f"({4 * params / 2**30:,.1f} GiB in float32) does not fit this "
                           f"machine's {memory / 2**30:,.1f} GiB of memory")

@@ -31,6 +31,7 @@ from mlmkit.serving.payload import (
     request_model,
     score_request_model,
 )
+from mlmkit.settings import named
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -182,7 +183,8 @@ def _add_task_routes(app: "FastAPI", body_timeout_s: float, no_scorer: str) -> N
         if len(response.body) > limits.max_response_bytes:
             return _error(413, f"an answer of {len(response.body) / 1e6:.2f} MB, more than the "
                                f"server's limit of {limits.max_response_mb:g} MB "
-                               "(--max-response-mb); ask for fewer texts or a smaller top_k")
+                               f"({named('max_response_mb')}); ask for fewer texts or a "
+                               "smaller top_k")
         return response
 
     async def fill_mask(request: Request) -> JSONResponse:

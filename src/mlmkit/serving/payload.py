@@ -19,6 +19,7 @@ from mlmkit.config import ServeConfig
 from mlmkit.inference.engine import clip
 from mlmkit.inference.fill import count_masks
 from mlmkit.inference.params import FillParams, InvalidParam, ScoreParams
+from mlmkit.settings import named
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -191,7 +192,7 @@ def _check_candidates(texts: list[str], masks: list[int], single: bool, params: 
                             f"{sum(masks):,} masks x top_k {total // sum(masks)} = {total:,} "
                             "candidates, more than the server's limit of "
                             f"{limits.max_request_candidates:,} a request "
-                            "(--max-request-candidates)")
+                            f"({named('max_request_candidates')})")
     for i, (t, m) in enumerate(zip(texts, masks)):
         problem = params.over_budget(m, choices)  # the engine's own rule, before the queue
         if problem:
@@ -348,4 +349,5 @@ def check_score_work(texts: list[str], tokenizer: Any, limits: Limits) -> None:
         raise ApiError(413, f"scoring these texts ({sum(lengths):,} tokens) would run "
                             f"{work:,} tokens through the model (each text its tokens squared), "
                             f"more than the server's limit of {limits.max_score_work:,} a "
-                            "request (--max-score-work); send fewer or shorter texts")
+                            f"request ({named('max_score_work')}); send fewer or shorter "
+                            "texts")

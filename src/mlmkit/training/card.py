@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,13 +325,48 @@ def _hyperparameters(metrics: dict[str, Any], config: dict[str, Any], mask_token
     return _table(["Setting", "Value"], rows)
 
 
-def _usage(ref: str, mask_token: str) -> str:
-    def literal(text: str) -> str:  # a Python string literal in double quotes
-        return json.dumps(text, ensure_ascii=False)
+def _literal(text: str) -> str:  # a Python string literal in double quotes
+    return json.dumps(text, ensure_ascii=False)
 
+
+def _loading(ref: str) -> str:
+    """The usage snippet's line that names the model: the one a push to another repository
+    rewrites (`card_for_repo`)."""
+    return f"pipeline(\"fill-mask\", model={_literal(ref)})"
+
+
+_LOADING = re.compile(r'pipeline\("fill-mask", model=("(?:[^"\\]|\\.)*")\)')
+
+
+def _usage(ref: str, mask_token: str) -> str:
     return ("```python\nfrom transformers import pipeline\n\n"
-            f"fill = pipeline(\"fill-mask\", model={literal(ref)})\n"
-            f"print(fill({literal(f'The answer is {mask_token}.')}))\n```")
+            f"fill = {_loading(ref)}\n"
+            f"print(fill({_literal(f'The answer is {mask_token}.')}))\n```")
+
+
+def card_for_repo(text: str, repo_id: str) -> str:
+    """The model card `text` (as `render_model_card` wrote it) naming the Hub repository
+    `repo_id` where it names another one or a local directory: in its title, its first
+    sentence, the usage snippet and the model-index name, as a card rendered for `repo_id`
+    would. Everything else, edits by hand included, is kept; a card that is not mlmkit's is
+    returned as it is."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text)
+    body = card.text
+    loading, title = _LOADING.search(body), re.search(r"^# (.+)$", body, re.MULTILINE)
+    if loading is None or title is None:
+        return text
+    name = title[1]
+    if (name, json.loads(loading[1])) == (repo_id, repo_id):
+        return text
+    body = body.replace(loading[0], _loading(repo_id), 1)
+    body = body.replace(f"# {name}\n", f"# {repo_id}\n", 1)
+    body = body.replace(f"**{name}** is ", f"**{repo_id}** is ", 1)
+    if card.data.model_name is None:  # the metadata as it was, byte for byte
+        return text[: len(text) - len(card.text)] + body
+    card.data.model_name = repo_id
+    return f"---\n{card.data.to_yaml()}\n---\n{body}"
 
 
 def _eval_results(metrics: dict[str, Any], config: dict[str, Any]) -> list[Any]:

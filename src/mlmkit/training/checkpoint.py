@@ -22,6 +22,7 @@ from mlmkit.io.files import (
     write_json,
     write_manifest,
 )
+from mlmkit.settings import named
 from mlmkit.training.rundir import CHECKPOINTS
 
 log = logging.getLogger("mlmkit")
@@ -43,12 +44,12 @@ def newest_step(out: Path) -> int | None:
     return int(found[-1].name[5:]) if found else None
 
 
-def verify_checkpoint(path: Path, flag: str) -> Path:
-    """`path`, once its files match its manifest; else one error naming `flag` and each
-    damaged file."""
+def verify_checkpoint(path: Path, setting: str) -> Path:
+    """`path`, once its files match its manifest; else one error naming `setting` (the one
+    that chose it, as `named` says it) and each damaged file."""
     problems = verify_manifest(path)
     if problems:
-        raise MlmkitError(f"{flag} {path}: damaged checkpoint: {'; '.join(problems)}")
+        raise MlmkitError(f"{setting} {path}: damaged checkpoint: {'; '.join(problems)}")
     return path
 
 
@@ -58,20 +59,20 @@ def find_checkpoint(out: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume).expanduser()
         if not path.is_dir():
-            raise MlmkitError(f"--resume {path}: no such checkpoint directory")
-        return verify_checkpoint(path, "--resume")
+            raise MlmkitError(f"{named('resume', path)}: no such checkpoint directory")
+        return verify_checkpoint(path, named("resume"))
     ckpts = _step_dirs(out)
     if not ckpts:
-        raise MlmkitError(f"--resume latest: no checkpoint in {out / CHECKPOINTS}")
+        raise MlmkitError(f"{named('resume', 'latest')}: no checkpoint in {out / CHECKPOINTS}")
     for path in reversed(ckpts):
         problems = verify_manifest(path)
         if not problems:
             return path
         log.warning("checkpoint %s is damaged (%s); trying the one before", path,
                     "; ".join(problems))
-    raise MlmkitError(f"--resume latest: none of the {len(ckpts)} checkpoints in "
+    raise MlmkitError(f"{named('resume', 'latest')}: none of the {len(ckpts)} checkpoints in "
                       f"{out / CHECKPOINTS} is intact (see the warnings above); start again "
-                      "with --overwrite")
+                      f"with {named('overwrite', True)}")
 
 
 def commit_checkpoint(out: Path, step: int, write: Callable[[Path], None],

@@ -5,11 +5,14 @@ to the Hub (`push`), only once it is whole.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +23,16 @@ from mlmkit.io.files import (
     RUN_MARKER,
     WriteFailed,
     apply_umask,
+    file_entries,
     read_manifest,
     write_failure,
     write_json,
     write_manifest,
+    write_sealed_json,
 )
 from mlmkit.io.hub import check_push_access, upload_dir
-from mlmkit.training.card import CARD_FILE, CardInfo, render_model_card
+from mlmkit.settings import from_cli, named
+from mlmkit.training.card import CARD_FILE, CardInfo, card_for_repo, render_model_card
 from mlmkit.training.checkpoint import fsync_path, newest_step
 from mlmkit.training.rundir import CHECKPOINTS, CONFIG_FILE, METRICS_LOG
 
@@ -144,8 +150,9 @@ def check_publishable(run: Path) -> dict[str, Any]:
     steps, newest = manifest.get("steps"), newest_step(run)
     if isinstance(steps, int) and newest is not None and newest > steps:
         raise MlmkitError(f"{run}: its export is of step {steps}, but the run went on to step "
-                          f"{newest} (still training, or stopped); finish it with `mlmkit "
-                          f"train --resume {run}` first")
+                          f"{newest} (still training, or stopped); finish it first: "
+                          + (f"`mlmkit train {named('resume', str(run))}`" if from_cli()
+                             else f"train({named('resume', str(run))})"))
     return manifest
 
 
@@ -173,9 +180,36 @@ def publish(run: Path, repo_id: str, where: str, *, private: bool = False,
     check_push_access(repo_id, where)
     # Only what the export wrote and vouches for: never checkpoints (optimizer state), caches,
     # tracker logs or a file someone put beside the model.
-    allow = [glob.escape(name) for name in [*manifest["files"], *PUBLISHED_EXTRAS]]
-    return upload_dir(run, repo_id, where, message=message or commit_message(run, manifest),
-                      allow=allow, ignore=PRIVATE_PATTERNS, private=private, revision=revision)
+    names = [*manifest["files"], *PUBLISHED_EXTRAS]
+    with _carded_for(run, manifest, names, repo_id) as folder:
+        return upload_dir(folder, repo_id, where, message=message or commit_message(run, manifest),
+                          allow=[glob.escape(n) for n in names], ignore=PRIVATE_PATTERNS,
+                          private=private, revision=revision, shown=run)
+
+
+@contextlib.contextmanager
+def _carded_for(run: Path, manifest: dict[str, Any], names: list[str],
+                repo_id: str) -> Iterator[Path]:
+    """The folder to upload `names` of `run` from: `run` itself when its model card names
+    `repo_id`; else a temporary one of links to those files, with the card rewritten to name
+    `repo_id` (`card_for_repo`) and a manifest that vouches for it. The run directory, whose
+    card says where its training meant it to go, never changes."""
+    card = (run / CARD_FILE).read_text(encoding="utf-8") if CARD_FILE in manifest["files"] \
+        else None
+    renamed = card_for_repo(card, repo_id) if card is not None else None
+    if renamed == card:
+        yield run
+        return
+    with tempfile.TemporaryDirectory(prefix="mlmkit-push-") as tmp:
+        folder = Path(tmp)
+        for name in names:
+            if name not in (CARD_FILE, MANIFEST) and (run / name).is_file():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).symlink_to((run / name).resolve())
+        (folder / CARD_FILE).write_text(renamed, encoding="utf-8")
+        files = {**manifest["files"], **file_entries(folder, [CARD_FILE])}
+        write_sealed_json(folder / MANIFEST, {**manifest, "files": files})
+        yield folder
 
 
 def push(run_dir: str | Path, repo_id: str, *, private: bool = False,

@@ -22,6 +22,7 @@ from mlmkit.config import EvalConfig, MaskConfig
 from mlmkit.corpus.masking import Masker
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.load import masked_lm_outputs
+from mlmkit.settings import named
 
 TOP_K = 5  # the k of `top5_accuracy`
 
@@ -138,7 +139,7 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     all records), on masks fixed by `cfg.eval_seed`; returns the metrics and the data stats."""
     from dataclasses import replace
 
-    from mlmkit.corpus.blocks import load_blocks
+    from mlmkit.corpus.blocks import check_block_fits, load_blocks
     from mlmkit.io.sources import describe_source
     from mlmkit.modeling.load import (
         load_model,
@@ -153,23 +154,25 @@ def run_eval(cfg: EvalConfig) -> tuple[Metrics, dict[str, Any]]:
     if cfg.data is None:
         run = run_eval_settings(cfg.model)
         if run is None:
-            raise MlmkitError(f"--data: no corpus given, and {cfg.model} is not a run directory "
-                              "of mlmkit whose own data settings could be reused")
-        cfg = replace(cfg, **run)
+            raise MlmkitError(f"{named('data')}: no corpus given, and {cfg.model} is not a run "
+                              "directory of mlmkit whose own data settings could be reused")
+        # The run's own held-out blocks, unless fewer are asked for.
+        fewer = {"max_eval_blocks": cfg.max_eval_blocks} if cfg.max_eval_blocks else {}
+        cfg = replace(cfg, **{**run, **fewer})
     device = pick_device(cfg.device)  # a wrong --device fails before any data is read
     tokenizer = load_tokenizer(cfg.model)
     config = load_model_config(cfg.model)
-    limit = max_block_size(config, tokenizer)
-    if cfg.block_size > limit:
-        raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
-                          f"{cfg.model} accepts")
+    check_block_fits(cfg.block_size, max_block_size(config, tokenizer), cfg.model)
     data_cfg = replace(cfg, eval_fraction=0.0, eval_data=None) if cfg.all_records else cfg
     progress = progress_mode(cfg.quiet) == "bar"  # no carriage returns into a log file
     corpus = load_blocks(data_cfg, tokenizer, progress=progress)
+    most = cfg.max_eval_blocks  # with all_records, every block scored is a "training" one
+    corpus = corpus.first(most if cfg.all_records else None, None if cfg.all_records else most,
+                          tokenizer.pad_token_id)
     blocks = corpus.train if cfg.all_records else corpus.eval
     if len(blocks) == 0:
         raise MlmkitError(f"{describe_source(cfg.data)}: no held-out block to score; raise "
-                          "--eval-fraction or pass --all-records")
+                          f"{named('eval_fraction')} or pass {named('all_records', True)}")
     model = load_model(cfg.model, config).to(device)
     loader = torch.utils.data.DataLoader(fixed_eval_dataset(blocks, tokenizer, cfg),
                                          batch_size=cfg.eval_batch_size)

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from mlmkit.config import TrainConfig
-from mlmkit.corpus.blocks import Corpus, load_blocks
+from mlmkit.corpus.blocks import Corpus, check_block_fits, load_blocks
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import WriteFailed, write_json
 from mlmkit.io.sources import iter_texts
 from mlmkit.modeling.load import load_model_config, load_tokenizer, max_block_size
 from mlmkit.modeling.overrides import apply_overrides
+from mlmkit.settings import named
 from mlmkit.training.checkpoint import STATE_FILE, read_state, verify_checkpoint
 from mlmkit.training.perplexity import Metrics
 from mlmkit.training.rundir import CHECKPOINTS, settings_record, write_config
@@ -86,11 +87,9 @@ def prepare_tokenizer_and_data(cfg: TrainConfig, progress: bool) -> tuple[Any, A
         texts = (t for _, t in iter_texts(cfg))
         tokenizer = tokenizer.train_new_from_iterator(texts, vocab_size=cfg.train_tokenizer)
         model_config.vocab_size = len(tokenizer)
-    limit = max_block_size(model_config, tokenizer)
-    if cfg.block_size > limit:
-        raise MlmkitError(f"--block-size {cfg.block_size}: above the {limit} positions model "
-                          f"{cfg.model} accepts")
+    check_block_fits(cfg.block_size, max_block_size(model_config, tokenizer), cfg.model)
     corpus = load_blocks(cfg, tokenizer, progress=progress)
+    corpus = corpus.first(cfg.max_train_blocks, cfg.max_eval_blocks, tokenizer.pad_token_id)
     return tokenizer, model_config, corpus
 
 
@@ -125,10 +124,12 @@ def check_load_best(cfg: TrainConfig, eval_blocks: int | None = None) -> None:
     if not cfg.load_best:
         return
     if cfg.eval_every != cfg.save_every:
-        raise MlmkitError("--load-best: needs an evaluation at every checkpoint; give "
-                          "--eval-every and --save-every the same value")
+        raise MlmkitError(f"{named('load_best', True)}: needs an evaluation at every "
+                          f"checkpoint; give {named('eval_every')} and {named('save_every')} "
+                          "the same value")
     if eval_blocks == 0:
-        raise MlmkitError("--load-best: no held-out blocks to choose the best checkpoint by")
+        raise MlmkitError(f"{named('load_best', True)}: no held-out blocks to choose the best "
+                          "checkpoint by")
 
 
 class Recipe:
@@ -288,7 +289,7 @@ class Recipe:
                      "step %d (perplexity %.3f)", best["step"], best["perplexity"], s.step,
                      s.history[-1]["perplexity"])
         self._restore(verify_checkpoint(self.out / CHECKPOINTS / best["checkpoint"],
-                                        "--load-best"))
+                                        named("load_best", True)))
         return best
 
     # -- divergence ----------------------------------------------------------------------------
@@ -297,13 +298,13 @@ class Recipe:
         if self.last_saved is None:
             return "no checkpoint was saved before it"
         return f"the last good checkpoint, {self.last_saved}, is kept" + (
-            " (--resume latest continues from it)" if self.resumable else "")
+            f" ({named('resume', 'latest')} continues from it)" if self.resumable else "")
 
     def diverged(self, what: str) -> MlmkitError:
         """The error of a run whose loss or weights stopped being finite."""
         return MlmkitError(f"{what}: training diverged and nothing was exported from "
-                           f"{self.out}; {self._kept()}; a lower --learning-rate or "
-                           "--max-grad-norm usually prevents this")
+                           f"{self.out}; {self._kept()}; a lower {named('learning_rate')} or "
+                           f"{named('max_grad_norm')} usually prevents this")
 
     def check_loss(self, loss: float) -> None:
         """Raise if `loss`, the training loss of the steps since the last log, is not finite."""
@@ -331,8 +332,8 @@ class Recipe:
             except WriteFailed as e:
                 # The final checkpoint says the run finished; a resume finds no whole export
                 # beside it (`export_problems`) and writes it then.
-                hint = ("the final checkpoint, {}, is kept: free space, then --resume latest "
-                        "exports it" if self.resumable else
+                hint = ("the final checkpoint, {}, is kept: free space, then "
+                        + named("resume", "latest") + " exports it" if self.resumable else
                         "the final checkpoint, {}, holds the trained model")
                 raise MlmkitError(f"{e}; {hint.format(self.last_saved)}") from e
         self._barrier()
@@ -364,8 +365,8 @@ class Recipe:
             return self.finish()
         if self.main and not self.cfg.push_to_hub:
             log.info("%s finished at step %d (epoch %.2f); nothing to do: pass a larger "
-                     "--epochs or --max-steps to train it further", self.out, s.step,
-                     self.epochs())
+                     "%s or %s to train it further", self.out, s.step, self.epochs(),
+                     named("epochs"), named("max_steps"))
         result = self.result()
         result.finished_before = True
         # Asked to publish a finished run: what was asked needs no training, and the same
@@ -379,14 +380,16 @@ class Recipe:
         repo = self.cfg.push_to_hub
         if not repo or not self.main:
             return None
-        from mlmkit.settings import flag_of
+        from mlmkit.settings import from_cli
         from mlmkit.training.export import publish
 
         try:
-            return publish(self.out, repo, f"{flag_of('push_to_hub')} {repo}")
+            return publish(self.out, repo, named("push_to_hub", repo))
         except MlmkitError as e:
-            raise MlmkitError(f"{e}; the model is saved in {self.out}: publish it with `mlmkit "
-                              f"push {self.out} {repo}`") from None
+            again = (f"`mlmkit push {self.out} {repo}`" if from_cli()
+                     else f"push({str(self.out)!r}, {repo!r})")
+            raise MlmkitError(f"{e}; the model is saved in {self.out}: publish it with "
+                              f"{again}") from None
 
     def export(self, result: TrainResult) -> None:
         """Write the model directory: weights, tokenizer, metrics, settings, model card."""

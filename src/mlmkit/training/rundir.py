@@ -249,7 +249,7 @@ def check_resume_settings(cfg: TrainConfig, saved: dict[str, Any], run: Path) ->
 EVAL_SETTINGS = ("data", "data_config", "split", "text_field", "limit", "eval_data",
                  "line_by_line", "block_size", "eval_fraction", "pad_last_block", "seed",
                  "mlm_probability", "mask_replace_prob", "random_replace_prob",
-                 "whole_word_mask", "eval_seed")
+                 "whole_word_mask", "eval_seed", "max_eval_blocks")
 
 
 def run_eval_settings(model: str) -> dict[str, Any] | None:

@@ -28,9 +28,9 @@ def train(cfg: TrainConfig | None = None, *, command: str | None = None,
     validate(cfg)
     if cfg.push_to_hub:  # before any file is written: not after hours of training
         from mlmkit.io.hub import check_push_access
-        from mlmkit.settings import flag_of
+        from mlmkit.settings import named
 
-        check_push_access(cfg.push_to_hub, f"{flag_of('push_to_hub')} {cfg.push_to_hub}")
+        check_push_access(cfg.push_to_hub, named("push_to_hub", cfg.push_to_hub))
     if cfg.probe:  # every record read now: a bad one fails before training, not after
         from mlmkit.training.probes import check_probe_inputs
 

@@ -24,6 +24,7 @@ from mlmkit.config import TrainConfig
 from mlmkit.corpus.masking import Masker, MaskingCollator
 from mlmkit.modeling.load import load_model
 from mlmkit.quiet import libraries_quiet
+from mlmkit.settings import from_cli, named
 from mlmkit.training.checkpoint import find_checkpoint, read_state, save_checkpoint
 from mlmkit.training.loop import (
     BlockKeys,
@@ -393,13 +394,18 @@ class Run(Recipe):
     def _stop(self) -> None:
         saved = self.save_checkpoint()
         raise RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}; "
-                             f"checkpoint saved in {saved}; continue with: mlmkit train "
-                             f"--resume {self.out}")
+                             f"checkpoint saved in {saved}; {self._continue_with()}")
 
     def _interrupted_unsaved(self) -> RunInterrupted:
         if self.last_saved is None:
             return RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}, "
-                                  "before the first checkpoint; start again with --overwrite")
+                                  "before the first checkpoint; start again with "
+                                  f"{named('overwrite', True)}")
         return RunInterrupted(f"interrupted at step {self.state.step} of {self.total_steps}; the "
-                              f"newest checkpoint is {self.last_saved}; continue with: mlmkit "
-                              f"train --resume {self.out}")
+                              f"newest checkpoint is {self.last_saved}; "
+                              f"{self._continue_with()}")
+
+    def _continue_with(self) -> str:
+        """How to go on from the newest checkpoint: a command to paste, or the keyword."""
+        resume = named("resume", str(self.out))
+        return f"continue with: mlmkit train {resume}" if from_cli() else f"continue with {resume}"

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.files import atomic_open
+from mlmkit.settings import named
 from mlmkit.training.rundir import METRICS_LOG
 
 log = logging.getLogger("mlmkit")
@@ -35,7 +36,7 @@ def parse_report_to(value: str | None) -> list[str]:
         return []
     for name in names:
         if name not in TRACKERS:
-            raise MlmkitError(f"--report-to {value}: unknown tracker {name!r}; known: "
+            raise MlmkitError(f"{named('report_to', value)}: unknown tracker {name!r}; known: "
                               f"{', '.join(TRACKERS)}, or none")
     return list(dict.fromkeys(names))  # each once, in the order given
 
@@ -55,9 +56,10 @@ def tracker_init_kwargs(report_to: list[str], run_dir: Path) -> dict[str, Any]:
 
     for name in report_to:
         if name not in TRACKERS:
-            raise MlmkitError(f"--report-to {name}: unknown tracker; known: {', '.join(TRACKERS)}")
+            raise MlmkitError(f"{named('report_to', name)}: unknown tracker; known: "
+                              f"{', '.join(TRACKERS)}")
         if not tracker_available(name):
-            raise MlmkitError(f"--report-to {name}: needs the {name} package: "
+            raise MlmkitError(f"{named('report_to', name)}: needs the {name} package: "
                               f"pip install 'mlmkit[{name}]'")
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / LOGS_DIR))
     return {"log_with": list(report_to) or None, "project_config": project}

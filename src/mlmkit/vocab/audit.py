@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -239,13 +240,15 @@ def corpus_texts(data: Any, text_field: list[str] | None = None, limit: int | No
     from mlmkit.io.sources import describe_source, iter_texts
 
     if isinstance(data, str) and not data.strip():
-        raise MlmkitError("--data: no corpus given; expected files, a Hub dataset id or texts")
+        raise MlmkitError(f"{named('data')}: no corpus given; expected files, a Hub dataset id "
+                          "or texts")
     stats = TextStats()
     cfg = DataConfig(data=data, text_field=list(text_field or []), limit=limit, split=split)
     texts = [t for _, t in iter_texts(cfg, stats)]
     if not texts:
-        raise MlmkitError(f"--data {describe_source(data)}: no text ({stats.records:,} records, "
-                          f"{stats.empty:,} of them empty); expected records with text in "
+        raise MlmkitError(f"{named('data', describe_source(data))}: no text "
+                          f"({stats.records:,} records, {stats.empty:,} of them empty); "
+                          "expected records with text in "
                           f"{', '.join(stats.fields) or 'a text field'}")
     return texts
 
@@ -257,6 +260,6 @@ def audit_vocab(model_or_tokenizer: Any, data: Any, top: int = 20, *,
     `data` (a list of texts, or any corpus `mlmkit train --data` reads, see `corpus_texts`),
     and the `top` words that cost the most tokens."""
     if top < 0:
-        raise MlmkitError(f"--top {top}: expected 0 or more")
+        raise MlmkitError(f"{named('top', top)}: expected 0 or more")
     tokenizer = _as_tokenizer(model_or_tokenizer)
     return tally_words(tokenizer, corpus_texts(data, text_field, limit, split)).audit(top)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 from mlmkit.vocab.audit import (
     BATCH,
     EXTENSION_FILE,
@@ -104,8 +105,8 @@ def _choose(tally: WordTally, add: int, vocab: dict[str, int]) -> list[tuple[str
         raise MlmkitError("the corpus has no word that the tokenizer splits into several pieces "
                           "as a whole word; there is nothing to add")
     if len(ranked) < add:
-        log.warning("--add %d: the corpus has only %d words split into pieces; adding those",
-                    add, len(ranked))
+        log.warning("%s: the corpus has only %d words split into pieces; adding those",
+                    named("add", add), len(ranked))
     return ranked[:add]
 
 
@@ -244,7 +245,7 @@ def extend_vocab(model: str, data: Any, add: int, output: str | Path, *, overwri
     from mlmkit.training.rundir import check_output_dir, read_paths, start_run_dir
 
     if isinstance(add, bool) or not isinstance(add, int) or add < 1:
-        raise MlmkitError(f"--add {add}: expected a positive number of words to add")
+        raise MlmkitError(f"{named('add', add)}: expected a positive number of words to add")
     out = check_output_dir(output, overwrite=overwrite, inputs=read_paths(str(model), data),
                            resumable=False)
     tokenizer = load_tokenizer(str(model))

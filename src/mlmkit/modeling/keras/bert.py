@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlmkit.errors import MlmkitError
-from mlmkit.modeling.keras.convert import Tie, match_hf_layers, require_tied
+from mlmkit.modeling.keras.convert import Tie, keras_refusal, match_hf_layers, require_tied
 
 
 def check_config(config: Any) -> None:
     """What keras-hub's BERT cannot represent, refused by name rather than converted wrong."""
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
-        raise MlmkitError(f"--backend keras: position_embedding_type "
+        raise keras_refusal(f"position_embedding_type "
                           f"{config.position_embedding_type!r}; keras-hub's BERT has absolute "
                           "positions only")
     require_tied(config)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -31,11 +32,16 @@ INSTALL_HINT = ("pip install 'mlmkit[keras]' (with TensorFlow, as the guide); wi
                 f"pip install --no-deps keras-hub=={KERAS_HUB_TESTED}, then KERAS_BACKEND=torch")
 
 
+def keras_refusal(why: str) -> MlmkitError:
+    """The error of what the Keras backend cannot do, naming the setting that chose it."""
+    return MlmkitError(f"{named('backend', 'keras')}: {why}")
+
+
 def require_tied(config: Any) -> None:
     """keras-hub's masked-LM heads project with the input embeddings: every architecture
     converted needs a tied decoder."""
     if not getattr(config, "tie_word_embeddings", True):
-        raise MlmkitError("--backend keras: tie_word_embeddings false; keras-hub's masked-LM "
+        raise keras_refusal("tie_word_embeddings false; keras-hub's masked-LM "
                           "head projects with the input embeddings, so the decoder must be tied")
 
 
@@ -49,7 +55,7 @@ def import_keras() -> tuple[Any, Any]:
         keras = importlib.import_module("keras")
         keras_hub = importlib.import_module("keras_hub")
     except ImportError as e:
-        raise MlmkitError(f"--backend keras: cannot import {e.name or 'keras'} ({e}); "
+        raise keras_refusal(f"cannot import {e.name or 'keras'} ({e}); "
                           f"{INSTALL_HINT}") from None
     if keras_hub.__version__ != KERAS_HUB_TESTED:
         log.warning("keras-hub %s: mlmkit's weight mapping was tested with %s; check the "
@@ -63,7 +69,7 @@ def family_module(config: Any) -> Any:
     the supported ones."""
     name = FAMILIES.get(getattr(config, "model_type", None))
     if name is None:
-        raise MlmkitError(f"--backend keras: model type {config.model_type!r} is not supported; "
+        raise keras_refusal(f"model type {config.model_type!r} is not supported; "
                           f"supported: {', '.join(FAMILIES)} (BERT, RoBERTa/DistilRoBERTa, "
                           "DistilBERT masked LMs)")
     return importlib.import_module(f".{name}", __package__)
@@ -102,7 +108,7 @@ ACTIVATIONS = {"gelu": gelu_exact, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": g
 
 def activation_of(name: str) -> Any:
     if name not in ACTIVATIONS:
-        raise MlmkitError(f"--backend keras: activation {name!r} is not supported; supported: "
+        raise keras_refusal(f"activation {name!r} is not supported; supported: "
                           f"{', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 

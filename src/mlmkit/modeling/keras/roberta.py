@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mlmkit.errors import MlmkitError
 from mlmkit.modeling.keras.bert import encoder_ties, head_ties, norm_ties
-from mlmkit.modeling.keras.convert import Tie, match_hf_layers, require_tied
+from mlmkit.modeling.keras.convert import Tie, keras_refusal, match_hf_layers, require_tied
 
 POSITIONS = "roberta.embeddings.position_embeddings.weight"
 TOKEN_TYPES = "roberta.embeddings.token_type_embeddings.weight"
@@ -27,11 +26,11 @@ def offset_of(config: Any) -> int:
 
 def check_config(config: Any) -> None:
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
-        raise MlmkitError(f"--backend keras: position_embedding_type "
+        raise keras_refusal(f"position_embedding_type "
                           f"{config.position_embedding_type!r}; keras-hub's RoBERTa has "
                           "absolute positions only")
     if config.type_vocab_size != 1:
-        raise MlmkitError(f"--backend keras: type_vocab_size {config.type_vocab_size}; "
+        raise keras_refusal(f"type_vocab_size {config.type_vocab_size}; "
                           "keras-hub's RoBERTa has no token types (RoBERTa's own: 1)")
     require_tied(config)
 
