@@ -51,7 +51,7 @@ def test_unreachable_hub_is_one_request_and_one_line(fake_hub):
     assert str(e.value) == (
         "dataset 'some-org/some-data' (split 'train'): the Hugging Face Hub cannot be reached "
         "([Errno -2] Name or service not known) and the dataset is not in the local cache; "
-        "pass a local file, directory or glob with --data, or set HF_HUB_OFFLINE=1 to use "
+        "pass a local file, directory or glob as data=..., or set HF_HUB_OFFLINE=1 to use "
         "datasets already in the local cache")
     assert len(fake_hub.requests) == 1 and fake_hub.sleeps == []
 

@@ -152,3 +152,29 @@ def test_int8_leaves_a_model_object_it_was_given_as_it_was(tiny_bert):
     assert engine.model is not model and precision_of(engine.model) == "int8"
     assert precision_of(model) == "float32"
     assert torch.equal(model(ids).logits.detach(), before)
+
+
+def test_float_engines_on_a_cpu_run_onednn_packed_linears_with_float32_numbers(tiny_bert):
+    """A float32 engine's linear layers are oneDNN-packed: float32 to rounding (against a
+    float64 reference, as close as F.linear), copyable, and plain again when the model is
+    wanted in another precision."""
+    import copy
+
+    from mlmkit.modeling.precision import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    lin = nn.Linear(300, 70)
+    x = torch.randn(4, 9, 300)
+    ref = torch.nn.functional.linear(x.double(), lin.weight.double(), lin.bias.double())
+    with torch.inference_mode():
+        packed = PackedLinear(lin)
+        got, plain = packed(x), lin(x)
+        assert (got.double() - ref).abs().max() <= 4 * (plain.double() - ref).abs().max() + 1e-6
+        assert torch.equal(copy.deepcopy(packed)(x), got)
+    engine = FillMask(str(tiny_bert), device="cpu")
+    layers = [m for m in engine.model.modules() if isinstance(m, PackedLinear)]
+    assert layers and not any(type(m) is nn.Linear for m in engine.model.modules())
+    assert pack_linears(engine.model) == 0  # nothing left to pack
+    bf16 = FillMask(engine.model, engine.tokenizer, device="cpu", dtype="bfloat16")
+    assert not any(isinstance(m, PackedLinear) for m in bf16.model.modules())
+    assert precision_of(bf16.model) == "bfloat16"

@@ -97,11 +97,11 @@ def _load_hub(cfg: DataConfig) -> Any:
             if unreachable == OFFLINE:
                 raise MlmkitError(f"{what}: not in the local cache, the only place "
                                   "HF_HUB_OFFLINE=1 lets datasets load from; pass a local "
-                                  f"file, directory or glob with {named('data')}, or unset "
+                                  f"file, directory or glob as {named('data', ...)}, or unset "
                                   "HF_HUB_OFFLINE to download it") from None
             raise MlmkitError(f"{what}: the Hugging Face Hub cannot be reached ({unreachable}) "
                               "and the dataset is not in the local cache; pass a local file, "
-                              f"directory or glob with {named('data')}, or set HF_HUB_OFFLINE=1 "
+                              f"directory or glob as {named('data', ...)}, or set HF_HUB_OFFLINE=1 "
                               "to use datasets already in the local cache") from None
         raise MlmkitError(f"{what}: cannot load: {first_line(e)}") from None
     if unreachable is not None and unreachable != OFFLINE:

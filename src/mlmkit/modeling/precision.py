@@ -19,12 +19,14 @@ Why our own ~40 lines rather than a library's, measured in bench/cpu_precision.p
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
 from mlmkit.errors import MlmkitError
+from mlmkit.settings import named
 
 # The precisions an inference engine takes; int8 holds float32 outside its linear layers.
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -54,8 +56,8 @@ class Int8Linear(nn.Module):
         # Few, whole-tensor ops: at one sentence each op's fixed cost is what counts.
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True)
-        scale = scale.clamp_min_(1e-12).mul_(1 / 127)
+        # abs().amax(): 3.7 us for 25 x 768, where linalg.vector_norm(inf) takes 52
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).mul_(1 / 127)
         q = torch.div(rows, scale).round_().to(torch.int8)  # within [-127, 127] by the scale
         y = torch.mul(torch._int_mm(q, self.qweight.t()), scale * self.weight_scale)
         if self.bias is not None:
@@ -72,24 +74,98 @@ class Int8Linear(nn.Module):
                 f"bias={self.bias is not None}, int8 per-channel weights, per-token activations")
 
 
+class PackedLinear(nn.Module):
+    """An `nn.Linear` for CPU inference (float32 or bfloat16) whose weight is also held
+    prepacked in oneDNN's blocked layout and multiplied by oneDNN (what torch.compile's
+    freezing does on a CPU, without compiling): the same numbers up to summation order
+    (float32: 6e-7 relative to the output, against MKL's 3e-7, from a float64 reference).
+
+    Measured on a 2-core AMD EPYC with AVX-512 (torch 2.13), ms per call of `F.linear` ->
+    packed: 25 tokens x 768 -> 3072, float32 0.85 -> 0.25, bfloat16 0.30 -> 0.14; 800 tokens
+    17.1 -> 7.3 and 4.6 -> 3.7; the 50,265-token vocabulary projection of 1 / 3 / 32 masks
+    7.9 / 28.1 / 25.3 -> 1.7 / 2.2 / 6.9 (float32). torch's float32 `matmul` goes through MKL,
+    which on this AMD CPU reaches 214 GFLOP/s against oneDNN's 517. The float weight is kept
+    (code may read it; a tied projection shares it with the embeddings), so the packed copy
+    costs the linear layers' size once more in memory."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # an opaque oneDNN tensor: an attribute, not a buffer (no state_dict, never saved)
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def linear(self) -> nn.Linear:
+        """The plain `nn.Linear` on the same weight and bias."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device="meta")
+        lin.weight, lin.bias = self.weight, self.bias
+        return lin
+
+    def __deepcopy__(self, memo: dict) -> PackedLinear:
+        # the oneDNN tensor has no storage to copy: pack the copied weight again
+        lin = self.linear()
+        lin.weight = copy.deepcopy(self.weight, memo)
+        lin.bias = copy.deepcopy(self.bias, memo)
+        return PackedLinear(lin)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, oneDNN-packed")
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace each float32 / bfloat16 `nn.Linear` of a CPU model in place by a `PackedLinear`;
+    the number replaced (0 where this torch has no oneDNN, or its packed product disagrees
+    with `F.linear` on a probe)."""
+    if not _packing_works():
+        return 0
+    return _replace_linears(model, PackedLinear)
+
+
+@functools.lru_cache(maxsize=1)
+def _packing_works() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        lin = nn.Linear(16, 8)
+        x = torch.randn(3, 16)
+        with torch.inference_mode():
+            return bool(torch.allclose(PackedLinear(lin)(x), lin(x), rtol=1e-4, atol=1e-5))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _replace_linears(model: nn.Module, make: Any) -> int:
+    """Replace each `nn.Linear` of `model` by `make(linear)`; a layer shared by two parents (a
+    tied head) is converted once. The number replaced."""
+    return _replace(model, nn.Linear, make)
+
+
+def _replace(model: nn.Module, kind: type, make: Any) -> int:
+    done: dict[int, nn.Module] = {}
+    places = [(parent, name, child) for parent in model.modules()
+              for name, child in parent.named_children() if type(child) is kind]
+    for parent, name, child in places:
+        if id(child) not in done:
+            done[id(child)] = make(child)
+        setattr(parent, name, done[id(child)])
+    return len(done)
+
+
 def quantize_int8(model: nn.Module) -> int:
     """Replace each `nn.Linear` of `model` in place by an `Int8Linear`; the number replaced.
     A layer shared by two parents (a tied head) is converted once."""
-    done: dict[int, Int8Linear] = {}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                if id(child) not in done:
-                    done[id(child)] = Int8Linear(child)
-                setattr(parent, name, done[id(child)])
-    return len(done)
+    return _replace_linears(model, Int8Linear)
 
 
 def check_precision(precision: str, device: torch.device) -> str:
     """`precision` ('auto': bfloat16 on a GPU, else float32) checked against the device, in
     one line naming the setting."""
-    from mlmkit.settings import named
-
     if precision == "auto":
         return "bfloat16" if device.type == "cuda" else "float32"
     precision = ALIASES.get(precision, precision)
@@ -107,12 +183,20 @@ def apply_precision(model: Any, device: torch.device, precision: str, owned: boo
     """`model` on `device` in `precision` (checked, not 'auto'), in eval mode; a model already
     quantized stays as it is. int8 quantizes a copy of a model the caller gave (not `owned`),
     so the caller's model (one being trained, say) is left as it was."""
+    packed = next((m for m in model.modules() if isinstance(m, PackedLinear)), None)
+    if packed is not None and (precision == "int8" or device.type != "cpu"
+                               or PRECISIONS[precision] != packed.weight.dtype):
+        # a model an engine packed, wanted elsewhere or in another precision: plain again
+        _replace(model, PackedLinear, PackedLinear.linear)
     if precision == "int8" and not any(isinstance(m, Int8Linear) for m in model.modules()):
         model = model if owned else copy.deepcopy(model)
         model = model.to(device=device, dtype=torch.float32).eval()
         quantize_int8(model)
         return model
-    return model.to(device=device, dtype=PRECISIONS[precision]).eval()
+    model = model.to(device=device, dtype=PRECISIONS[precision]).eval()
+    if owned and precision in ("float32", "bfloat16") and device.type == "cpu":
+        pack_linears(model)
+    return model
 
 
 def precision_of(model: Any) -> str:
