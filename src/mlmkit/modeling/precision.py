@@ -59,9 +59,11 @@ class Int8Linear(nn.Module):
         # abs().amax(): 3.7 us for 25 x 768, where linalg.vector_norm(inf) takes 52
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).mul_(1 / 127)
         q = torch.div(rows, scale).round_().to(torch.int8)  # within [-127, 127] by the scale
-        y = torch.mul(torch._int_mm(q, self.qweight.t()), scale * self.weight_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
+        # three passes over the output (to float, x row scale, x column scale + bias): 0.29 ms
+        # for 800 x 3072, where one mixed int32 x float multiply by the outer product took 0.47
+        y = torch._int_mm(q, self.qweight.t()).float().mul_(scale)
+        y = (torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None
+             else y.mul_(self.weight_scale))
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     @property
