@@ -333,11 +333,15 @@ def test_directory_without_weights_or_config_says_so(roberta_shape, tmp_path):
 ])
 def test_pick_device_refuses_what_this_machine_lacks(device, needle, monkeypatch):
     from mlmkit.modeling.load import pick_device
+    from mlmkit.settings import speaking_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(MlmkitError) as e:
+    with speaking_cli(), pytest.raises(MlmkitError) as e:
         pick_device(device)
     assert str(e.value).startswith(needle)
+    with pytest.raises(MlmkitError) as e:  # from Python: the keyword
+        pick_device(device)
+    assert str(e.value).startswith(needle.replace(f"--device {device}", f"device={device!r}"))
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type in ("cpu", "mps")
 

@@ -17,6 +17,7 @@ from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import OFFLINE, first_line, model_dir, reach, refusal
 from mlmkit.modeling.precision import apply_precision, check_precision
 from mlmkit.modeling.weights import check_weights, mismatch
+from mlmkit.settings import named
 
 log = logging.getLogger("mlmkit")
 
@@ -351,22 +352,22 @@ def pick_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise MlmkitError(f"--device {device}: not a device; expected {_DEVICES}") from None
+        raise MlmkitError(f"{named('device', device)}: not a device; expected {_DEVICES}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else (
                 "no CUDA device is visible")
-            raise MlmkitError(f"--device {device}: {why}; expected cpu, or auto (which picks "
-                              "a GPU when there is one)")
+            raise MlmkitError(f"{named('device', device)}: {why}; expected cpu, or auto "
+                              "(which picks a GPU when there is one)")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise MlmkitError(f"--device {device}: this machine has {n} CUDA device"
+            raise MlmkitError(f"{named('device', device)}: this machine has {n} CUDA device"
                               f"{'s' if n != 1 else ''} (cuda:0 to cuda:{n - 1})")
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise MlmkitError(f"--device {device}: MPS (Apple GPU) is not available here; "
+            raise MlmkitError(f"{named('device', device)}: MPS (Apple GPU) is not available here; "
                               "expected cpu or auto")
     elif dev.type != "cpu":
-        raise MlmkitError(f"--device {device}: {dev.type} devices are not supported; expected "
-                          f"{_DEVICES}")
+        raise MlmkitError(f"{named('device', device)}: {dev.type} devices are not supported; "
+                          f"expected {_DEVICES}")
     return dev

@@ -187,20 +187,23 @@ def run_dir_of(resume: str, output: str | None) -> Path:
     or with 'latest' the --output directory."""
     if resume == "latest":
         if not output:
-            raise MlmkitError("--resume latest: needs --output, the run directory (or pass the "
-                              "run directory itself: --resume RUN_DIR)")
+            raise MlmkitError(f"{named('resume', 'latest')}: needs {named('output', ...)}, the "
+                              f"run directory (or pass the run directory itself: "
+                              f"{named('resume', ...)})")
         run = Path(output).expanduser()
     else:
         path = Path(resume).expanduser()
         if not path.is_dir():
-            raise MlmkitError(f"--resume {path}: no such run or checkpoint directory")
+            raise MlmkitError(f"{named('resume', str(path))}: no such run or checkpoint "
+                              "directory")
         run = path.parent.parent if path.parent.name == CHECKPOINTS else path
     if not (run / CONFIG_FILE).is_file():
-        raise MlmkitError(f"--resume {resume}: {run} is not an mlmkit run directory (no "
-                          f"{CONFIG_FILE})")
+        raise MlmkitError(f"{named('resume', resume)}: {run} is not an mlmkit run directory "
+                          f"(no {CONFIG_FILE})")
     if output and resume != "latest" and not _same_dir(Path(output).expanduser(), run):
-        raise MlmkitError(f"--output {output} and --resume {resume}: a resumed run writes into "
-                          f"its own directory, {run}; leave --output out")
+        raise MlmkitError(f"{named('output', output)} and {named('resume', resume)}: a resumed "
+                          f"run writes into its own directory, {run}; leave {named('output')} "
+                          "out")
     return run
 
 
