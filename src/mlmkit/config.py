@@ -212,13 +212,40 @@ class TrainConfig(DataConfig, MaskConfig):
                               "(pretrained weights fix the model's shape)")
         if self.push_to_hub:  # refused now, not after the hours of training before the upload
             check_repo_id(self.push_to_hub, named("push_to_hub", self.push_to_hub))
-        if self.probe:
-            # Light (no torch): the file is there and the task known; train() reads every
-            # record before training starts.
-            from mlmkit.probing.spec import resolve_spec
+        for spec in self.probe or ():
+            # The file is there and readable, a task named is known; train() guesses a task
+            # not named from the file and reads every record before training starts.
+            check_probe_spec(spec, named("probe", spec, quoted=True))
 
-            for spec in self.probe:
-                resolve_spec(spec, named("probe", spec, quoted=True))
+
+PROBE_TASKS = ("pairs", "cloze", "bias")
+
+
+def parse_probe_spec(spec: str) -> tuple[str, str | None]:
+    """FILE[:task] -> (file, task or None)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in PROBE_TASKS:
+        return head, tail
+    return spec, None
+
+
+def check_probe_spec(spec: str, where: str) -> tuple[str, str | None]:
+    """(file, task or None) of FILE[:task] (`train --probe`), the file there and readable, a
+    task after the colon one of `PROBE_TASKS`; else one error beginning with `where`."""
+    import os
+    from pathlib import Path
+
+    path, task = parse_probe_spec(spec)
+    head, sep, tail = spec.rpartition(":")
+    if task is None and sep and head and not Path(spec).exists() and Path(head).is_file():
+        raise MlmkitError(f"{where}: task {tail!r}: expected FILE or FILE:TASK with TASK one "
+                          f"of {', '.join(PROBE_TASKS)}")
+    if not Path(path).is_file():
+        raise MlmkitError(f"{where}: {path}: no such file; expected FILE or FILE:TASK (TASK one "
+                          f"of {', '.join(PROBE_TASKS)})")
+    if not os.access(path, os.R_OK):
+        raise MlmkitError(f"{where}: {path}: not readable (permission denied)")
+    return path, task
 
 
 def check_repo_id(repo_id: str, where: str) -> None:

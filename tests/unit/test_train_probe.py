@@ -89,15 +89,16 @@ def test_a_bad_probe_file_fails_before_any_training_output(tiny_roberta, sample_
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--probe '{bad}'" in err and f"{bad}: line 3: invalid JSON" in err
     assert not out.exists()  # no checkpoint, nothing written
-    # Missing files and unknown tasks are refused when the settings are made, naming them.
+    # Missing files and unknown task names are refused when the settings are made.
     with pytest.raises(MlmkitError, match=r"probe='nope.jsonl': nope.jsonl: no such file"):
         small_cfg(tiny_roberta, sample_path, out, probe=["nope.jsonl"])
     with pytest.raises(MlmkitError, match=r"probe='.*blimp40.jsonl:pair': task 'pair': "
                                           "expected FILE or FILE:TASK"):
         small_cfg(tiny_roberta, sample_path, out, probe=[f"{good}:pair"])
+    # A task not named is guessed from the file by train(), before anything is written.
     other = _write(tmp_path / "other.jsonl", [{"text": "hi"}])
     with pytest.raises(MlmkitError, match=r"probe=.*other.jsonl: cannot tell the task"):
-        small_cfg(tiny_roberta, sample_path, out, probe=[str(other)])
+        train(small_cfg(tiny_roberta, sample_path, out, probe=[str(other)]))
     assert not out.exists()
 
 

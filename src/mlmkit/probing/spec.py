@@ -1,15 +1,15 @@
-"""Which probe a FILE[:task] names: the task names, the task guessed from a file's fields, and
-the check a setting gets when it is made (`train --probe`), without loading torch."""
+"""Which probe a FILE[:task] names: the task guessed from a file's fields when none is named
+(config.py checks the rest of the setting when it is made), without loading torch."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mlmkit.config import PROBE_TASKS, check_probe_spec, parse_probe_spec
 from mlmkit.errors import MlmkitError
 from mlmkit.probing.records import first_fields
 
-TASK_NAMES = ("pairs", "cloze", "bias")
+TASK_NAMES = PROBE_TASKS
 # The field that says which task a file is for, when none is named.
 _TASK_FIELDS = (("sentence_good", "pairs"), ("masked_sentences", "cloze"), ("sent_more", "bias"))
 
@@ -25,27 +25,13 @@ def guess_task(path: str | Path) -> str:
                       "masked_sentences (cloze) or sent_more (bias), or name the task")
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """FILE[:task] -> (file, task or None)."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail in TASK_NAMES:
-        return head, tail
-    return spec, None
+parse_spec = parse_probe_spec
 
 
 def resolve_spec(spec: str, where: str) -> tuple[str, str]:
-    """(file, task) of FILE[:task], the file there and readable and the task named or guessed
-    from its first record; else one error beginning with `where` (the setting as given)."""
-    path, task = parse_spec(spec)
-    head, sep, tail = spec.rpartition(":")
-    if task is None and sep and head and not Path(spec).exists() and Path(head).is_file():
-        raise MlmkitError(f"{where}: task {tail!r}: expected FILE or FILE:TASK with TASK one "
-                          f"of {', '.join(TASK_NAMES)}")
-    if not Path(path).is_file():
-        raise MlmkitError(f"{where}: {path}: no such file; expected FILE or FILE:TASK (TASK one "
-                          f"of {', '.join(TASK_NAMES)})")
-    if not os.access(path, os.R_OK):
-        raise MlmkitError(f"{where}: {path}: not readable (permission denied)")
+    """(file, task) of FILE[:task]: `config.check_probe_spec`'s checks, and the task named or
+    guessed from the file's first record; else one error beginning with `where`."""
+    path, task = check_probe_spec(spec, where)
     if task is None:
         try:
             task = guess_task(path)
