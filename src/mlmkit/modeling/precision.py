@@ -46,7 +46,8 @@ class Int8Linear(nn.Module):
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
         q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         # [out, in], used through its transposed view: as fast as a contiguous [in, out] copy
-        # from 22 to 704 rows, and 3x faster for one row (the one-sentence case)
+        # for the encoder's shapes, within 12% for the vocabulary projection of 22-704 rows,
+        # and 3x faster for one row (the one-sentence case)
         self.register_buffer("qweight", q.contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias
