@@ -58,7 +58,9 @@ class FillMask(Engine):
         """`batch_size`: most texts per forward pass; `max_tokens`: most tokens per forward
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
-        GPU."""
+        GPU. `dtype`: "auto" (bfloat16 on a GPU, float32 otherwise: the pipeline's records),
+        "float32", "bfloat16", "float16" or, on a CPU, "int8" (`self.precision` says which
+        runs; see the docs' "Precision on a CPU")."""
         super().__init__(model, tokenizer, device, dtype, batch_size, max_tokens)
         self._decode_batch = batch_decoder(self.tokenizer)
         self._warned_targets: set[str] = set()
