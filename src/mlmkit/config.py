@@ -288,7 +288,8 @@ class DeviceConfig(Settings):
 
     device: str = _f("auto", "cpu, cuda, cuda:N, mps or auto", group="engine")
     dtype: str = _f("auto", "precision: auto is bfloat16 on a GPU, float32 (exact) otherwise; "
-                    "int8 (CPU only) quantizes the linear layers, the fastest on a CPU",
+                    "int8 (CPU only) quantizes the linear layers; bfloat16 and int8 are the "
+                    "fastest on a CPU",
                     choices=["auto", "float32", "bfloat16", "float16", "int8"], group="engine")
 
 

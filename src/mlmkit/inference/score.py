@@ -89,8 +89,8 @@ class Scorer(Engine):
                  dtype: str = "auto", max_tokens: int | None = None) -> None:
         """`max_tokens`: most tokens per forward pass, counted after padding (default 2,048 on
         a CPU, 32,768 on a GPU); the memory a batch needs is bounded by it, whatever the
-        length of the sentences. `dtype`: as `FillMask`'s ("int8" on a CPU the fastest,
-        "float32" the exact default there)."""
+        length of the sentences. `dtype`: as `FillMask`'s ("bfloat16" or "int8" the fastest
+        on a CPU, "float32" the exact default there)."""
         super().__init__(model, tokenizer, device, dtype, max_tokens=max_tokens)
 
     def __call__(self, texts: str | list[str], metric: str = "original",
