@@ -6,8 +6,8 @@ own scale at run time ("W8A8, per-token dynamic"); the products run as int8 x in
 through `torch._int_mm` (oneDNN: VNNI or AMX where the CPU has them) and are rescaled to
 float32. Embeddings, layer norms, attention and the softmax stay float32.
 
-Why our own ~40 lines rather than a library's, measured in bench/cpu_precision.py
-(docs/benchmarks.md, "CPU inference at the hardware's limit"):
+Why our own ~40 lines rather than a library's, measured on a 2-core AMD EPYC with scratch
+scripts (docs/benchmarks.md, "CPU inference at the hardware's limit", what was tried):
 - `torch.ao.quantization.quantize_dynamic` (deprecated in favour of torchao) quantizes a
   whole batch's activations with one scale: top-1 agreement with float32 on the real
   bert-tiny-splade fell to 84.4%, against 95.4% for per-token scales;
@@ -88,7 +88,8 @@ class PackedLinear(nn.Module):
     packed: 25 tokens x 768 -> 3072, float32 0.85 -> 0.25, bfloat16 0.30 -> 0.14; 800 tokens
     17.1 -> 7.3 and 4.6 -> 3.7; the 50,265-token vocabulary projection of 1 / 3 / 32 masks
     7.9 / 28.1 / 25.3 -> 1.7 / 2.2 / 6.9 (float32). torch's float32 `matmul` goes through MKL,
-    which on this AMD CPU reaches 214 GFLOP/s against oneDNN's 517. The float weight is kept
+    which on this AMD CPU reached 221-231 GFLOP/s against oneDNN's 514-536 in
+    bench/cpu_precision.py. The float weight is kept
     (code may read it; a tied projection shares it with the embeddings), so the packed copy
     costs the linear layers' size once more in memory."""
 
@@ -128,7 +129,7 @@ def pack_linears(model: nn.Module) -> int:
     with `F.linear` on a probe)."""
     if not _packing_works():
         return 0
-    return _replace_linears(model, PackedLinear)
+    return _replace(model, nn.Linear, PackedLinear)
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,13 +145,9 @@ def _packing_works() -> bool:
         return False
 
 
-def _replace_linears(model: nn.Module, make: Any) -> int:
-    """Replace each `nn.Linear` of `model` by `make(linear)`; a layer shared by two parents (a
-    tied head) is converted once. The number replaced."""
-    return _replace(model, nn.Linear, make)
-
-
 def _replace(model: nn.Module, kind: type, make: Any) -> int:
+    """Replace each layer of exactly type `kind` in `model` by `make(layer)`; a layer shared by
+    two parents (a tied head) is converted once. The number replaced."""
     done: dict[int, nn.Module] = {}
     places = [(parent, name, child) for parent in model.modules()
               for name, child in parent.named_children() if type(child) is kind]
@@ -164,7 +161,7 @@ def _replace(model: nn.Module, kind: type, make: Any) -> int:
 def quantize_int8(model: nn.Module) -> int:
     """Replace each `nn.Linear` of `model` in place by an `Int8Linear`; the number replaced.
     A layer shared by two parents (a tied head) is converted once."""
-    return _replace_linears(model, Int8Linear)
+    return _replace(model, nn.Linear, Int8Linear)
 
 
 def check_precision(precision: str, device: torch.device) -> str:

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mlmkit.config import PROBE_TASKS, parse_probe_spec
 from mlmkit.errors import MlmkitError
 from mlmkit.modeling.precision import precision_of
 from mlmkit.probing.cloze import NOT_ONE_TOKEN, count_facts, fact_records, run_cloze
-from mlmkit.probing.spec import TASK_NAMES, guess_task, parse_spec
+from mlmkit.probing.spec import guess_task
 from mlmkit.probing.stats import compare, summarize
 from mlmkit.probing.table import format_report
 from mlmkit.probing.tasks import (
@@ -28,10 +29,10 @@ from mlmkit.probing.tasks import (
     run_pairs,
 )
 
-TASKS: dict[str, Callable[..., TaskRun]] = dict(zip(TASK_NAMES, (run_pairs, run_cloze,
+TASKS: dict[str, Callable[..., TaskRun]] = dict(zip(PROBE_TASKS, (run_pairs, run_cloze,
                                                                  run_bias)))
 # Each task's reader of its records, without a model (`check_records`).
-_READERS = dict(zip(TASK_NAMES, (pair_items, fact_records, bias_items)))
+_READERS = dict(zip(PROBE_TASKS, (pair_items, fact_records, bias_items)))
 BIAS_CAVEAT = (
     "CrowS-Pairs' authors warn that the dataset is unreliable as a measure of bias: Blodgett "
     "et al. (ACL 2021) found many pairs that do not test a coherent stereotype, or that change "
@@ -274,7 +275,7 @@ def run_probes(model: ModelLike, specs: Sequence[str], tokenizer: Any = None,
                        options.pop("dtype", "auto"), options.get("max_tokens"))
         model, tokenizer = eng.scorer.model, eng.scorer.tokenizer
     for spec in specs:
-        path, task = parse_spec(spec)
+        path, task = parse_probe_spec(spec)
         report = probe_models([model], task, path, tokenizer=tokenizer, **options)
         if name is not None:
             report.models, report.results[0]["model"] = [name], name

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlmkit.config import PROBE_TASKS, check_probe_spec, parse_probe_spec
+from mlmkit.config import check_probe_spec
 from mlmkit.errors import MlmkitError
 from mlmkit.probing.records import first_fields
 
-TASK_NAMES = PROBE_TASKS
 # The field that says which task a file is for, when none is named.
 _TASK_FIELDS = (("sentence_good", "pairs"), ("masked_sentences", "cloze"), ("sent_more", "bias"))
 
@@ -23,9 +22,6 @@ def guess_task(path: str | Path) -> str:
     raise MlmkitError(f"{path}: cannot tell the task from the fields "
                       f"({', '.join(sorted(fields))[:120]}); expected sentence_good (pairs), "
                       "masked_sentences (cloze) or sent_more (bias), or name the task")
-
-
-parse_spec = parse_probe_spec
 
 
 def resolve_spec(spec: str, where: str) -> tuple[str, str]:
