@@ -259,19 +259,28 @@ def run_fill_arms(model_dir: str, sentences: list[str], args, peak: dict, flops:
         "sentences_per_s": best[0], "batch_size": best[1],
         "gflops": pflops * best[0] / len(pn) / 1e9,
         **latencies(lambda t: pipe(t, top_k=5), lat_items)}
+    mlmkit_arms("fill", lambda prec: FillMask(model_dir, dtype=prec),
+                lambda fm, texts: fm(texts, top_k=5), sentences, 64, lat_items, peak, flops,
+                args.repeat, res)
+
+
+def mlmkit_arms(task: str, load, call, texts: list[str], warm: int, lat_items: list[str],
+                peak: dict, flops: float, repeat: int, res: dict) -> None:
+    """One arm per precision: the engine `load(precision)` run by `call(engine, texts)` on all
+    of `texts` (best of `repeat`, after a warm-up on the first `warm`) and on each of
+    `lat_items` alone."""
     for prec in PRECISIONS:
-        fm = FillMask(model_dir, dtype=prec)
-        fm(sentences[:64])
-        wall = best_of(lambda fm=fm: fm(sentences, top_k=5), args.repeat)
+        engine = load(prec)
+        call(engine, texts[:warm])
+        wall = best_of(lambda e=engine: call(e, texts), repeat)
         gflops = flops / wall / 1e9
-        arm = {"sentences_per_s": len(sentences) / wall, "gflops": gflops,
+        arm = {"sentences_per_s": len(texts) / wall, "gflops": gflops,
                "share_of_peak": gflops / peak[prec],
-               **latencies(lambda t, fm=fm: fm(t, top_k=5), lat_items)}
-        res["fill"][f"mlmkit {prec}"] = arm
-        print(f"fill  mlmkit   {prec:<8} {arm['sentences_per_s']:8.1f} sentences/s  "
+               **latencies(lambda t, e=engine: call(e, t), lat_items)}
+        res[task][f"mlmkit {prec}"] = arm
+        print(f"{task:<5} mlmkit   {prec:<8} {arm['sentences_per_s']:8.1f} sentences/s  "
               f"{gflops:6.0f} GFLOP/s = {arm['share_of_peak']:5.1%} of the {prec} peak  "
               f"p50 {arm['p50_ms']:.1f} ms  p99 {arm['p99_ms']:.1f} ms")
-        del fm
 
 
 def run_ort_arms(model_dir: str, sentences: list[str], args, flops: float, work: Path,
@@ -294,21 +303,12 @@ def run_score_arms(model_dir: str, sentences: list[str], args, peak: dict, flops
                    res: dict) -> None:
     from mlmkit import Scorer
 
-    for prec in PRECISIONS:
-        sc = Scorer(model_dir, dtype=prec)
-        sc(sentences[:8])
-        wall = best_of(lambda sc=sc: sc(sentences), args.repeat)
-        gflops = flops / wall / 1e9
-        arm = {"sentences_per_s": len(sentences) / wall, "gflops": gflops,
-               "share_of_peak": gflops / peak[prec],
-               **latencies(lambda t, sc=sc: sc(t), sentences[:args.score_latency_n])}
-        res["score"][f"mlmkit {prec}"] = arm
-        print(f"score mlmkit   {prec:<8} {arm['sentences_per_s']:8.1f} sentences/s  "
-              f"{gflops:6.0f} GFLOP/s = {arm['share_of_peak']:5.1%} of the {prec} peak  "
-              f"p50 {arm['p50_ms']:.1f} ms  p99 {arm['p99_ms']:.1f} ms")
+    mlmkit_arms("score", lambda prec: Scorer(model_dir, dtype=prec), lambda sc, t: sc(t),
+                sentences, 8, sentences[:args.score_latency_n], peak, flops, args.repeat, res)
 
 
-def run_agreement(real: Path, sentences: list[str], work: Path, res: dict) -> None:
+def run_agreement(real: Path, sentences: list[str], work: Path, with_ort: bool, res: dict
+                  ) -> None:
     """Each precision (and ONNX Runtime int8) against the float32 pipeline on real weights;
     PLL: the largest relative difference from float32 and the share of sentence pairs whose
     order is kept."""
@@ -323,7 +323,7 @@ def run_agreement(real: Path, sentences: list[str], work: Path, res: dict) -> No
     out = res["agreement"]
     for prec in PRECISIONS:
         out[f"mlmkit {prec}"] = agreement(ref, FillMask(str(real), dtype=prec)(texts, top_k=5))
-    if ort_available() is None:
+    if with_ort:
         out["onnxruntime int8"] = agreement(ref, OrtFill(str(real), work, True,
                                                          torch.get_num_threads())(texts))
     plain = [t.replace("[MASK]", w) for t, w in zip(texts, ["it"] * len(texts))][:200]
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{sflops / len(plain) / 1e9:.1f} GFLOP each")
         run_score_arms(str(model_dir), plain, args, peak, sflops, res)
         if args.real and (args.real / "config.json").is_file():
-            run_agreement(args.real, sentences[:args.agreement_n], Path(d), res)
+            run_agreement(args.real, sentences[:args.agreement_n], Path(d), why_not is None, res)
         else:
             print(f"agreement: skipped ({args.real}: no model)")
     other = foreign_load(start, time.perf_counter() - wall0)
