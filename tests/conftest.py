@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -75,6 +77,26 @@ def crows_rows() -> list[dict]:
                    encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     return rows[::15][:100] if CROWS.is_file() else rows
+
+
+@pytest.fixture(scope="session")
+def masked_eli5(eli5_path) -> list[str]:
+    """200 sentences of the real ELI5 answers (8-30 words), one random word of each masked as
+    [MASK] (seed 0): the agreement checks' inputs."""
+    rng = random.Random(0)
+    with gzip.open(eli5_path, "rt", encoding="utf-8") as fh:
+        records = json.load(fh)
+    out: list[str] = []
+    for rec in records:
+        for answer in rec["answers"]["text"]:
+            for sent in re.split(r"(?<=[.!?])\s+", answer):
+                words = sent.split()
+                if 8 <= len(words) <= 30 and "[MASK]" not in sent and "<mask>" not in sent:
+                    words[rng.randrange(len(words))] = "[MASK]"
+                    out.append(" ".join(words))
+                    if len(out) == 200:
+                        return out
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -291,6 +291,10 @@ class DeviceConfig(Settings):
                     "int8 (CPU only) quantizes the linear layers; bfloat16 and int8 are the "
                     "fastest on a CPU",
                     choices=["auto", "float32", "bfloat16", "float16", "int8"], group="engine")
+    runtime: str = _f("torch", "what runs the model: torch, or openvino (CPU only; float32, "
+                      "bfloat16 or int8; the extra mlmkit[openvino]): OpenVINO compiles the "
+                      "model at load (seconds), then one text at a time is the fastest",
+                      choices=["torch", "openvino"], group="engine")
 
 
 def _max_candidates(group: str) -> Any:

@@ -156,5 +156,5 @@ def test_an_int8_server_runs_fill_and_score_in_int8_and_says_so(tiny_bert):
 def test_precision_belongs_to_the_engine_when_one_is_given(engine):
     from mlmkit.errors import MlmkitError
 
-    with pytest.raises(MlmkitError, match="device and dtype are the engine's"):
+    with pytest.raises(MlmkitError, match="device, dtype and runtime are the engine's"):
         create_app(engine, dtype="int8")

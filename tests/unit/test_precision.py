@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-import random
-import re
-
 import pytest
 import torch
 from torch import nn
@@ -82,27 +77,10 @@ def test_precision_is_checked_against_the_device_in_the_callers_words():
         check_precision("int4", cpu)
 
 
-def _masked_sentences(path, n: int) -> list[str]:
-    rng = random.Random(0)
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        records = json.load(fh)
-    out = []
-    for rec in records:
-        for answer in rec["answers"]["text"]:
-            for sent in re.split(r"(?<=[.!?])\s+", answer):
-                words = sent.split()
-                if 8 <= len(words) <= 30 and "[MASK]" not in sent and "<mask>" not in sent:
-                    words[rng.randrange(len(words))] = "[MASK]"
-                    out.append(" ".join(words))
-                    if len(out) == n:
-                        return out
-    return out
-
-
-def test_int8_agrees_with_float32_on_the_real_model(splade, eli5_path):
+def test_int8_agrees_with_float32_on_the_real_model(splade, masked_eli5):
     """On the real bert-tiny-splade, int8 picks float32's top candidate for nearly every mask,
     and where it does not, float32's own top two were nearly tied."""
-    sentences = _masked_sentences(eli5_path, 200)
+    sentences = masked_eli5
     assert len(sentences) >= 100
     ref = FillMask(str(splade), dtype="float32")(sentences, top_k=5)
     int8 = FillMask(str(splade), dtype="int8")

@@ -163,10 +163,12 @@ def test_cli_serve_passes_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["serve", "some/model", "--port", "9001", "--max-batch-size", "8",
                  "--max-wait-ms", "2.5", "--max-queue", "99", "--no-batching",
                  "--body-timeout-s", "3", "--device", "cpu", "--dtype", "float32",
-                 "--max-candidates", "50", "--max-request-candidates", "500",
-                 "--max-response-mb", "2", "--header-timeout-s", "4",
+                 "--runtime", "openvino", "--max-candidates", "50",
+                 "--max-request-candidates", "500", "--max-response-mb", "2",
+                 "--header-timeout-s", "4",
                  "--max-connections", "20", "--max-score-work", "5000"]) == 0
-    assert made == {"path": "some/model", "device": "cpu", "dtype": "float32", "batch_size": 8}
+    assert made == {"path": "some/model", "device": "cpu", "dtype": "float32",
+                    "runtime": "openvino", "batch_size": 8}
     assert served == {"host": "127.0.0.1", "port": 9001, "max_batch_size": 8,
                       "max_wait_ms": 2.5, "max_queue": 99, "batching": False,
                       "body_timeout_s": 3.0, "max_inputs": 64, "max_text_chars": 2000,

@@ -75,6 +75,7 @@ class BatchJob:
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
+    runtime: str = "torch"
     shard_rows: int = 10_000
     format: str = "parquet"
     text_fields: tuple[str, ...] | None = None
@@ -174,8 +175,8 @@ def engine_stream(job: BatchJob, res: BatchResources) -> Callable[[Iterable], It
     """The task's stream for the job, on an engine loaded once, as `mlmkit fill` / `mlmkit
     score` run it: results in input order, an `MlmkitError` in place of a record that failed."""
     task, params = job.task, job.params
-    engine = task.load(job.model, device=res.device, dtype=job.dtype, batch_size=res.batch_size,
-                       max_tokens=res.max_tokens)
+    engine = task.load(job.model, device=res.device, dtype=job.dtype, runtime=job.runtime,
+                       batch_size=res.batch_size, max_tokens=res.max_tokens)
     return lambda items: task.run(engine, items, params)
 
 

@@ -47,7 +47,7 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
     if ray.engine == "ray":
         return run_on_ray(ns, params, engine, ray)
     check_io_paths(ns.texts, ns.input, ns.output)
-    fm = FILL.load(ns.model, device=engine.device, dtype=engine.dtype,
+    fm = FILL.load(ns.model, device=engine.device, dtype=engine.dtype, runtime=engine.runtime,
                    batch_size=engine.batch_size, max_tokens=engine.max_tokens)
     return write_results(ns, lambda texts: FILL.run(fm, texts, params), _plain,
                          LineTally("could not be filled"), "filling", engine.quiet, gap=True)

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "with candidates [{text, score}]; total = score + weight * PLL")
     c.add_argument("--weight", type=float, default=1.0, help="weight of the PLL in --rescore's "
                    "total (default: 1.0)")
-    add_engine_flags(c, only=("device", "dtype", "max_tokens", "quiet"))
+    add_engine_flags(c, only=("device", "dtype", "runtime", "max_tokens", "quiet"))
 
 
 # The plain table: pseudo-log-likelihood (nats, higher is likelier) and pseudo-perplexity.
@@ -59,7 +59,7 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
                           "the command line")
     task = task_for(params)
     scorer = task.load(ns.model, device=engine.device, dtype=engine.dtype,
-                       max_tokens=engine.max_tokens)
+                       runtime=engine.runtime, max_tokens=engine.max_tokens)
     doing, tally = ("rescoring", "could not be rescored") if ns.rescore else (
         "scoring", "could not be scored")
     return write_results(ns, lambda items: task.run(scorer, items, params),

@@ -27,7 +27,7 @@ def run(ns: argparse.Namespace, argv: list[str]) -> int:
         raise MlmkitError(f"serve needs {e.name}: pip install 'mlmkit[serve]'") from None
     from mlmkit.inference.fill import FillMask
 
-    engine = FillMask(ns.model, device=cfg.device, dtype=cfg.dtype,
+    engine = FillMask(ns.model, device=cfg.device, dtype=cfg.dtype, runtime=cfg.runtime,
                       batch_size=cfg.max_batch_size)
     limits = {name: getattr(cfg, name) for name in APP_LIMITS}
     serve(engine, host=cfg.host, port=cfg.port, batching=not cfg.no_batching,

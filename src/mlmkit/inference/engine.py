@@ -39,10 +39,12 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int | None = None,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, runtime: str = "torch") -> None:
         check_budget(batch_size, max_tokens)  # before loading: a bad setting costs nothing
         self.model, self.tokenizer, self.device, self.precision = inference_model(
-            model, tokenizer, device, dtype, type(self).__name__)
+            model, tokenizer, device, dtype, type(self).__name__, runtime)
+        # "openvino" for a model OpenVINO compiled (modeling/openvino.py), else "torch"
+        self.runtime: str = getattr(self.model, "runtime", "torch")
         self._check_tokenizer()
         gpu = self.device.type == "cuda"
         self.batch_size = int(batch_size) if batch_size else self.default_batch_size[gpu]

@@ -54,14 +54,16 @@ class FillMask(Engine):
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int | None = None,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, runtime: str = "torch") -> None:
         """`batch_size`: most texts per forward pass; `max_tokens`: most tokens per forward
         pass, counted after padding to the batch's longest text (None: no limit). By default
         32 texts on a CPU (more is no faster there) and up to 256 texts or 16,384 tokens on a
         GPU. `dtype`: "auto" (bfloat16 on a GPU, float32 otherwise: the pipeline's records),
         "float32", "bfloat16", "float16" or, on a CPU, "int8" (`self.precision` says which
-        runs; see the docs' "Precision on a CPU")."""
-        super().__init__(model, tokenizer, device, dtype, batch_size, max_tokens)
+        runs; see the docs' "Precision on a CPU"). `runtime`: "torch", or "openvino" on a CPU
+        (the extra mlmkit[openvino]: OpenVINO compiles the model; faster one text at a
+        time)."""
+        super().__init__(model, tokenizer, device, dtype, batch_size, max_tokens, runtime)
         self._decode_batch = batch_decoder(self.tokenizer)
         self._warned_targets: set[str] = set()
         self._vocab = lru_cache(maxsize=1)(self.tokenizer.get_vocab)  # once, not per request

@@ -86,12 +86,14 @@ class Scorer(Engine):
     chunk_size = 512
 
     def __init__(self, model: Any, tokenizer: Any = None, device: str = "auto",
-                 dtype: str = "auto", max_tokens: int | None = None) -> None:
+                 dtype: str = "auto", max_tokens: int | None = None,
+                 runtime: str = "torch") -> None:
         """`max_tokens`: most tokens per forward pass, counted after padding (default 2,048 on
         a CPU, 32,768 on a GPU); the memory a batch needs is bounded by it, whatever the
         length of the sentences. `dtype`: as `FillMask`'s ("bfloat16" or "int8" the fastest
-        on a CPU, "float32" the exact default there)."""
-        super().__init__(model, tokenizer, device, dtype, max_tokens=max_tokens)
+        on a CPU, "float32" the exact default there); `runtime`: as `FillMask`'s."""
+        super().__init__(model, tokenizer, device, dtype, max_tokens=max_tokens,
+                         runtime=runtime)
 
     def __call__(self, texts: str | list[str], metric: str = "original",
                  per_token: bool = False) -> dict | list[dict]:

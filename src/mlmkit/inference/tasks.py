@@ -42,15 +42,17 @@ class Task:
 
 
 def _load_fill(model: Any, *, device: str = "auto", dtype: str = "auto",
-               batch_size: int | None = None, max_tokens: int | None = None) -> FillMask:
+               batch_size: int | None = None, max_tokens: int | None = None,
+               runtime: str = "torch") -> FillMask:
     return FillMask(model, device=device, dtype=dtype, batch_size=batch_size,
-                    max_tokens=max_tokens)
+                    max_tokens=max_tokens, runtime=runtime)
 
 
 def _load_scorer(model: Any, *, device: str = "auto", dtype: str = "auto",
-                 batch_size: int | None = None, max_tokens: int | None = None) -> Scorer:
+                 batch_size: int | None = None, max_tokens: int | None = None,
+                 runtime: str = "torch") -> Scorer:
     # A scorer packs masked copies under its token budget alone: no budget counts texts.
-    return Scorer(model, device=device, dtype=dtype, max_tokens=max_tokens)
+    return Scorer(model, device=device, dtype=dtype, max_tokens=max_tokens, runtime=runtime)
 
 
 def _run_fill(engine: Any, texts: Iterable[str], p: FillParams) -> Iterator[Any]:

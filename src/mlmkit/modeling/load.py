@@ -15,6 +15,7 @@ import torch
 
 from mlmkit.errors import MlmkitError
 from mlmkit.io.hub import OFFLINE, first_line, model_dir, reach, refusal
+from mlmkit.modeling.openvino import OpenVinoMaskedLM, check_runtime
 from mlmkit.modeling.precision import apply_precision, check_precision
 from mlmkit.modeling.weights import check_weights, mismatch
 from mlmkit.settings import named
@@ -280,6 +281,9 @@ def masked_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     The sparse path runs the encoder, gathers the hidden states at `positions` and applies the
     head to those alone; the logits equal the dense model's at the same positions.
     """
+    if isinstance(model, OpenVinoMaskedLM):
+        return model.masked_logits(input_ids, attention_mask, positions)
+
     def pick(x: torch.Tensor) -> torch.Tensor:
         if positions.dtype == torch.bool:
             return x[positions]
@@ -322,21 +326,32 @@ def masked_lm_outputs(model: Any, batch: dict[str, torch.Tensor], sparse: bool =
 _DEVICES = "cpu, cuda, cuda:N, mps or auto"
 
 
-def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine: str
-                    ) -> tuple[Any, Any, torch.device, str]:
+def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine: str,
+                    runtime: str = "torch") -> tuple[Any, Any, torch.device, str]:
     """(model, tokenizer, device, precision) ready for inference: `model` a path or Hub id
     (loaded with its tokenizer) or a model object (then `tokenizer` is required), on `device`
     in `dtype` ('auto': bfloat16 on a GPU, else float32; 'int8': see modeling/precision.py), in
-    eval mode. The settings are checked before the model loads, so a wrong one costs no loading
-    time. `engine` names the caller in errors."""
+    eval mode; with `runtime` "openvino", compiled by OpenVINO (modeling/openvino.py). The
+    settings are checked before the model loads, so a wrong one costs no loading time.
+    `engine` names the caller in errors."""
+    if isinstance(model, OpenVinoMaskedLM):  # compiled already: as it is, on the CPU
+        if device not in ("auto", "cpu"):
+            raise MlmkitError(f"{named('device', device)}: the model is compiled by OpenVINO, "
+                              "which runs it on the CPU; expected cpu or auto")
+        if tokenizer is None:
+            raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
+        return model, tokenizer, torch.device("cpu"), model.precision
     dev = pick_device(device)
     precision = check_precision(dtype, dev)
+    check_runtime(runtime, dev, precision)
     owned = isinstance(model, str)
     if owned:
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model)
     elif tokenizer is None:
         raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
+    if runtime == "openvino":
+        return OpenVinoMaskedLM(model, precision, masked_logits), tokenizer, dev, precision
     return apply_precision(model, dev, precision, owned), tokenizer, dev, precision
 
 

@@ -35,6 +35,15 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer's weight [out, in] as int8 and one float32 scale per output channel
+    (its largest magnitude maps to 127): mlmkit's int8 rule for weights, whichever runtime
+    multiplies them."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
 class Int8Linear(nn.Module):
     """An `nn.Linear` for inference with int8 weights (a scale per output channel) and int8
     activations (a scale per row, computed at each call); the output is float32 (or the
@@ -42,9 +51,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
-        q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        q, scale = quantize_weight(linear.weight)
         # [out, in], used through its transposed view: as fast as a contiguous [in, out] copy
         # for the encoder's shapes, within 12% for the vocabulary projection of 22-704 rows,
         # and 3x faster for one row (the one-sentence case)
@@ -129,7 +136,7 @@ def pack_linears(model: nn.Module) -> int:
     with `F.linear` on a probe)."""
     if not _packing_works():
         return 0
-    return _replace(model, nn.Linear, PackedLinear)
+    return replace_layers(model, nn.Linear, PackedLinear)
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,7 +152,7 @@ def _packing_works() -> bool:
         return False
 
 
-def _replace(model: nn.Module, kind: type, make: Any) -> int:
+def replace_layers(model: nn.Module, kind: type, make: Any) -> int:
     """Replace each layer of exactly type `kind` in `model` by `make(layer)`; a layer shared by
     two parents (a tied head) is converted once. The number replaced."""
     done: dict[int, nn.Module] = {}
@@ -161,7 +168,7 @@ def _replace(model: nn.Module, kind: type, make: Any) -> int:
 def quantize_int8(model: nn.Module) -> int:
     """Replace each `nn.Linear` of `model` in place by an `Int8Linear`; the number replaced.
     A layer shared by two parents (a tied head) is converted once."""
-    return _replace(model, nn.Linear, Int8Linear)
+    return replace_layers(model, nn.Linear, Int8Linear)
 
 
 def check_precision(precision: str, device: torch.device) -> str:
@@ -188,7 +195,7 @@ def apply_precision(model: Any, device: torch.device, precision: str, owned: boo
     if packed is not None and (precision == "int8" or device.type != "cpu"
                                or PRECISIONS[precision] != packed.weight.dtype):
         # a model an engine packed, wanted elsewhere or in another precision: plain again
-        _replace(model, PackedLinear, PackedLinear.linear)
+        replace_layers(model, PackedLinear, PackedLinear.linear)
     if precision == "int8" and not any(isinstance(m, Int8Linear) for m in model.modules()):
         model = model if owned else copy.deepcopy(model)
         model = model.to(device=device, dtype=torch.float32).eval()
@@ -202,6 +209,8 @@ def apply_precision(model: Any, device: torch.device, precision: str, owned: boo
 
 def precision_of(model: Any) -> str:
     """The precision a loaded model runs in, as `apply_precision` named it."""
+    if isinstance(getattr(model, "precision", None), str):  # a compiled model says it
+        return model.precision
     if any(isinstance(m, Int8Linear) for m in model.modules()):
         return "int8"
     dtype = next((p.dtype for p in model.parameters()), torch.float32)

@@ -50,7 +50,7 @@ def check_limits(**limits: Any) -> ServeConfig:
     """The server's settings, `ServeConfig`'s defaults where not given; a value out of its
     range is refused in one line naming it: the rule `mlmkit serve` checks its flags with
     before loading a model."""
-    unknown = sorted(set(limits) - set(APP_LIMITS) - {"device", "dtype"})
+    unknown = sorted(set(limits) - set(APP_LIMITS) - {"device", "dtype", "runtime"})
     if unknown:
         raise TypeError(f"unexpected server setting(s) {', '.join(unknown)}; expected "
                         f"{', '.join(APP_LIMITS)}")
@@ -58,11 +58,12 @@ def check_limits(**limits: Any) -> ServeConfig:
 
 
 def create_app(engine_or_model_path: Any, *, batching: bool = True, device: str = "auto",
-               dtype: str = "auto", **limits: Any) -> "FastAPI":
+               dtype: str = "auto", runtime: str = "torch", **limits: Any) -> "FastAPI":
     """A FastAPI app serving fill-mask for a `FillMask` engine (or a model directory/Hub id,
-    loaded with `FillMask(path, device, dtype, batch_size=max_batch_size)`: `dtype` "int8" is
-    the fastest on a CPU, see `mlmkit fill --dtype`); `limits` are `ServeConfig`'s fields
-    named in `APP_LIMITS`, its defaults where not given.
+    loaded with `FillMask(path, device, dtype, batch_size=max_batch_size, runtime=runtime)`:
+    `dtype` "int8" with `runtime` "openvino" is the fastest on a CPU, see `mlmkit fill
+    --dtype`); `limits` are `ServeConfig`'s fields named in `APP_LIMITS`, its defaults where
+    not given.
 
     `POST /` and `POST /fill-mask` take the Hugging Face Inference API payload
     `{"inputs": str | [str], "parameters": {"top_k": int, "targets": [str]}}` and answer with
@@ -74,7 +75,7 @@ def create_app(engine_or_model_path: Any, *, batching: bool = True, device: str 
     """
     from fastapi import FastAPI
 
-    cfg = check_limits(device=device, dtype=dtype, **limits)
+    cfg = check_limits(device=device, dtype=dtype, runtime=runtime, **limits)
     engine, model_name = _engine_and_name(engine_or_model_path, cfg)
     metrics = ServerMetrics()
     engines, no_scorer = _engines(engine)
@@ -99,8 +100,8 @@ def create_app(engine_or_model_path: Any, *, batching: bool = True, device: str 
                               cfg.max_response_mb, cfg.max_score_work)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     _add_task_routes(app, cfg.body_timeout_s, no_scorer)
-    _add_info_routes(app, model_name, getattr(engine, "precision", None), cfg.max_queue,
-                     batching)
+    _add_info_routes(app, model_name, getattr(engine, "precision", None),
+                     getattr(engine, "runtime", "torch"), cfg.max_queue, batching)
     return app
 
 
@@ -110,12 +111,13 @@ def _engine_and_name(engine_or_model_path: Any, cfg: ServeConfig) -> tuple[Any, 
         from mlmkit.inference.fill import FillMask
 
         engine = FillMask(str(engine_or_model_path), device=cfg.device, dtype=cfg.dtype,
-                          batch_size=cfg.max_batch_size)
+                          batch_size=cfg.max_batch_size, runtime=cfg.runtime)
         model_name = str(engine_or_model_path)
     else:
-        if (cfg.device, cfg.dtype) != ("auto", "auto"):
-            raise MlmkitError("device and dtype are the engine's: give them to FillMask(..., "
-                              "device=..., dtype=...), or pass a model path here")
+        if (cfg.device, cfg.dtype, cfg.runtime) != ("auto", "auto", "torch"):
+            raise MlmkitError("device, dtype and runtime are the engine's: give them to "
+                              "FillMask(..., device=..., dtype=..., runtime=...), or pass a "
+                              "model path here")
         engine = engine_or_model_path
         model_name = str(getattr(getattr(getattr(engine, "model", None), "config", None),
                                  "_name_or_path", "") or type(engine).__name__)
@@ -237,22 +239,23 @@ async def _unless_gone(request: Any, work: Coroutine) -> Any:
         gone.cancel()
 
 
-def _add_info_routes(app: "FastAPI", model_name: str, precision: str | None, max_queue: int,
-                     batching: bool) -> None:
+def _add_info_routes(app: "FastAPI", model_name: str, precision: str | None, runtime: str,
+                     max_queue: int, batching: bool) -> None:
     """GET (and HEAD) / (the playground page), /health and /metrics."""
     from fastapi import Request
     from fastapi.responses import HTMLResponse, Response
 
     metrics: ServerMetrics = app.state.metrics
     mask_token = getattr(getattr(app.state.engine, "tokenizer", None), "mask_token", None)
-    shown = model_name if precision in (None, "float32") else f"{model_name} · {precision}"
+    shown = " · ".join([model_name, *([precision] if precision not in (None, "float32") else []),
+                        *([runtime] if runtime != "torch" else [])])
     page, page_headers = render_page(shown, mask_token, app.state.limits.max_top_k)
 
     async def playground() -> HTMLResponse:
         return HTMLResponse(page, headers=page_headers)
 
     async def health() -> dict:
-        return {"status": "ok", "model": model_name, "precision": precision,
+        return {"status": "ok", "model": model_name, "precision": precision, "runtime": runtime,
                 "queue_depth": metrics.queue_depth,
                 "max_queue": max_queue, "batching": batching}
 
@@ -276,8 +279,10 @@ def _scorer_for(engine: Any) -> tuple[Any, str]:
     None and why not."""
     import torch
 
+    from mlmkit.modeling.openvino import OpenVinoMaskedLM
+
     model, tokenizer = getattr(engine, "model", None), getattr(engine, "tokenizer", None)
-    if not isinstance(model, torch.nn.Module) or tokenizer is None:
+    if not isinstance(model, (torch.nn.Module, OpenVinoMaskedLM)) or tokenizer is None:
         return None, f"the engine {type(engine).__name__} has no model and tokenizer to share"
     from mlmkit.inference.score import Scorer
     from mlmkit.modeling.precision import precision_of
