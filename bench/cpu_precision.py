@@ -9,6 +9,9 @@ Reports, on the CPU only:
   GFLOP/s and as a share of that precision's peak; `transformers.pipeline` float32 at its best
   batch size; `mlmkit score` (Scorer, PLL) in each precision;
 - latency: one sentence at a time (the server's and the playground's case), p50 and p99;
+- mlmkit's OpenVINO runtime (`--runtime openvino`, the extra mlmkit[openvino]) in the same
+  three precisions, when `openvino` is installed (--no-openvino skips it), with its load
+  (trace + compile) time;
 - peers: ONNX Runtime (fp32, and int8 from `onnxruntime.quantization.quantize_dynamic`, the
   runtime optimum's ORTModelForMaskedLM wraps), when `onnxruntime`, `onnx` and `onnxscript`
   are installed (optimum-onnx itself pins transformers < 4.58 and cannot load here);
@@ -163,6 +166,15 @@ def agreement(ref: list[list[dict]], got: list[list[dict]]) -> dict:
 
 # ---------------------------------------------------------------------------- ONNX Runtime
 
+def openvino_available() -> str:
+    """"run", or why mlmkit's OpenVINO arms cannot."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed: pip install 'mlmkit[openvino]'"
+    return "run"
+
+
 def ort_available() -> str | None:
     try:
         import onnx  # noqa: F401
@@ -259,28 +271,43 @@ def run_fill_arms(model_dir: str, sentences: list[str], args, peak: dict, flops:
         "sentences_per_s": best[0], "batch_size": best[1],
         "gflops": pflops * best[0] / len(pn) / 1e9,
         **latencies(lambda t: pipe(t, top_k=5), lat_items)}
-    mlmkit_arms("fill", lambda prec: FillMask(model_dir, dtype=prec),
+    mlmkit_arms("fill", lambda prec, rt: FillMask(model_dir, dtype=prec, runtime=rt),
                 lambda fm, texts: fm(texts, top_k=5), sentences, 64, lat_items, peak, flops,
-                args.repeat, res)
+                args, res)
+
+
+def runtimes(args) -> tuple[str, ...]:
+    """mlmkit's runtimes this run measures: torch, and openvino where it is installed."""
+    return ("torch",) if args.openvino != "run" else ("torch", "openvino")
+
+
+def arm_name(prec: str, runtime: str) -> str:
+    return f"mlmkit {prec}" if runtime == "torch" else f"mlmkit openvino {prec}"
 
 
 def mlmkit_arms(task: str, load, call, texts: list[str], warm: int, lat_items: list[str],
-                peak: dict, flops: float, repeat: int, res: dict) -> None:
-    """One arm per precision: the engine `load(precision)` run by `call(engine, texts)` on all
-    of `texts` (best of `repeat`, after a warm-up on the first `warm`) and on each of
-    `lat_items` alone."""
-    for prec in PRECISIONS:
-        engine = load(prec)
-        call(engine, texts[:warm])
-        wall = best_of(lambda e=engine: call(e, texts), repeat)
-        gflops = flops / wall / 1e9
-        arm = {"sentences_per_s": len(texts) / wall, "gflops": gflops,
-               "share_of_peak": gflops / peak[prec],
-               **latencies(lambda t, e=engine: call(e, t), lat_items)}
-        res[task][f"mlmkit {prec}"] = arm
-        print(f"{task:<5} mlmkit   {prec:<8} {arm['sentences_per_s']:8.1f} sentences/s  "
-              f"{gflops:6.0f} GFLOP/s = {arm['share_of_peak']:5.1%} of the {prec} peak  "
-              f"p50 {arm['p50_ms']:.1f} ms  p99 {arm['p99_ms']:.1f} ms")
+                peak: dict, flops: float, args, res: dict) -> None:
+    """One arm per runtime and precision: the engine `load(precision, runtime)` run by
+    `call(engine, texts)` on all of `texts` (best of `args.repeat`, after a warm-up on the
+    first `warm`) and on each of `lat_items` alone."""
+    for runtime in runtimes(args):
+        for prec in PRECISIONS:
+            t0 = time.perf_counter()
+            engine = load(prec, runtime)
+            load_s = time.perf_counter() - t0
+            call(engine, texts[:warm])
+            wall = best_of(lambda e=engine: call(e, texts), args.repeat)
+            gflops = flops / wall / 1e9
+            arm = {"sentences_per_s": len(texts) / wall, "gflops": gflops,
+                   "share_of_peak": gflops / peak[prec], "load_s": load_s,
+                   **latencies(lambda t, e=engine: call(e, t), lat_items)}
+            name = arm_name(prec, runtime)
+            res[task][name] = arm
+            print(f"{task:<5} {name:<24} {arm['sentences_per_s']:8.1f} sentences/s  "
+                  f"{gflops:6.0f} GFLOP/s = {arm['share_of_peak']:5.1%} of the {prec} peak  "
+                  f"p50 {arm['p50_ms']:.1f} ms  p99 {arm['p99_ms']:.1f} ms  (load "
+                  f"{load_s:.1f} s)")
+            del engine
 
 
 def run_ort_arms(model_dir: str, sentences: list[str], args, flops: float, work: Path,
@@ -303,15 +330,16 @@ def run_score_arms(model_dir: str, sentences: list[str], args, peak: dict, flops
                    res: dict) -> None:
     from mlmkit import Scorer
 
-    mlmkit_arms("score", lambda prec: Scorer(model_dir, dtype=prec), lambda sc, t: sc(t),
-                sentences, 8, sentences[:args.score_latency_n], peak, flops, args.repeat, res)
+    mlmkit_arms("score", lambda prec, rt: Scorer(model_dir, dtype=prec, runtime=rt),
+                lambda sc, t: sc(t), sentences, 8, sentences[:args.score_latency_n], peak, flops,
+                args, res)
 
 
-def run_agreement(real: Path, sentences: list[str], work: Path, with_ort: bool, res: dict
-                  ) -> None:
-    """Each precision (and ONNX Runtime int8) against the float32 pipeline on real weights;
-    PLL: the largest relative difference from float32 and the share of sentence pairs whose
-    order is kept."""
+def run_agreement(real: Path, sentences: list[str], work: Path, with_ort: bool, args,
+                  res: dict) -> None:
+    """Each runtime and precision (and ONNX Runtime int8) against the float32 pipeline on real
+    weights; PLL: the largest relative difference from mlmkit's float32 and the share of
+    sentence pairs whose order is kept."""
     import torch
     from transformers import pipeline
 
@@ -321,22 +349,26 @@ def run_agreement(real: Path, sentences: list[str], work: Path, with_ort: bool, 
     pipe = pipeline("fill-mask", model=str(real), device=-1, dtype=torch.float32)
     ref = pipe(texts, batch_size=32, top_k=5)
     out = res["agreement"]
-    for prec in PRECISIONS:
-        out[f"mlmkit {prec}"] = agreement(ref, FillMask(str(real), dtype=prec)(texts, top_k=5))
+    for runtime in runtimes(args):
+        for prec in PRECISIONS:
+            engine = FillMask(str(real), dtype=prec, runtime=runtime)
+            out[arm_name(prec, runtime)] = agreement(ref, engine(texts, top_k=5))
     if with_ort:
         out["onnxruntime int8"] = agreement(ref, OrtFill(str(real), work, True,
                                                          torch.get_num_threads())(texts))
     plain = [t.replace("[MASK]", w) for t, w in zip(texts, ["it"] * len(texts))][:200]
-    pll = {p: [r["pll"] for r in Scorer(str(real), dtype=p)(plain)] for p in PRECISIONS}
-    for prec in PRECISIONS[1:]:
-        a, b = pll["float32"], pll[prec]
+    pll = {arm_name(p, rt): [r["pll"] for r in Scorer(str(real), dtype=p, runtime=rt)(plain)]
+           for rt in runtimes(args) for p in PRECISIONS}
+    a = pll["mlmkit float32"]
+    for name, b in pll.items():
+        if name == "mlmkit float32":
+            continue
         pairs = [(i, j) for i in range(0, len(a), 2) for j in (i + 1,) if j < len(a)]
         kept = sum((a[i] < a[j]) == (b[i] < b[j]) for i, j in pairs) / len(pairs)
-        out[f"mlmkit {prec}"]["pll_max_rel_diff"] = max(abs(x - y) / abs(x)
-                                                        for x, y in zip(a, b))
-        out[f"mlmkit {prec}"]["pll_pair_order_kept"] = kept
+        out[name]["pll_max_rel_diff"] = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+        out[name]["pll_pair_order_kept"] = kept
     for name, a in out.items():
-        line = (f"agreement {name:<18} top-1 {a['top1_agreement']:.2%}, top-5 overlap "
+        line = (f"agreement {name:<24} top-1 {a['top1_agreement']:.2%}, top-5 overlap "
                 f"{a['topk_overlap']:.2%}, max top-1 score diff {a['max_top1_score_diff']:.4f}, "
                 f"largest fp32 margin of a flipped top-1 {a['max_fp32_margin_of_a_flip']:.4f}")
         if "pll_max_rel_diff" in a:
@@ -360,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agreement-n", type=int, default=1000, help="sentences for agreement")
     p.add_argument("--repeat", type=int, default=2, help="runs per throughput arm (best kept)")
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer")
+    p.add_argument("--no-openvino", action="store_true",
+                   help="skip mlmkit's OpenVINO runtime arms")
     args = p.parse_args(argv)
+    args.openvino = "--no-openvino" if args.no_openvino else openvino_available()
 
     import torch
     import transformers
@@ -401,13 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"fill  onnxruntime: skipped ({why_not})")
         res["ort"] = why_not or "run"
+        res["openvino"] = args.openvino
+        if args.openvino != "run":
+            print(f"mlmkit openvino: skipped ({args.openvino})")
         plain = [s.replace("<mask>", "it") for s in sentences[:args.score_n]]
         sflops = score_flops(config, tok, plain)
         print(f"score: {len(plain)} sentences (the masks filled with 'it'), PLL original, "
               f"{sflops / len(plain) / 1e9:.1f} GFLOP each")
         run_score_arms(str(model_dir), plain, args, peak, sflops, res)
         if args.real and (args.real / "config.json").is_file():
-            run_agreement(args.real, sentences[:args.agreement_n], Path(d), why_not is None, res)
+            run_agreement(args.real, sentences[:args.agreement_n], Path(d), why_not is None,
+                          args, res)
         else:
             print(f"agreement: skipped ({args.real}: no model)")
     other = foreign_load(start, time.perf_counter() - wall0)
