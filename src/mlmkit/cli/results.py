@@ -60,8 +60,7 @@ def run_on_ray(ns: argparse.Namespace, params: Any, engine: EngineConfig, ray: R
     if not ns.output or ns.output == "-":
         raise MlmkitError("--engine ray: needs --output DIR (a directory for the shards' files)")
     job = BatchJob.of(params, ns.model, dtype=engine.dtype, runtime=engine.runtime,
-                      shard_rows=ray.shard_rows,
-                      format=ray.format, text_fields=ns.text_field)
+                      shard_rows=ray.shard_rows, format=ray.format, text_fields=ns.text_field)
     res = BatchResources(address=ray.address, workers=ray.workers,
                          gpus_per_worker=ray.gpus_per_worker,
                          cpus_per_worker=ray.cpus_per_worker, device=engine.device,

@@ -334,22 +334,20 @@ def inference_model(model: Any, tokenizer: Any, device: str, dtype: str, engine:
     eval mode; with `runtime` "openvino", compiled by OpenVINO (modeling/openvino.py). The
     settings are checked before the model loads, so a wrong one costs no loading time.
     `engine` names the caller in errors."""
+    owned = isinstance(model, str)
+    if not owned and tokenizer is None:
+        raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
     if isinstance(model, OpenVinoMaskedLM):  # compiled already: as it is, on the CPU
         if device not in ("auto", "cpu"):
             raise MlmkitError(f"{named('device', device)}: the model is compiled by OpenVINO, "
                               "which runs it on the CPU; expected cpu or auto")
-        if tokenizer is None:
-            raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
         return model, tokenizer, torch.device("cpu"), model.precision
     dev = pick_device(device)
     precision = check_precision(dtype, dev)
     check_runtime(runtime, dev, precision)
-    owned = isinstance(model, str)
     if owned:
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_model(model)
-    elif tokenizer is None:
-        raise MlmkitError(f"{engine}: pass a tokenizer along with a model object")
     if runtime == "openvino":
         return OpenVinoMaskedLM(model, precision, masked_logits), tokenizer, dev, precision
     return apply_precision(model, dev, precision, owned), tokenizer, dev, precision
